@@ -1,0 +1,114 @@
+#include "kernels/gemm.h"
+
+#include <ATen/ATen.h>
+#include <c10/util/Exception.h>
+
+#include <limits>
+
+#ifdef TRE_HAVE_BLAS
+extern "C" {
+void sgemm_(const char* ta, const char* tb, const int* m, const int* n, const int* k, const float* alpha,
+            const float* a, const int* lda, const float* b, const int* ldb, const float* beta, float* c,
+            const int* ldc);
+void dgemm_(const char* ta, const char* tb, const int* m, const int* n, const int* k, const double* alpha,
+            const double* a, const int* lda, const double* b, const int* ldb, const double* beta, double* c,
+            const int* ldc);
+void sgemv_(const char* t, const int* m, const int* n, const float* alpha, const float* a, const int* lda,
+            const float* x, const int* incx, const float* beta, float* y, const int* incy);
+void dgemv_(const char* t, const int* m, const int* n, const double* alpha, const double* a, const int* lda,
+            const double* x, const int* incx, const double* beta, double* y, const int* incy);
+}
+#endif
+
+namespace torch_rnn_ext {
+namespace kernels {
+
+namespace {
+
+#ifdef TRE_HAVE_BLAS
+inline int to_blas_int(int64_t v) {
+  TORCH_CHECK(v >= 0 && v <= std::numeric_limits<int>::max(), "torch_rnn_ext: matrix dimension ", v,
+              " exceeds the BLAS integer range");
+  return static_cast<int>(v);
+}
+
+inline void blas_gemm(const char* ta, const char* tb, const int* m, const int* n, const int* k,
+                      const float* alpha, const float* a, const int* lda, const float* b, const int* ldb,
+                      const float* beta, float* c, const int* ldc) {
+  sgemm_(ta, tb, m, n, k, alpha, a, lda, b, ldb, beta, c, ldc);
+}
+inline void blas_gemm(const char* ta, const char* tb, const int* m, const int* n, const int* k,
+                      const double* alpha, const double* a, const int* lda, const double* b, const int* ldb,
+                      const double* beta, double* c, const int* ldc) {
+  dgemm_(ta, tb, m, n, k, alpha, a, lda, b, ldb, beta, c, ldc);
+}
+inline void blas_gemv(const char* t, const int* m, const int* n, const float* alpha, const float* a,
+                      const int* lda, const float* x, const int* incx, const float* beta, float* y,
+                      const int* incy) {
+  sgemv_(t, m, n, alpha, a, lda, x, incx, beta, y, incy);
+}
+inline void blas_gemv(const char* t, const int* m, const int* n, const double* alpha, const double* a,
+                      const int* lda, const double* x, const int* incx, const double* beta, double* y,
+                      const int* incy) {
+  dgemv_(t, m, n, alpha, a, lda, x, incx, beta, y, incy);
+}
+#endif
+
+}  // namespace
+
+template <typename T>
+void gemm(bool trans_a, bool trans_b, int64_t M, int64_t N, int64_t K, T alpha, const T* A,
+          int64_t lda, const T* B, int64_t ldb, T beta, T* C, int64_t ldc) {
+  if (M == 0 || N == 0) return;
+  if (K == 0) {  // BLAS leaves C alone only when beta == 1; make the empty product explicit.
+    for (int64_t i = 0; i < M; ++i)
+      for (int64_t j = 0; j < N; ++j) C[i * ldc + j] = beta == T(0) ? T(0) : beta * C[i * ldc + j];
+    return;
+  }
+#ifdef TRE_HAVE_BLAS
+  // Row-major C = op(A) op(B) is column-major C^T = op(B)^T op(A)^T on the same memory.
+  const int m = to_blas_int(N), n = to_blas_int(M), k = to_blas_int(K);
+  const int ilda = to_blas_int(lda), ildb = to_blas_int(ldb), ildc = to_blas_int(ldc);
+  if (M == 1) {
+    // One row: y(N) = alpha * op(B)^T a + beta * y, a matrix-vector product.
+    const int inca = trans_a ? ilda : 1, one = 1;
+    if (trans_b) {  // B stored (N,K): column-major (K,N); y = B a -> 'T' on the column-major view
+      blas_gemv("T", &k, &m, &alpha, B, &ildb, A, &inca, &beta, C, &one);
+    } else {        // B stored (K,N): column-major (N,K); y = B^T a -> 'N'
+      blas_gemv("N", &m, &k, &alpha, B, &ildb, A, &inca, &beta, C, &one);
+    }
+    return;
+  }
+  blas_gemm(trans_b ? "T" : "N", trans_a ? "T" : "N", &m, &n, &k, &alpha, B, &ildb, A, &ilda, &beta, C,
+            &ildc);
+#else
+  const auto opts = at::TensorOptions().dtype(c10::CppTypeToScalarType<T>::value);
+  auto wrap = [&](const T* p, int64_t r, int64_t c, int64_t ld, bool t) {
+    at::Tensor x = at::from_blob(const_cast<T*>(p), {t ? c : r, t ? r : c}, {ld, 1}, opts);
+    return t ? x.t() : x;
+  };
+  at::Tensor a = wrap(A, M, K, lda, trans_a), b = wrap(B, K, N, ldb, trans_b);
+  at::Tensor c = at::from_blob(C, {M, N}, {ldc, 1}, opts);
+  if (beta == T(0)) {
+    c.copy_(at::mm(a, b).mul_(alpha));
+  } else {
+    c.mul_(beta).add_(at::mm(a, b), alpha);
+  }
+#endif
+}
+
+bool gemm_uses_blas() {
+#ifdef TRE_HAVE_BLAS
+  return true;
+#else
+  return false;
+#endif
+}
+
+template void gemm<float>(bool, bool, int64_t, int64_t, int64_t, float, const float*, int64_t,
+                          const float*, int64_t, float, float*, int64_t);
+template void gemm<double>(bool, bool, int64_t, int64_t, int64_t, double, const double*, int64_t,
+                           const double*, int64_t, double, double*, int64_t);
+
+}  // namespace kernels
+}  // namespace torch_rnn_ext

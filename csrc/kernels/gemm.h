@@ -1,0 +1,21 @@
+#pragma once
+// Row-major matrix products on raw pointers, for use inside time loops (no tensors, no allocation when
+// BLAS is linked). Backed by the BLAS that libtorch itself uses (libblas.so.3, OpenBLAS on Debian); when
+// the library was built without BLAS it falls back to ATen's mm, which is correct but has per-call overhead.
+#include <cstdint>
+
+namespace torch_rnn_ext {
+namespace kernels {
+
+// C(M,N) = alpha * op(A) * op(B) + beta * C, all row-major. op(A) is (M,K): A is stored (M,K) with row
+// stride lda, or (K,M) when trans_a. op(B) is (K,N): B is stored (K,N), or (N,K) when trans_b.
+// With beta == 0, C need not be initialised.
+template <typename T>
+void gemm(bool trans_a, bool trans_b, int64_t M, int64_t N, int64_t K, T alpha, const T* A,
+          int64_t lda, const T* B, int64_t ldb, T beta, T* C, int64_t ldc);
+
+// True when the products go straight to BLAS (reported by the benchmark).
+bool gemm_uses_blas();
+
+}  // namespace kernels
+}  // namespace torch_rnn_ext

@@ -1,0 +1,212 @@
+#pragma once
+// The ATen side of one recurrent layer on CPU, shared by every cell type: validates the arguments,
+// lays out the sequence, does the products that span all timesteps (input projection, input and weight
+// gradients) with ATen, and hands raw pointers to the time loop in kernels/recurrence.h.
+#include <ATen/ATen.h>
+
+#include <array>
+#include <tuple>
+#include <vector>
+
+#include "checks.h"
+#include "kernels/recurrence.h"
+
+namespace torch_rnn_ext {
+namespace cpu {
+
+using at::Tensor;
+using c10::optional;
+
+// Sizes of one layer's sequence, and its time layout (see kernels/recurrence.h).
+struct LayerGeometry {
+  int64_t T = 0, B = 0, N = 0, I = 0, H = 0;
+  bool packed = false;
+  std::vector<int64_t> batch_sizes, offsets;
+  kernels::SeqLayout layout(bool reverse) const {
+    return {batch_sizes.data(), offsets.data(), T, reverse};
+  }
+};
+
+// Validates input, weights, biases and batch_sizes of a layer whose W_hh has `gates` * H rows, and
+// returns its geometry. `op` names the op in messages.
+inline LayerGeometry check_layer(const char* op, const Tensor& input, const Tensor& weight_ih,
+                                 const Tensor& weight_hh, const optional<Tensor>& bias_ih,
+                                 const optional<Tensor>& bias_hh, const optional<Tensor>& batch_sizes,
+                                 int64_t gates) {
+  LayerGeometry g;
+  g.packed = present(batch_sizes);
+  check_cpu(input, "input");
+  check_floating(input, "input");
+  if (g.packed) {
+    TORCH_CHECK(input.dim() == 2, op, ": input: with batch_sizes (a packed sequence) expected a 2-D tensor "
+                "(sum of batch_sizes, input_size), got a ", input.dim(), "-D tensor of size ", input.sizes());
+  } else {
+    TORCH_CHECK(input.dim() == 3, op, ": input: expected a 3-D tensor (seq_len, batch, input_size), got a ",
+                input.dim(), "-D tensor of size ", input.sizes());
+  }
+  check_cpu(weight_hh, "weight_hh");
+  check_dtype(weight_hh, input.scalar_type(), "weight_hh");
+  check_dim(weight_hh, 2, "weight_hh");
+  g.H = weight_hh.size(1);
+  TORCH_CHECK(weight_hh.size(0) == gates * g.H, op, ": weight_hh: expected size (", gates, " * hidden_size, "
+              "hidden_size) = (", gates * g.H, ", ", g.H, "), got ", weight_hh.sizes());
+  g.I = input.size(-1);
+  check_cpu(weight_ih, "weight_ih");
+  check_dtype(weight_ih, input.scalar_type(), "weight_ih");
+  check_sizes(weight_ih, {gates * g.H, g.I}, "weight_ih");
+  check_optional_like(bias_ih, input, {gates * g.H}, "bias_ih");
+  check_optional_like(bias_hh, input, {gates * g.H}, "bias_hh");
+
+  if (g.packed) {
+    const Tensor& bsz = *batch_sizes;
+    check_cpu(bsz, "batch_sizes");
+    TORCH_CHECK(bsz.scalar_type() == at::kLong, "batch_sizes: expected dtype int64, got ", bsz.scalar_type());
+    check_dim(bsz, 1, "batch_sizes");
+    g.T = bsz.size(0);
+    TORCH_CHECK(g.T >= 1, op, ": batch_sizes: expected at least one timestep, got an empty tensor");
+    const Tensor b = bsz.contiguous();
+    const int64_t* p = b.data_ptr<int64_t>();
+    g.batch_sizes.assign(p, p + g.T);
+    g.offsets.resize(g.T);
+    int64_t total = 0;
+    for (int64_t t = 0; t < g.T; ++t) {
+      TORCH_CHECK(g.batch_sizes[t] >= 1 && (t == 0 || g.batch_sizes[t] <= g.batch_sizes[t - 1]),
+                  op, ": batch_sizes: expected positive, non-increasing values, got ", bsz);
+      g.offsets[t] = total;
+      total += g.batch_sizes[t];
+    }
+    TORCH_CHECK(total == input.size(0), op, ": batch_sizes sum to ", total, " but input has ", input.size(0),
+                " rows");
+    g.B = g.batch_sizes[0];
+    g.N = total;
+  } else {
+    g.T = input.size(0);
+    g.B = input.size(1);
+    TORCH_CHECK(g.T >= 1, op, ": input: expected a sequence of at least one timestep, got input of size ",
+                input.sizes());
+    g.N = g.T * g.B;
+    g.batch_sizes.assign(g.T, g.B);
+    g.offsets.resize(g.T);
+    for (int64_t t = 0; t < g.T; ++t) g.offsets[t] = t * g.B;
+  }
+  return g;
+}
+
+// The layer's initial state as a fresh (B, H) buffer the time loop may overwrite.
+inline Tensor initial_state(const optional<Tensor>& state, const Tensor& input, const LayerGeometry& g,
+                            const char* name) {
+  if (!present(state)) return at::zeros({g.B, g.H}, input.options());
+  check_like(*state, input, {g.B, g.H}, name);
+  return state->contiguous().clone();
+}
+
+inline Tensor rows(const Tensor& t, const LayerGeometry& g, int64_t width) {
+  return t.contiguous().view({g.N, width});
+}
+
+// Forward of one layer. Returns (output, h_n, c_n, workspace); c_n is undefined for cells without one,
+// and workspace (what backward needs) is undefined unless `save`.
+template <typename Cell>
+std::tuple<Tensor, Tensor, Tensor, Tensor> layer_forward(const char* op, const Tensor& input,
+                                                         const optional<Tensor>& hx,
+                                                         const optional<Tensor>& cx, const Tensor& weight_ih,
+                                                         const Tensor& weight_hh,
+                                                         const optional<Tensor>& bias_ih,
+                                                         const optional<Tensor>& bias_hh,
+                                                         const optional<Tensor>& batch_sizes, bool reverse,
+                                                         bool save) {
+  const LayerGeometry g = check_layer(op, input, weight_ih, weight_hh, bias_ih, bias_hh, batch_sizes,
+                                      Cell::kGates);
+  Tensor h = initial_state(hx, input, g, "hx");
+  Tensor c = Cell::kHasCell ? initial_state(cx, input, g, "cx") : Tensor();
+  const Tensor x = rows(input, g, g.I);
+  const Tensor w_ih_t = weight_ih.t();
+  // The input projection of every timestep: one product.
+  const Tensor gi = present(bias_ih) ? at::addmm(*bias_ih, x, w_ih_t) : at::mm(x, w_ih_t);
+  const Tensor w_hh = weight_hh.contiguous();
+  const Tensor b_hh = present(bias_hh) ? bias_hh->contiguous() : Tensor();
+  Tensor out = at::empty({g.N, g.H}, input.options());
+  Tensor saved = save ? at::empty({g.N, Cell::kSaved * g.H}, input.options()) : Tensor();
+  Tensor gh = at::empty({g.B, Cell::kGates * g.H}, input.options());
+  const auto L = g.layout(reverse);
+  AT_DISPATCH_FLOATING_TYPES(input.scalar_type(), "recurrent_layer", [&] {
+    kernels::recurrence_forward<Cell, scalar_t>(
+        L, g.H, gi.data_ptr<scalar_t>(), w_hh.data_ptr<scalar_t>(),
+        b_hh.defined() ? b_hh.data_ptr<scalar_t>() : nullptr, h.data_ptr<scalar_t>(),
+        c.defined() ? c.data_ptr<scalar_t>() : nullptr, out.data_ptr<scalar_t>(),
+        save ? saved.data_ptr<scalar_t>() : nullptr, gh.data_ptr<scalar_t>());
+  });
+  Tensor output = g.packed ? out : out.view({g.T, g.B, g.H});
+  return {output, h, c, saved};
+}
+
+// Gradients of one layer, in the order (input, hx, cx, weight_ih, weight_hh, bias_ih, bias_hh); each is
+// computed only where output_mask says so (undefined otherwise). Undefined incoming gradients are zeros.
+template <typename Cell>
+std::vector<Tensor> layer_backward(const char* op, const Tensor& grad_output, const Tensor& grad_h_n,
+                                   const Tensor& grad_c_n, const Tensor& input, const optional<Tensor>& hx,
+                                   const optional<Tensor>& cx, const Tensor& weight_ih,
+                                   const Tensor& weight_hh, const optional<Tensor>& bias_ih,
+                                   const optional<Tensor>& bias_hh, const Tensor& output,
+                                   const Tensor& workspace, const optional<Tensor>& batch_sizes, bool reverse,
+                                   std::array<bool, 7> output_mask) {
+  const LayerGeometry g = check_layer(op, input, weight_ih, weight_hh, bias_ih, bias_hh, batch_sizes,
+                                      Cell::kGates);
+  const int64_t GH = Cell::kGates * g.H;
+  check_optional_like(hx, input, {g.B, g.H}, "hx");
+  if (Cell::kHasCell) check_optional_like(cx, input, {g.B, g.H}, "cx");
+  const std::vector<int64_t> out_sizes =
+      g.packed ? std::vector<int64_t>{g.N, g.H} : std::vector<int64_t>{g.T, g.B, g.H};
+  check_like(output, input, out_sizes, "output");
+  check_like(workspace, input, {g.N, Cell::kSaved * g.H}, "workspace");
+  if (grad_output.defined()) check_like(grad_output, input, out_sizes, "grad_output");
+  if (grad_h_n.defined()) check_like(grad_h_n, input, {g.B, g.H}, "grad_h_n");
+  if (Cell::kHasCell && grad_c_n.defined()) check_like(grad_c_n, input, {g.B, g.H}, "grad_c_n");
+
+  const auto opts = input.options();
+  const Tensor go = grad_output.defined() ? rows(grad_output, g, g.H) : at::zeros({g.N, g.H}, opts);
+  Tensor dh = grad_h_n.defined() ? grad_h_n.contiguous().clone() : at::zeros({g.B, g.H}, opts);
+  Tensor dc;
+  if (Cell::kHasCell) dc = grad_c_n.defined() ? grad_c_n.contiguous().clone() : at::zeros({g.B, g.H}, opts);
+  const Tensor h0 = present(hx) ? hx->contiguous() : Tensor();
+  const Tensor c0 = Cell::kHasCell && present(cx) ? cx->contiguous() : Tensor();
+  const Tensor zeros = at::zeros({g.H}, opts);
+  const Tensor w_hh = weight_hh.contiguous();
+  const Tensor out = rows(output, g, g.H);
+  const Tensor ws = workspace.contiguous();
+  Tensor dgi = at::empty({g.N, GH}, opts);
+  Tensor dgh = Cell::kSameGateGrads ? dgi : at::empty({g.N, GH}, opts);
+  Tensor h_prev = at::empty({g.N, g.H}, opts);
+  const auto L = g.layout(reverse);
+  AT_DISPATCH_FLOATING_TYPES(input.scalar_type(), "recurrent_layer", [&] {
+    kernels::recurrence_backward<Cell, scalar_t>(
+        L, g.H, w_hh.data_ptr<scalar_t>(), ws.data_ptr<scalar_t>(), out.data_ptr<scalar_t>(),
+        h0.defined() ? h0.data_ptr<scalar_t>() : nullptr, c0.defined() ? c0.data_ptr<scalar_t>() : nullptr,
+        zeros.data_ptr<scalar_t>(), go.data_ptr<scalar_t>(), dh.data_ptr<scalar_t>(),
+        dc.defined() ? dc.data_ptr<scalar_t>() : nullptr, dgi.data_ptr<scalar_t>(), dgh.data_ptr<scalar_t>(),
+        h_prev.data_ptr<scalar_t>());
+  });
+
+  std::vector<Tensor> grads(7);
+  if (output_mask[0]) {
+    const Tensor dx = at::mm(dgi, weight_ih);  // every timestep's input gradient: one product
+    grads[0] = g.packed ? dx : dx.view({g.T, g.B, g.I});
+  }
+  if (output_mask[1]) grads[1] = dh;
+  if (output_mask[2] && Cell::kHasCell) grads[2] = dc;
+  if (output_mask[3]) grads[3] = at::mm(dgi.t(), rows(input, g, g.I));
+  if (output_mask[4]) grads[4] = at::mm(dgh.t(), h_prev);
+  auto bias_grad = [&](const Tensor& d) {
+    Tensor r = at::empty({GH}, opts);
+    AT_DISPATCH_FLOATING_TYPES(input.scalar_type(), "recurrent_layer", [&] {
+      kernels::column_sum<scalar_t>(d.data_ptr<scalar_t>(), g.N, GH, r.data_ptr<scalar_t>());
+    });
+    return r;
+  };
+  if (output_mask[5]) grads[5] = bias_grad(dgi);
+  if (output_mask[6]) grads[6] = bias_grad(dgh);
+  return grads;
+}
+
+}  // namespace cpu
+}  // namespace torch_rnn_ext
