@@ -1,46 +1,39 @@
 #pragma once
 // Pointwise math of each recurrent cell for one batch row, in torch.nn's gate order and formulas.
-// Used by the time loop in recurrence.h. Pure C++ on raw pointers.
-#include <cmath>
+// Used by the time loop in recurrence_impl.h; compiled per CPU capability (namespace TRE_CPU_CAPABILITY),
+// with loops written so the compiler vectorises them across hidden units.
 #include <cstdint>
+
+#include "kernels/cell_traits.h"
+#include "kernels/vec_math.h"
 
 namespace torch_rnn_ext {
 namespace kernels {
+inline namespace TRE_CPU_CAPABILITY {
 
-template <typename T>
-inline T sigmoid(T x) {
-  return T(1) / (T(1) + std::exp(-x));
-}
+template <CellKind K>
+struct Cell;
 
 // LSTM, gates (i, f, g, o):
-//   i = s(gi_i + gh_i), f = s(gi_f + gh_f), g = tanh(gi_g + gh_g), o = s(gi_o + gh_o)
+//   i = s(gi_i + gh_i + b_i), f = s(...), g = tanh(...), o = s(...)
 //   c' = f c + i g,  h' = o tanh(c')
 // Saved per row: i, f, g, o, c' (5H).
-struct LSTMCell {
-  static constexpr int kGates = 4;
-  static constexpr int kSaved = 5;
-  static constexpr bool kHasCell = true;
-  static constexpr bool kDirectDh = false;
-  static constexpr bool kSameGateGrads = true;
-
-  template <typename T>
-  static void forward(int64_t H, const T* gi, const T* gh, const T* b_hh, T* h, T* c, T* out, T* saved) {
+template <>
+struct Cell<CellKind::LSTM> : CellTraits<CellKind::LSTM> {
+  template <bool kSave, typename T>
+  static void forward(int64_t H, const T* __restrict gi, const T* __restrict gh, const T* __restrict b,
+                      T* __restrict h, T* __restrict c, T* __restrict out, T* __restrict saved) {
     for (int64_t j = 0; j < H; ++j) {
-      T pi = gi[j] + gh[j], pf = gi[H + j] + gh[H + j], pg = gi[2 * H + j] + gh[2 * H + j],
-        po = gi[3 * H + j] + gh[3 * H + j];
-      if (b_hh) {
-        pi += b_hh[j];
-        pf += b_hh[H + j];
-        pg += b_hh[2 * H + j];
-        po += b_hh[3 * H + j];
-      }
-      const T i = sigmoid(pi), f = sigmoid(pf), g = std::tanh(pg), o = sigmoid(po);
+      const T i = sigmoid_(gi[j] + gh[j] + b[j]);
+      const T f = sigmoid_(gi[H + j] + gh[H + j] + b[H + j]);
+      const T g = tanh_(gi[2 * H + j] + gh[2 * H + j] + b[2 * H + j]);
+      const T o = sigmoid_(gi[3 * H + j] + gh[3 * H + j] + b[3 * H + j]);
       const T cn = f * c[j] + i * g;
-      const T hn = o * std::tanh(cn);
+      const T hn = o * tanh_(cn);
       c[j] = cn;
       h[j] = hn;
       out[j] = hn;
-      if (saved) {
+      if (kSave) {
         saved[j] = i;
         saved[H + j] = f;
         saved[2 * H + j] = g;
@@ -50,17 +43,17 @@ struct LSTMCell {
     }
   }
 
-  // dh: total gradient of h' on entry (the direct part of dh_{t-1} is zero for LSTM: left untouched).
-  // dc: gradient of c' on entry, of c_{t-1} on exit. c_{t-1} comes from the previous row's saved c', or
-  // from c_init when this row starts here.
+  // dh: total gradient of h' (LSTM leaves no direct part of dh_{t-1}: the product supplies it all).
+  // dc: gradient of c' on entry, of c_{t-1} on exit. c_{t-1} is the previous row's saved c', or c_init
+  // when the row starts here.
   template <typename T>
-  static void backward(int64_t H, const T* saved, const T* /*h_new*/, const T* /*h_prev*/,
-                       const T* prev_saved, const T* c_init, T* dh, T* dc, T* dgi, T* /*dgh*/) {
-    const T* c_prev = prev_saved ? prev_saved + 4 * H : c_init;
+  static void backward(int64_t H, const T* __restrict saved, const T* /*h_new*/, const T* /*h_prev*/,
+                       const T* prev_saved, const T* c_init, T* __restrict dh, T* __restrict dc,
+                       T* __restrict dgi, T* /*dgh*/) {
+    const T* __restrict c_prev = prev_saved ? prev_saved + 4 * H : c_init;
     for (int64_t j = 0; j < H; ++j) {
-      const T i = saved[j], f = saved[H + j], g = saved[2 * H + j], o = saved[3 * H + j],
-              cn = saved[4 * H + j];
-      const T tc = std::tanh(cn);
+      const T i = saved[j], f = saved[H + j], g = saved[2 * H + j], o = saved[3 * H + j];
+      const T tc = tanh_(saved[4 * H + j]);
       const T dhj = dh[j];
       const T dcj = dc[j] + dhj * o * (T(1) - tc * tc);
       dgi[j] = dcj * g * i * (T(1) - i);
@@ -72,5 +65,6 @@ struct LSTMCell {
   }
 };
 
+}  // namespace TRE_CPU_CAPABILITY
 }  // namespace kernels
 }  // namespace torch_rnn_ext

@@ -1,14 +1,13 @@
 // CPU kernels of the lstm_layer ops: the shared layer template instantiated with the LSTM cell.
 #include <torch/library.h>
 
-#include "kernels/cells.h"
 #include "ops/cpu/recurrent_layer.h"
 
 namespace torch_rnn_ext {
 namespace cpu {
 namespace {
 
-using Cell = kernels::LSTMCell;
+constexpr auto Cell = kernels::CellKind::LSTM;
 
 std::tuple<Tensor, Tensor, Tensor> lstm_layer_cpu(const Tensor& input, const optional<Tensor>& hx,
                                                   const optional<Tensor>& cx, const Tensor& weight_ih,
@@ -43,6 +42,14 @@ std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor> lstm_layer_ba
 }  // namespace
 
 TORCH_LIBRARY_IMPL(torch_rnn_ext, CPU, m) {
+  m.impl("lstm_layer", TORCH_FN(lstm_layer_cpu));
+  m.impl("_lstm_layer_forward", TORCH_FN(lstm_layer_forward_cpu));
+  m.impl("_lstm_layer_backward", TORCH_FN(lstm_layer_backward_cpu));
+}
+
+// Tensors on any other device reach the same functions, whose argument checks reject them by name
+// ("input: expected a CPU tensor, got a tensor on cuda:0") instead of the dispatcher's generic error.
+TORCH_LIBRARY_IMPL(torch_rnn_ext, CompositeExplicitAutograd, m) {
   m.impl("lstm_layer", TORCH_FN(lstm_layer_cpu));
   m.impl("_lstm_layer_forward", TORCH_FN(lstm_layer_forward_cpu));
   m.impl("_lstm_layer_backward", TORCH_FN(lstm_layer_backward_cpu));

@@ -9,6 +9,7 @@
 #include <vector>
 
 #include "checks.h"
+#include "kernels/cell_traits.h"
 #include "kernels/recurrence.h"
 
 namespace torch_rnn_ext {
@@ -106,7 +107,7 @@ inline Tensor rows(const Tensor& t, const LayerGeometry& g, int64_t width) {
 
 // Forward of one layer. Returns (output, h_n, c_n, workspace); c_n is undefined for cells without one,
 // and workspace (what backward needs) is undefined unless `save`.
-template <typename Cell>
+template <kernels::CellKind K>
 std::tuple<Tensor, Tensor, Tensor, Tensor> layer_forward(const char* op, const Tensor& input,
                                                          const optional<Tensor>& hx,
                                                          const optional<Tensor>& cx, const Tensor& weight_ih,
@@ -115,6 +116,7 @@ std::tuple<Tensor, Tensor, Tensor, Tensor> layer_forward(const char* op, const T
                                                          const optional<Tensor>& bias_hh,
                                                          const optional<Tensor>& batch_sizes, bool reverse,
                                                          bool save) {
+  using Cell = kernels::CellTraits<K>;
   const LayerGeometry g = check_layer(op, input, weight_ih, weight_hh, bias_ih, bias_hh, batch_sizes,
                                       Cell::kGates);
   Tensor h = initial_state(hx, input, g, "hx");
@@ -124,15 +126,14 @@ std::tuple<Tensor, Tensor, Tensor, Tensor> layer_forward(const char* op, const T
   // The input projection of every timestep: one product.
   const Tensor gi = present(bias_ih) ? at::addmm(*bias_ih, x, w_ih_t) : at::mm(x, w_ih_t);
   const Tensor w_hh = weight_hh.contiguous();
-  const Tensor b_hh = present(bias_hh) ? bias_hh->contiguous() : Tensor();
+  const Tensor b_hh = present(bias_hh) ? bias_hh->contiguous() : at::zeros({Cell::kGates * g.H}, input.options());
   Tensor out = at::empty({g.N, g.H}, input.options());
   Tensor saved = save ? at::empty({g.N, Cell::kSaved * g.H}, input.options()) : Tensor();
   Tensor gh = at::empty({g.B, Cell::kGates * g.H}, input.options());
   const auto L = g.layout(reverse);
   AT_DISPATCH_FLOATING_TYPES(input.scalar_type(), "recurrent_layer", [&] {
-    kernels::recurrence_forward<Cell, scalar_t>(
-        L, g.H, gi.data_ptr<scalar_t>(), w_hh.data_ptr<scalar_t>(),
-        b_hh.defined() ? b_hh.data_ptr<scalar_t>() : nullptr, h.data_ptr<scalar_t>(),
+    kernels::forward<K, scalar_t>(
+        L, g.H, gi.data_ptr<scalar_t>(), w_hh.data_ptr<scalar_t>(), b_hh.data_ptr<scalar_t>(), h.data_ptr<scalar_t>(),
         c.defined() ? c.data_ptr<scalar_t>() : nullptr, out.data_ptr<scalar_t>(),
         save ? saved.data_ptr<scalar_t>() : nullptr, gh.data_ptr<scalar_t>());
   });
@@ -142,7 +143,7 @@ std::tuple<Tensor, Tensor, Tensor, Tensor> layer_forward(const char* op, const T
 
 // Gradients of one layer, in the order (input, hx, cx, weight_ih, weight_hh, bias_ih, bias_hh); each is
 // computed only where output_mask says so (undefined otherwise). Undefined incoming gradients are zeros.
-template <typename Cell>
+template <kernels::CellKind K>
 std::vector<Tensor> layer_backward(const char* op, const Tensor& grad_output, const Tensor& grad_h_n,
                                    const Tensor& grad_c_n, const Tensor& input, const optional<Tensor>& hx,
                                    const optional<Tensor>& cx, const Tensor& weight_ih,
@@ -150,6 +151,7 @@ std::vector<Tensor> layer_backward(const char* op, const Tensor& grad_output, co
                                    const optional<Tensor>& bias_hh, const Tensor& output,
                                    const Tensor& workspace, const optional<Tensor>& batch_sizes, bool reverse,
                                    std::array<bool, 7> output_mask) {
+  using Cell = kernels::CellTraits<K>;
   const LayerGeometry g = check_layer(op, input, weight_ih, weight_hh, bias_ih, bias_hh, batch_sizes,
                                       Cell::kGates);
   const int64_t GH = Cell::kGates * g.H;
@@ -179,7 +181,7 @@ std::vector<Tensor> layer_backward(const char* op, const Tensor& grad_output, co
   Tensor h_prev = at::empty({g.N, g.H}, opts);
   const auto L = g.layout(reverse);
   AT_DISPATCH_FLOATING_TYPES(input.scalar_type(), "recurrent_layer", [&] {
-    kernels::recurrence_backward<Cell, scalar_t>(
+    kernels::backward<K, scalar_t>(
         L, g.H, w_hh.data_ptr<scalar_t>(), ws.data_ptr<scalar_t>(), out.data_ptr<scalar_t>(),
         h0.defined() ? h0.data_ptr<scalar_t>() : nullptr, c0.defined() ? c0.data_ptr<scalar_t>() : nullptr,
         zeros.data_ptr<scalar_t>(), go.data_ptr<scalar_t>(), dh.data_ptr<scalar_t>(),

@@ -1,0 +1,88 @@
+"""Timing and machine-reporting helpers shared by the benchmarks."""
+import ctypes
+import json
+import os
+import platform
+import statistics
+import time
+from typing import Callable, Dict, Optional
+
+import torch
+
+
+def median_time(fn: Callable[[], object], warmup: int = 2, repeats: int = 7, min_seconds: float = 0.0) -> float:
+    """Median wall time of fn() in seconds, after `warmup` untimed calls. Repeats until both `repeats`
+    runs and `min_seconds` of timed runs are reached."""
+    for _ in range(warmup):
+        fn()
+    times = []
+    start = time.perf_counter()
+    while len(times) < repeats or (time.perf_counter() - start) < min_seconds:
+        t0 = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - t0)
+        if len(times) >= 1000:
+            break
+    return statistics.median(times)
+
+
+def _openblas() -> Optional[ctypes.CDLL]:
+    """The BLAS library loaded in this process (the one torch uses), if it is OpenBLAS."""
+    try:
+        with open("/proc/self/maps") as f:
+            paths = {line.split()[-1] for line in f if ".so" in line}
+    except OSError:
+        return None
+    for p in sorted(paths):
+        if "blas" in os.path.basename(p).lower():
+            try:
+                lib = ctypes.CDLL(p)
+                lib.openblas_get_num_threads  # noqa: B018  (raises AttributeError if not OpenBLAS)
+                return lib
+            except (OSError, AttributeError):
+                continue
+    return None
+
+
+def blas_info() -> Dict[str, object]:
+    lib = _openblas()
+    if lib is None:
+        return {"blas": "not OpenBLAS (or not found)", "blas_threads": None}
+    lib.openblas_get_config.restype = ctypes.c_char_p
+    return {"blas": "OpenBLAS " + lib.openblas_get_config().decode().strip(),
+            "blas_threads": lib.openblas_get_num_threads()}
+
+
+def set_blas_threads(n: int) -> None:
+    lib = _openblas()
+    if lib is not None:
+        lib.openblas_set_num_threads(n)
+
+
+def machine_info() -> Dict[str, object]:
+    cpu = platform.processor() or "unknown"
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if line.startswith("model name"):
+                    cpu = line.split(":", 1)[1].strip()
+                    break
+    except OSError:
+        pass
+    info = {"cpu": cpu, "cores": os.cpu_count(), "torch": torch.__version__,
+            "torch_threads": torch.get_num_threads(), "python": platform.python_version()}
+    info.update(blas_info())
+    return info
+
+
+def sgemm_gflops(n: int = 1024, dtype=torch.float32) -> float:
+    """This machine's matrix-product rate through torch (BLAS), in GFLOP/s."""
+    a, b = torch.randn(n, n, dtype=dtype), torch.randn(n, n, dtype=dtype)
+    t = median_time(lambda: torch.mm(a, b), warmup=3, repeats=9)
+    return 2 * n ** 3 / t / 1e9
+
+
+def save_json(path: str, payload: dict) -> None:
+    os.makedirs(os.path.dirname(path), exist_ok=True)
+    with open(path, "w") as f:
+        json.dump(payload, f, indent=2)

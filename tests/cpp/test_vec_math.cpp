@@ -1,0 +1,40 @@
+// The vectorisable float exp / sigmoid / tanh against the standard library over their whole range.
+#include <gtest/gtest.h>
+
+#include <cmath>
+
+#include "kernels/vec_math.h"
+
+namespace {
+
+using namespace torch_rnn_ext::kernels;
+
+TEST(VecMath, ExpRelativeErrorBelowThreeUlp) {
+  double worst = 0;
+  for (float x = -87.0f; x <= 88.0f; x += 0.00731f) {  // the unclamped range
+    const double ref = std::exp(static_cast<double>(x));
+    worst = std::max(worst, std::abs(fast_exp(x) - ref) / ref);
+  }
+  EXPECT_LT(worst, 3 * 1.2e-7);
+}
+
+TEST(VecMath, ExpSaturatesInsteadOfOverflowingToGarbage) {
+  EXPECT_TRUE(std::isfinite(fast_exp(1000.0f)));
+  EXPECT_GE(fast_exp(-1000.0f), 0.0f);
+  EXPECT_LT(fast_exp(-1000.0f), 1e-37f);
+}
+
+TEST(VecMath, TanhAndSigmoidAbsoluteErrorBelow2e7) {
+  double worst_tanh = 0, worst_sig = 0;
+  for (float x = -30.0f; x <= 30.0f; x += 0.000913f) {
+    worst_tanh = std::max(worst_tanh, std::abs(fast_tanh(x) - std::tanh(static_cast<double>(x))));
+    worst_sig = std::max(worst_sig, std::abs(fast_sigmoid(x) - 1.0 / (1.0 + std::exp(-static_cast<double>(x)))));
+  }
+  EXPECT_LT(worst_tanh, 2e-7);
+  EXPECT_LT(worst_sig, 2e-7);
+  EXPECT_EQ(fast_tanh(0.0f), 0.0f);
+  EXPECT_EQ(fast_tanh(-100.0f), -1.0f);
+  EXPECT_EQ(fast_tanh(100.0f), 1.0f);
+}
+
+}  // namespace
