@@ -47,9 +47,9 @@ def _openblas() -> Optional[ctypes.CDLL]:
 def blas_info() -> Dict[str, object]:
     lib = _openblas()
     if lib is None:
-        return {"blas": "not OpenBLAS (or not found)", "blas_threads": None}
+        return {"blas": "BLAS (not OpenBLAS, or not found)", "blas_threads": None}
     lib.openblas_get_config.restype = ctypes.c_char_p
-    return {"blas": "OpenBLAS " + lib.openblas_get_config().decode().strip(),
+    return {"blas": lib.openblas_get_config().decode().strip(),
             "blas_threads": lib.openblas_get_num_threads()}
 
 
