@@ -1,0 +1,52 @@
+#pragma once
+// The ATen side shared by the linear-time scans on CPU (selective_scan, wkv4): how work is spread over
+// threads and how per-task partial gradients are summed. Each output element is written by exactly one
+// task, and every sum runs in a fixed order, so results do not depend on the number of threads.
+#include <ATen/ATen.h>
+#include <ATen/Parallel.h>
+
+#include <algorithm>
+#include <vector>
+
+namespace torch_rnn_ext {
+namespace cpu {
+
+// Calls f(i) for i in [0, n) across threads; `work` is a rough cost of one item, to size the grain.
+template <typename F>
+void parallel_items(int64_t n, int64_t work, const F& f) {
+  const int64_t grain = std::max<int64_t>(1, 32768 / std::max<int64_t>(1, work));
+  at::parallel_for(0, n, grain, [&](int64_t begin, int64_t end) {
+    for (int64_t i = begin; i < end; ++i) f(i);
+  });
+}
+
+// Sums ranges of rows: in is (outer, K, inner) and bounds (R + 1 values) cut [0, K) into R ranges;
+// returns (outer, R, inner) with out[o, r] = sum of in[o, k] for k in [bounds[r], bounds[r + 1]),
+// added in increasing k.
+inline at::Tensor sum_row_ranges(const at::Tensor& in, const std::vector<int64_t>& bounds) {
+  const int64_t outer = in.size(0), K = in.size(1), inner = in.numel() / std::max<int64_t>(1, outer * K);
+  const int64_t R = static_cast<int64_t>(bounds.size()) - 1;
+  at::Tensor out = at::zeros({outer, R, inner}, in.options());
+  AT_DISPATCH_FLOATING_TYPES(in.scalar_type(), "sum_row_ranges", [&] {
+    const scalar_t* src = in.data_ptr<scalar_t>();
+    scalar_t* dst = out.data_ptr<scalar_t>();
+    parallel_items(outer * R, inner * (K / std::max<int64_t>(1, R)), [&](int64_t row) {
+      const int64_t o = row / R, r = row % R;
+      scalar_t* d = dst + row * inner;
+      for (int64_t k = bounds[r]; k < bounds[r + 1]; ++k) {
+        const scalar_t* s = src + (o * K + k) * inner;
+        for (int64_t i = 0; i < inner; ++i) d[i] += s[i];
+      }
+    });
+  });
+  return out;
+}
+
+// Sum over the first dimension, in order: (K, ...) -> (...).
+inline at::Tensor sum_leading(const at::Tensor& in) {
+  std::vector<int64_t> sizes(in.sizes().begin() + 1, in.sizes().end());
+  return sum_row_ranges(in.contiguous().view({1, in.size(0), -1}), {0, in.size(0)}).view(sizes);
+}
+
+}  // namespace cpu
+}  // namespace torch_rnn_ext

@@ -1,0 +1,313 @@
+// CPU kernels of the selective_scan ops: validation, layout, and the per-channel loops of
+// kernels/selective_scan.h spread over (batch, channel) with at::parallel_for.
+#include <torch/library.h>
+
+#include <array>
+#include <vector>
+
+#include "checks.h"
+#include "kernels/selective_scan.h"
+#include "ops/cpu/scan_common.h"
+
+namespace torch_rnn_ext {
+namespace cpu {
+namespace {
+
+using at::Tensor;
+using c10::optional;
+using kernels::kChunk;
+
+// How B or C is given: constant (dim, N), or varying with `groups` groups ((batch, N, L) is one group).
+struct Operand {
+  bool varying = false;
+  int64_t groups = 1;
+  int64_t per_group = 0;  // channels per group (dim when constant)
+};
+
+struct ScanGeometry {
+  int64_t batch = 0, dim = 0, L = 0, N = 0;
+  Operand B, C;
+};
+
+Operand check_operand(const Tensor& t, const Tensor& u, const ScanGeometry& g, const char* name) {
+  check_cpu(t, name);
+  check_dtype(t, u.scalar_type(), name);
+  Operand o;
+  if (t.dim() == 2) {
+    check_sizes(t, {g.dim, g.N}, name);
+    o.per_group = g.dim;
+    return o;
+  }
+  TORCH_CHECK(t.dim() == 3 || t.dim() == 4, "selective_scan: ", name,
+              ": expected (dim, d_state), (batch, d_state, L) or (batch, G, d_state, L), got a ", t.dim(),
+              "-D tensor of size ", t.sizes());
+  o.varying = true;
+  o.groups = t.dim() == 4 ? t.size(1) : 1;
+  TORCH_CHECK(o.groups >= 1 && g.dim % o.groups == 0, "selective_scan: ", name, ": the number of groups G = ",
+              o.groups, " (size 1 of a (batch, G, d_state, L) tensor) does not divide dim = ", g.dim);
+  TORCH_CHECK(t.size(-2) == g.N, "selective_scan: ", name, ": d_state (size ", t.dim() - 2, ") is ",
+              t.size(-2), " but A has d_state ", g.N);
+  o.per_group = g.dim / o.groups;
+  if (t.dim() == 3)
+    check_sizes(t, {g.batch, g.N, g.L}, name);
+  else
+    check_sizes(t, {g.batch, o.groups, g.N, g.L}, name);
+  return o;
+}
+
+ScanGeometry check_selective_scan(const Tensor& u, const Tensor& delta, const Tensor& A, const Tensor& B,
+                                  const Tensor& C, const optional<Tensor>& D, const optional<Tensor>& z,
+                                  const optional<Tensor>& delta_bias, const optional<Tensor>& initial_state) {
+  check_cpu(u, "u");
+  check_floating(u, "u");
+  TORCH_CHECK(u.dim() == 3, "selective_scan: u: expected a 3-D tensor (batch, dim, L), got a ", u.dim(),
+              "-D tensor of size ", u.sizes());
+  ScanGeometry g;
+  g.batch = u.size(0);
+  g.dim = u.size(1);
+  g.L = u.size(2);
+  TORCH_CHECK(g.L >= 1, "selective_scan: u: expected a sequence of at least one step, got size ", u.sizes());
+  check_like(delta, u, u.sizes(), "delta");
+  check_cpu(A, "A");
+  check_dtype(A, u.scalar_type(), "A");
+  check_dim(A, 2, "A");
+  TORCH_CHECK(A.size(0) == g.dim, "selective_scan: A: expected size (dim, d_state) = (", g.dim,
+              ", d_state), got ", A.sizes());
+  g.N = A.size(1);
+  TORCH_CHECK(g.N >= 1, "selective_scan: A: expected d_state >= 1, got size ", A.sizes());
+  g.B = check_operand(B, u, g, "B");
+  g.C = check_operand(C, u, g, "C");
+  check_optional_like(D, u, {g.dim}, "D");
+  check_optional_like(z, u, u.sizes(), "z");
+  check_optional_like(delta_bias, u, {g.dim}, "delta_bias");
+  check_optional_like(initial_state, u, {g.batch, g.dim, g.N}, "initial_state");
+  return g;
+}
+
+// B or C laid out for the kernel: constant (dim, N), or varying (batch, G, L, N).
+Tensor operand_layout(const Tensor& t, const ScanGeometry& g, const Operand& o) {
+  if (!o.varying) return t.contiguous();
+  return t.reshape({g.batch, o.groups, g.N, g.L}).transpose(2, 3).contiguous();
+}
+
+// One call's tensors in the kernel's layout (kept alive here), and raw pointers into them, taken
+// before any parallel region.
+template <typename T>
+struct ScanInputs {
+  Tensor tu, tdelta, tA, tB, tC, tD, tz, tbias;
+  ScanGeometry g;
+  bool softplus;
+  const T *u, *delta, *A, *B, *C, *D, *z, *bias;
+
+  ScanInputs(const ScanGeometry& geo, const Tensor& u_, const Tensor& delta_, const Tensor& A_,
+             const Tensor& B_, const Tensor& C_, const optional<Tensor>& D_, const optional<Tensor>& z_,
+             const optional<Tensor>& bias_, bool softplus_)
+      : tu(u_.contiguous()),
+        tdelta(delta_.contiguous()),
+        tA(A_.contiguous()),
+        tB(operand_layout(B_, geo, geo.B)),
+        tC(operand_layout(C_, geo, geo.C)),
+        tD(present(D_) ? D_->contiguous() : Tensor()),
+        tz(present(z_) ? z_->contiguous() : Tensor()),
+        tbias(present(bias_) ? bias_->contiguous() : Tensor()),
+        g(geo),
+        softplus(softplus_),
+        u(tu.data_ptr<T>()),
+        delta(tdelta.data_ptr<T>()),
+        A(tA.data_ptr<T>()),
+        B(tB.data_ptr<T>()),
+        C(tC.data_ptr<T>()),
+        D(tD.defined() ? tD.data_ptr<T>() : nullptr),
+        z(tz.defined() ? tz.data_ptr<T>() : nullptr),
+        bias(tbias.defined() ? tbias.data_ptr<T>() : nullptr) {}
+
+  // Where operand o (laid out by operand_layout) starts for channel d of batch row b.
+  const T* operand(const T* base, const Operand& o, int64_t b, int64_t d) const {
+    if (!o.varying) return base + d * g.N;
+    return base + (b * o.groups + d / o.per_group) * g.L * g.N;
+  }
+
+  kernels::ScanChannel<T> channel(int64_t b, int64_t d) const {
+    const int64_t row = (b * g.dim + d) * g.L;
+    return {g.L,
+            g.N,
+            u + row,
+            delta + row,
+            z ? z + row : nullptr,
+            A + d * g.N,
+            operand(B, g.B, b, d),
+            g.B.varying ? g.N : 0,
+            operand(C, g.C, b, d),
+            g.C.varying ? g.N : 0,
+            D ? D[d] : T(0),
+            bias ? bias[d] : T(0),
+            softplus};
+  }
+};
+
+Tensor initial_state(const optional<Tensor>& s, const Tensor& u, const ScanGeometry& g) {
+  if (!present(s)) return at::zeros({g.batch, g.dim, g.N}, u.options());
+  return s->contiguous().clone();
+}
+
+std::tuple<Tensor, Tensor, Tensor> forward(const Tensor& u, const Tensor& delta, const Tensor& A,
+                                           const Tensor& B, const Tensor& C, const optional<Tensor>& D,
+                                           const optional<Tensor>& z, const optional<Tensor>& delta_bias,
+                                           bool delta_softplus, const optional<Tensor>& initial,
+                                           bool save) {
+  const ScanGeometry g = check_selective_scan(u, delta, A, B, C, D, z, delta_bias, initial);
+  Tensor h = initial_state(initial, u, g);
+  Tensor out = at::empty({g.batch, g.dim, g.L}, u.options());
+  const int64_t chunks = kernels::num_chunks(g.L);
+  Tensor ckpt = save ? at::empty({g.batch, g.dim, chunks, g.N}, u.options()) : Tensor();
+  AT_DISPATCH_FLOATING_TYPES(u.scalar_type(), "selective_scan", [&] {
+    const ScanInputs<scalar_t> in(g, u, delta, A, B, C, D, z, delta_bias, delta_softplus);
+    scalar_t* hp = h.data_ptr<scalar_t>();
+    scalar_t* op = out.data_ptr<scalar_t>();
+    scalar_t* cp = save ? ckpt.data_ptr<scalar_t>() : nullptr;
+    parallel_items(g.batch * g.dim, g.L * g.N, [&](int64_t ch) {
+      kernels::selective_scan_forward<scalar_t>(in.channel(ch / g.dim, ch % g.dim), hp + ch * g.N,
+                                                op + ch * g.L, cp ? cp + ch * chunks * g.N : nullptr);
+    });
+  });
+  return {out, h, ckpt};
+}
+
+// Backward tasks: runs of consecutive channels that share their B group and their C group, at most
+// kTaskChannels long. A task accumulates the gradients of varying B and C for its channels in order.
+constexpr int64_t kTaskChannels = 32;
+
+std::vector<std::pair<int64_t, int64_t>> channel_tasks(const ScanGeometry& g) {
+  std::vector<int64_t> cuts;
+  for (int64_t d = 0; d < g.dim; ++d)
+    if (d % g.B.per_group == 0 || d % g.C.per_group == 0) cuts.push_back(d);
+  cuts.push_back(g.dim);
+  std::vector<std::pair<int64_t, int64_t>> tasks;
+  for (size_t i = 0; i + 1 < cuts.size(); ++i) {
+    const int64_t len = cuts[i + 1] - cuts[i], pieces = (len + kTaskChannels - 1) / kTaskChannels;
+    for (int64_t p = 0; p < pieces; ++p)
+      tasks.emplace_back(cuts[i] + len * p / pieces, cuts[i] + len * (p + 1) / pieces);
+  }
+  return tasks;
+}
+
+// Partial gradients of B or C: per (batch, channel) rows (batch, dim, N) when constant, per (batch,
+// task) sequences (batch, tasks, L, N) when varying.
+struct OperandGrad {
+  Tensor partial;
+  int64_t step = 0;
+  template <typename T>
+  static T* at(T* base, const Operand& o, const ScanGeometry& g, int64_t b, int64_t d, int64_t task,
+               int64_t tasks) {
+    if (!o.varying) return base + (b * g.dim + d) * g.N;
+    return base + (b * tasks + task) * g.L * g.N;
+  }
+};
+
+OperandGrad operand_grad(const Operand& o, const ScanGeometry& g, int64_t tasks, const at::TensorOptions& opts) {
+  if (!o.varying) return {at::zeros({g.batch, g.dim, g.N}, opts), 0};
+  return {at::zeros({g.batch, tasks, g.L, g.N}, opts), g.N};
+}
+
+// The gradient of B or C in its own shape, from the partials.
+Tensor finish_operand_grad(const OperandGrad& pg, const Tensor& like, const Operand& o, const ScanGeometry& g,
+                           const std::vector<std::pair<int64_t, int64_t>>& tasks) {
+  if (!o.varying) return sum_leading(pg.partial);
+  std::vector<int64_t> bounds{0};
+  for (int64_t grp = 0; grp < o.groups; ++grp) {
+    int64_t k = bounds.back();
+    while (k < static_cast<int64_t>(tasks.size()) && tasks[k].first / o.per_group == grp) ++k;
+    bounds.push_back(k);
+  }
+  Tensor summed = sum_row_ranges(pg.partial.view({g.batch, static_cast<int64_t>(tasks.size()), -1}), bounds);
+  return summed.view({g.batch, o.groups, g.L, g.N}).transpose(2, 3).contiguous().view(like.sizes());
+}
+
+std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor> backward(
+    const optional<Tensor>& grad_out, const optional<Tensor>& grad_last_state, const Tensor& u,
+    const Tensor& delta, const Tensor& A, const Tensor& B, const Tensor& C, const optional<Tensor>& D,
+    const optional<Tensor>& z, const optional<Tensor>& delta_bias, bool delta_softplus,
+    const optional<Tensor>& initial, const Tensor& checkpoints, std::array<bool, 9> mask) {
+  const ScanGeometry g = check_selective_scan(u, delta, A, B, C, D, z, delta_bias, initial);
+  const int64_t chunks = kernels::num_chunks(g.L);
+  check_like(checkpoints, u, {g.batch, g.dim, chunks, g.N}, "checkpoints");
+  check_optional_like(grad_out, u, u.sizes(), "grad_out");
+  check_optional_like(grad_last_state, u, {g.batch, g.dim, g.N}, "grad_last_state");
+  const auto opts = u.options();
+  const auto tasks = channel_tasks(g);
+  const int64_t ntasks = static_cast<int64_t>(tasks.size());
+  const Tensor go = present(grad_out) ? grad_out->contiguous() : Tensor();
+  const Tensor ck = checkpoints.contiguous();
+  Tensor gh = present(grad_last_state) ? grad_last_state->contiguous().clone()
+                                       : at::zeros({g.batch, g.dim, g.N}, opts);
+  Tensor gu = at::empty({g.batch, g.dim, g.L}, opts), gdelta = at::empty({g.batch, g.dim, g.L}, opts);
+  Tensor gz = present(z) ? at::empty({g.batch, g.dim, g.L}, opts) : Tensor();
+  Tensor gA = at::zeros({g.batch, g.dim, g.N}, opts);
+  Tensor gD = at::zeros({g.batch, g.dim}, opts), gbias = at::zeros({g.batch, g.dim}, opts);
+  const OperandGrad gB = operand_grad(g.B, g, ntasks, opts), gC = operand_grad(g.C, g, ntasks, opts);
+  const int64_t ws_size = 2 * kChunk * g.N + kChunk;
+  Tensor ws = at::empty({g.batch * ntasks, ws_size}, opts);
+  AT_DISPATCH_FLOATING_TYPES(u.scalar_type(), "selective_scan_backward", [&] {
+    using T = scalar_t;
+    const ScanInputs<T> in(g, u, delta, A, B, C, D, z, delta_bias, delta_softplus);
+    const T* gop = go.defined() ? go.data_ptr<T>() : nullptr;
+    const T* ckp = ck.data_ptr<T>();
+    T *gup = gu.data_ptr<T>(), *gdp = gdelta.data_ptr<T>(), *gzp = gz.defined() ? gz.data_ptr<T>() : nullptr,
+      *gAp = gA.data_ptr<T>(), *gBp = gB.partial.data_ptr<T>(), *gCp = gC.partial.data_ptr<T>(),
+      *gDp = gD.data_ptr<T>(), *gbp = gbias.data_ptr<T>(), *ghp = gh.data_ptr<T>(), *wsp = ws.data_ptr<T>();
+    parallel_items(g.batch * ntasks, kTaskChannels * g.L * g.N, [&](int64_t item) {
+      const int64_t b = item / ntasks, task = item % ntasks;
+      for (int64_t d = tasks[task].first; d < tasks[task].second; ++d) {
+        const int64_t ch = b * g.dim + d;
+        const kernels::ScanChannelGrads<T> grads{gup + ch * g.L,
+                                                 gdp + ch * g.L,
+                                                 gzp ? gzp + ch * g.L : nullptr,
+                                                 gAp + ch * g.N,
+                                                 OperandGrad::at(gBp, g.B, g, b, d, task, ntasks),
+                                                 gB.step,
+                                                 OperandGrad::at(gCp, g.C, g, b, d, task, ntasks),
+                                                 gC.step,
+                                                 gDp + ch,
+                                                 gbp + ch};
+        kernels::selective_scan_backward<T>(in.channel(b, d), ckp + ch * chunks * g.N,
+                                            gop ? gop + ch * g.L : nullptr, ghp + ch * g.N, grads,
+                                            wsp + item * ws_size);
+      }
+    });
+  });
+  return {mask[0] ? gu : Tensor(),
+          mask[1] ? gdelta : Tensor(),
+          mask[2] ? sum_leading(gA) : Tensor(),
+          mask[3] ? finish_operand_grad(gB, B, g.B, g, tasks) : Tensor(),
+          mask[4] ? finish_operand_grad(gC, C, g.C, g, tasks) : Tensor(),
+          mask[5] && present(D) ? sum_leading(gD) : Tensor(),
+          mask[6] ? gz : Tensor(),
+          mask[7] && present(delta_bias) ? sum_leading(gbias) : Tensor(),
+          mask[8] ? gh : Tensor()};
+}
+
+std::tuple<Tensor, Tensor> selective_scan_cpu(const Tensor& u, const Tensor& delta, const Tensor& A,
+                                              const Tensor& B, const Tensor& C, const optional<Tensor>& D,
+                                              const optional<Tensor>& z, const optional<Tensor>& delta_bias,
+                                              bool delta_softplus, const optional<Tensor>& initial_state) {
+  auto r = forward(u, delta, A, B, C, D, z, delta_bias, delta_softplus, initial_state, /*save=*/false);
+  return {std::get<0>(r), std::get<1>(r)};
+}
+
+std::tuple<Tensor, Tensor, Tensor> selective_scan_forward_cpu(
+    const Tensor& u, const Tensor& delta, const Tensor& A, const Tensor& B, const Tensor& C,
+    const optional<Tensor>& D, const optional<Tensor>& z, const optional<Tensor>& delta_bias,
+    bool delta_softplus, const optional<Tensor>& initial_state) {
+  return forward(u, delta, A, B, C, D, z, delta_bias, delta_softplus, initial_state, /*save=*/true);
+}
+
+}  // namespace
+
+TORCH_LIBRARY_IMPL(torch_rnn_ext, CPU, m) {
+  m.impl("selective_scan", TORCH_FN(selective_scan_cpu));
+  m.impl("_selective_scan_forward", TORCH_FN(selective_scan_forward_cpu));
+  m.impl("_selective_scan_backward", TORCH_FN(backward));
+}
+
+}  // namespace cpu
+}  // namespace torch_rnn_ext

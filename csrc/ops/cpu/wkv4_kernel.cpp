@@ -1,0 +1,161 @@
+// CPU kernels of the wkv4 ops: validation, layout, and the loops of kernels/wkv4.h spread over
+// (batch, block of channels) with at::parallel_for.
+#include <torch/library.h>
+
+#include <array>
+
+#include "checks.h"
+#include "kernels/wkv4.h"
+#include "ops/cpu/scan_common.h"
+
+namespace torch_rnn_ext {
+namespace cpu {
+namespace {
+
+using at::Tensor;
+using c10::optional;
+using kernels::kChunk;
+
+// Channels per task: the inner loops run across a block's channels.
+constexpr int64_t kBlock = 64;
+
+struct WkvGeometry {
+  int64_t batch = 0, T = 0, C = 0;
+  int64_t blocks() const { return (C + kBlock - 1) / kBlock; }
+};
+
+WkvGeometry check_wkv4(const Tensor& time_decay, const Tensor& time_first, const Tensor& k, const Tensor& v,
+                       const optional<Tensor>& state) {
+  check_cpu(k, "k");
+  check_floating(k, "k");
+  TORCH_CHECK(k.dim() == 3, "wkv4: k: expected a 3-D tensor (batch, T, C), got a ", k.dim(),
+              "-D tensor of size ", k.sizes());
+  WkvGeometry g{k.size(0), k.size(1), k.size(2)};
+  TORCH_CHECK(g.T >= 1, "wkv4: k: expected a sequence of at least one step, got size ", k.sizes());
+  check_like(v, k, k.sizes(), "v");
+  check_like(time_decay, k, {g.C}, "time_decay");
+  check_like(time_first, k, {g.C}, "time_first");
+  check_optional_like(state, k, {g.batch, 3, g.C}, "state");
+  return g;
+}
+
+// Pointers of one call, taken before any parallel region. Task i is block i % blocks of batch row
+// i / blocks.
+template <typename T>
+struct WkvInputs {
+  Tensor tw, tu, tk, tv;
+  WkvGeometry g;
+  const T *w, *u, *k, *v;
+
+  WkvInputs(const WkvGeometry& geo, const Tensor& time_decay, const Tensor& time_first, const Tensor& k_,
+            const Tensor& v_)
+      : tw(time_decay.exp().neg().contiguous()),
+        tu(time_first.contiguous()),
+        tk(k_.contiguous()),
+        tv(v_.contiguous()),
+        g(geo),
+        w(tw.data_ptr<T>()),
+        u(tu.data_ptr<T>()),
+        k(tk.data_ptr<T>()),
+        v(tv.data_ptr<T>()) {}
+
+  int64_t batch_of(int64_t task) const { return task / g.blocks(); }
+  int64_t first_channel(int64_t task) const { return (task % g.blocks()) * kBlock; }
+  // Offset of the task's first element in a (batch, rows, C) tensor.
+  int64_t offset(int64_t task, int64_t rows) const {
+    return batch_of(task) * rows * g.C + first_channel(task);
+  }
+  kernels::WkvBlock<T> block(int64_t task) const {
+    const int64_t c0 = first_channel(task), off = offset(task, g.T);
+    return {g.T, std::min(kBlock, g.C - c0), g.C, w + c0, u + c0, k + off, v + off};
+  }
+  // The (aa, bb, pp) rows of a (batch, ..., 3, C) tensor at p for this task.
+  static kernels::WkvState<T> rows(T* p, int64_t C) { return {p, p + C, p + 2 * C}; }
+};
+
+Tensor initial_state(const optional<Tensor>& state, const Tensor& k, const WkvGeometry& g) {
+  if (present(state)) return state->contiguous().clone();
+  Tensor s = at::zeros({g.batch, 3, g.C}, k.options());
+  s.select(1, 2).fill_(kernels::kWkvEmptyPP);
+  return s;
+}
+
+std::tuple<Tensor, Tensor, Tensor> forward(const Tensor& time_decay, const Tensor& time_first, const Tensor& k,
+                                           const Tensor& v, const optional<Tensor>& state, bool save) {
+  const WkvGeometry g = check_wkv4(time_decay, time_first, k, v, state);
+  Tensor s = initial_state(state, k, g);
+  Tensor y = at::empty({g.batch, g.T, g.C}, k.options());
+  const int64_t chunks = kernels::num_chunks(g.T);
+  Tensor ckpt = save ? at::empty({g.batch, chunks, 3, g.C}, k.options()) : Tensor();
+  AT_DISPATCH_FLOATING_TYPES(k.scalar_type(), "wkv4", [&] {
+    using T = scalar_t;
+    const WkvInputs<T> in(g, time_decay, time_first, k, v);
+    T *sp = s.data_ptr<T>(), *yp = y.data_ptr<T>(), *cp = save ? ckpt.data_ptr<T>() : nullptr;
+    parallel_items(g.batch * g.blocks(), g.T * kBlock, [&](int64_t task) {
+      const auto ck = cp ? in.rows(cp + in.offset(task, chunks * 3), g.C) : kernels::WkvState<T>{};
+      kernels::wkv4_forward<T>(in.block(task), in.rows(sp + in.offset(task, 3), g.C),
+                               yp + in.offset(task, g.T), ck, 3 * g.C);
+    });
+  });
+  return {y, s, ckpt};
+}
+
+std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor> backward(
+    const optional<Tensor>& grad_y, const optional<Tensor>& grad_new_state, const Tensor& time_decay,
+    const Tensor& time_first, const Tensor& k, const Tensor& v, const optional<Tensor>& state,
+    const Tensor& checkpoints, std::array<bool, 5> mask) {
+  const WkvGeometry g = check_wkv4(time_decay, time_first, k, v, state);
+  const int64_t chunks = kernels::num_chunks(g.T);
+  check_like(checkpoints, k, {g.batch, chunks, 3, g.C}, "checkpoints");
+  check_optional_like(grad_y, k, k.sizes(), "grad_y");
+  check_optional_like(grad_new_state, k, {g.batch, 3, g.C}, "grad_new_state");
+  const auto opts = k.options();
+  const Tensor gy = present(grad_y) ? grad_y->contiguous() : Tensor();
+  const Tensor ck = checkpoints.contiguous();
+  Tensor gs = present(grad_new_state) ? grad_new_state->contiguous().clone() : at::zeros({g.batch, 3, g.C}, opts);
+  Tensor gk = at::empty({g.batch, g.T, g.C}, opts), gv = at::empty({g.batch, g.T, g.C}, opts);
+  Tensor gw = at::zeros({g.batch, g.C}, opts), gu = at::zeros({g.batch, g.C}, opts);
+  const int64_t tasks = g.batch * g.blocks(), ws_size = 3 * kChunk * kBlock;
+  Tensor ws = at::empty({tasks, ws_size}, opts);
+  Tensor w;
+  AT_DISPATCH_FLOATING_TYPES(k.scalar_type(), "wkv4_backward", [&] {
+    using T = scalar_t;
+    const WkvInputs<T> in(g, time_decay, time_first, k, v);
+    w = in.tw;
+    const T* gyp = gy.defined() ? gy.data_ptr<T>() : nullptr;
+    T *ckp = ck.data_ptr<T>(), *gsp = gs.data_ptr<T>(), *gkp = gk.data_ptr<T>(), *gvp = gv.data_ptr<T>(),
+      *gwp = gw.data_ptr<T>(), *gup = gu.data_ptr<T>(), *wsp = ws.data_ptr<T>();
+    parallel_items(tasks, 3 * g.T * kBlock, [&](int64_t task) {
+      const int64_t off = in.offset(task, g.T), row = in.offset(task, 1);
+      kernels::wkv4_backward<T>(in.block(task), in.rows(ckp + in.offset(task, chunks * 3), g.C), 3 * g.C,
+                                gyp ? gyp + off : nullptr, in.rows(gsp + in.offset(task, 3), g.C), gkp + off,
+                                gvp + off, gwp + row, gup + row, wsp + task * ws_size);
+    });
+  });
+  // w = -exp(time_decay), so d w / d time_decay = w.
+  return {mask[0] ? sum_leading(gw) * w : Tensor(), mask[1] ? sum_leading(gu) : Tensor(),
+          mask[2] ? gk : Tensor(), mask[3] ? gv : Tensor(), mask[4] ? gs : Tensor()};
+}
+
+std::tuple<Tensor, Tensor> wkv4_cpu(const Tensor& time_decay, const Tensor& time_first, const Tensor& k,
+                                    const Tensor& v, const optional<Tensor>& state) {
+  auto r = forward(time_decay, time_first, k, v, state, /*save=*/false);
+  return {std::get<0>(r), std::get<1>(r)};
+}
+
+std::tuple<Tensor, Tensor, Tensor> wkv4_forward_cpu(const Tensor& time_decay, const Tensor& time_first,
+                                                    const Tensor& k, const Tensor& v,
+                                                    const optional<Tensor>& state) {
+  return forward(time_decay, time_first, k, v, state, /*save=*/true);
+}
+
+}  // namespace
+
+TORCH_LIBRARY_IMPL(torch_rnn_ext, CPU, m) {
+  m.impl("wkv4", TORCH_FN(wkv4_cpu));
+  m.impl("_wkv4_forward", TORCH_FN(wkv4_forward_cpu));
+  m.impl("_wkv4_backward", TORCH_FN(backward));
+}
+
+}  // namespace cpu
+}  // namespace torch_rnn_ext
