@@ -8,7 +8,10 @@ from . import _library
 LIBRARY_PATH = _library.load()
 
 from . import functional  # noqa: E402
-from .functional import lstm, lstm_layer  # noqa: E402
-from .modules.rnn import LSTM  # noqa: E402
+from .functional import gru, gru_layer, lstm, lstm_layer, rnn_relu, rnn_relu_layer, rnn_tanh, rnn_tanh_layer  # noqa: E402,E501
+from .modules.cells import GRUCell, LSTMCell, RNNCell  # noqa: E402
+from .modules.convert import convert  # noqa: E402
+from .modules.rnn import GRU, LSTM, RNN  # noqa: E402
 
-__all__ = ["LSTM", "functional", "lstm", "lstm_layer", "LIBRARY_PATH"]
+__all__ = ["LSTM", "GRU", "RNN", "LSTMCell", "GRUCell", "RNNCell", "convert", "functional", "lstm", "gru",
+           "rnn_tanh", "rnn_relu", "lstm_layer", "gru_layer", "rnn_tanh_layer", "rnn_relu_layer", "LIBRARY_PATH"]

@@ -22,7 +22,7 @@ template <>
 struct Cell<CellKind::LSTM> : CellTraits<CellKind::LSTM> {
   template <bool kSave, typename T>
   static void forward(int64_t H, const T* __restrict gi, const T* __restrict gh, const T* __restrict b,
-                      T* __restrict h, T* __restrict c, T* __restrict out, T* __restrict saved) {
+                      const T* /*h_prev*/, T* __restrict c, T* __restrict out, T* __restrict saved) {
     for (int64_t j = 0; j < H; ++j) {
       const T i = sigmoid_(gi[j] + gh[j] + b[j]);
       const T f = sigmoid_(gi[H + j] + gh[H + j] + b[H + j]);
@@ -31,7 +31,6 @@ struct Cell<CellKind::LSTM> : CellTraits<CellKind::LSTM> {
       const T cn = f * c[j] + i * g;
       const T hn = o * tanh_(cn);
       c[j] = cn;
-      h[j] = hn;
       out[j] = hn;
       if (kSave) {
         saved[j] = i;
@@ -41,6 +40,12 @@ struct Cell<CellKind::LSTM> : CellTraits<CellKind::LSTM> {
         saved[4 * H + j] = cn;
       }
     }
+  }
+
+  // m = o * tanh(c'), the value a projection multiplies (recomputed from the saved row).
+  template <typename T>
+  static void projected(int64_t H, const T* __restrict saved, T* __restrict m) {
+    for (int64_t j = 0; j < H; ++j) m[j] = saved[3 * H + j] * tanh_(saved[4 * H + j]);
   }
 
   // dh: total gradient of h' (LSTM leaves no direct part of dh_{t-1}: the product supplies it all).
@@ -64,6 +69,79 @@ struct Cell<CellKind::LSTM> : CellTraits<CellKind::LSTM> {
     }
   }
 };
+
+// GRU, gates (r, z, n), torch.nn's formula (r multiplies W_hn h + b_hn):
+//   r = s(gi_r + gh_r + b_r), z = s(gi_z + gh_z + b_z), a = gh_n + b_n, n = tanh(gi_n + r a)
+//   h' = (1 - z) n + z h
+// gi holds x W_ih^T + b_ih. Saved per row: r, z, n, a (4H).
+template <>
+struct Cell<CellKind::GRU> : CellTraits<CellKind::GRU> {
+  template <bool kSave, typename T>
+  static void forward(int64_t H, const T* __restrict gi, const T* __restrict gh, const T* __restrict b,
+                      const T* __restrict h_prev, T* /*c*/, T* __restrict out, T* __restrict saved) {
+    for (int64_t j = 0; j < H; ++j) {
+      const T r = sigmoid_(gi[j] + gh[j] + b[j]);
+      const T z = sigmoid_(gi[H + j] + gh[H + j] + b[H + j]);
+      const T a = gh[2 * H + j] + b[2 * H + j];
+      const T n = tanh_(gi[2 * H + j] + r * a);
+      out[j] = (T(1) - z) * n + z * h_prev[j];
+      if (kSave) {
+        saved[j] = r;
+        saved[H + j] = z;
+        saved[2 * H + j] = n;
+        saved[3 * H + j] = a;
+      }
+    }
+  }
+
+  // dh: total gradient of h' on entry; on exit its direct part dh z (the product adds dgh W_hh).
+  template <typename T>
+  static void backward(int64_t H, const T* __restrict saved, const T* /*h_new*/, const T* __restrict h_prev,
+                       const T* /*prev_saved*/, const T* /*c_init*/, T* __restrict dh, T* /*dc*/,
+                       T* __restrict dgi, T* __restrict dgh) {
+    for (int64_t j = 0; j < H; ++j) {
+      const T r = saved[j], z = saved[H + j], n = saved[2 * H + j], a = saved[3 * H + j];
+      const T dhj = dh[j];
+      const T dn = dhj * (T(1) - z) * (T(1) - n * n);
+      const T dz = dhj * (h_prev[j] - n) * z * (T(1) - z);
+      const T dr = dn * a * r * (T(1) - r);
+      dgi[j] = dr;
+      dgi[H + j] = dz;
+      dgi[2 * H + j] = dn;
+      dgh[j] = dr;
+      dgh[H + j] = dz;
+      dgh[2 * H + j] = dn * r;
+      dh[j] = dhj * z;
+    }
+  }
+};
+
+// Vanilla RNN with tanh or relu: h' = act(gi + gh + b).
+template <bool kTanh>
+struct PlainRNNCell : PlainRNNTraits {
+  template <bool kSave, typename T>
+  static void forward(int64_t H, const T* __restrict gi, const T* __restrict gh, const T* __restrict b,
+                      const T* /*h_prev*/, T* /*c*/, T* __restrict out, T* /*saved*/) {
+    for (int64_t j = 0; j < H; ++j) {
+      const T p = gi[j] + gh[j] + b[j];
+      out[j] = kTanh ? tanh_(p) : (p > T(0) ? p : T(0));
+    }
+  }
+
+  template <typename T>
+  static void backward(int64_t H, const T* /*saved*/, const T* __restrict h_new, const T* /*h_prev*/,
+                       const T* /*prev_saved*/, const T* /*c_init*/, T* __restrict dh, T* /*dc*/,
+                       T* __restrict dgi, T* /*dgh*/) {
+    for (int64_t j = 0; j < H; ++j) {
+      const T y = h_new[j];
+      dgi[j] = kTanh ? dh[j] * (T(1) - y * y) : (y > T(0) ? dh[j] : T(0));
+    }
+  }
+};
+template <>
+struct Cell<CellKind::RNN_TANH> : PlainRNNCell<true> {};
+template <>
+struct Cell<CellKind::RNN_RELU> : PlainRNNCell<false> {};
 
 }  // namespace TRE_CPU_CAPABILITY
 }  // namespace kernels

@@ -7,13 +7,12 @@ namespace torch_rnn_ext {
 namespace kernels {
 
 // Declarations of the per-capability instantiations (recurrence_instances.h).
-#define TRE_DECLARE_KERNELS(NS)                                                                              \
-  namespace NS {                                                                                             \
-  template <CellKind K, typename T>                                                                          \
-  void forward_kernel(const SeqLayout&, int64_t, const T*, const T*, const T*, T*, T*, T*, T*, T*);          \
-  template <CellKind K, typename T>                                                                          \
-  void backward_kernel(const SeqLayout&, int64_t, const T*, const T*, const T*, const T*, const T*,         \
-                       const T*, const T*, T*, T*, T*, T*, T*);                                              \
+#define TRE_DECLARE_KERNELS(NS)                                       \
+  namespace NS {                                                      \
+  template <CellKind K, typename T>                                   \
+  void forward_kernel(const SeqLayout&, const ForwardArgs<T>&);       \
+  template <CellKind K, typename T>                                   \
+  void backward_kernel(const SeqLayout&, const BackwardArgs<T>&);     \
   }
 TRE_DECLARE_KERNELS(base)
 #ifdef TRE_HAVE_AVX2_KERNELS
@@ -35,23 +34,19 @@ bool use_avx2() {
 const char* cpu_capability() { return use_avx2() ? "avx2" : "base"; }
 
 template <CellKind K, typename T>
-void forward(const SeqLayout& L, int64_t H, const T* gi, const T* w_hh, const T* b_hh, T* h, T* c, T* out,
-             T* saved, T* gh) {
+void forward(const SeqLayout& L, const ForwardArgs<T>& a) {
 #ifdef TRE_HAVE_AVX2_KERNELS
-  if (use_avx2()) return avx2::forward_kernel<K, T>(L, H, gi, w_hh, b_hh, h, c, out, saved, gh);
+  if (use_avx2()) return avx2::forward_kernel<K, T>(L, a);
 #endif
-  base::forward_kernel<K, T>(L, H, gi, w_hh, b_hh, h, c, out, saved, gh);
+  base::forward_kernel<K, T>(L, a);
 }
 
 template <CellKind K, typename T>
-void backward(const SeqLayout& L, int64_t H, const T* w_hh, const T* saved, const T* out, const T* h0,
-              const T* c0, const T* zeros, const T* grad_out, T* dh, T* dc, T* dgi, T* dgh, T* h_prev) {
+void backward(const SeqLayout& L, const BackwardArgs<T>& a) {
 #ifdef TRE_HAVE_AVX2_KERNELS
-  if (use_avx2())
-    return avx2::backward_kernel<K, T>(L, H, w_hh, saved, out, h0, c0, zeros, grad_out, dh, dc, dgi, dgh,
-                                       h_prev);
+  if (use_avx2()) return avx2::backward_kernel<K, T>(L, a);
 #endif
-  base::backward_kernel<K, T>(L, H, w_hh, saved, out, h0, c0, zeros, grad_out, dh, dc, dgi, dgh, h_prev);
+  base::backward_kernel<K, T>(L, a);
 }
 
 template <typename T>
@@ -63,10 +58,9 @@ void column_sum(const T* X, int64_t rows, int64_t cols, T* out) {
   }
 }
 
-#define TRE_INSTANTIATE(K, T)                                                                               \
-  template void forward<K, T>(const SeqLayout&, int64_t, const T*, const T*, const T*, T*, T*, T*, T*, T*); \
-  template void backward<K, T>(const SeqLayout&, int64_t, const T*, const T*, const T*, const T*, const T*, \
-                               const T*, const T*, T*, T*, T*, T*, T*);
+#define TRE_INSTANTIATE(K, T)                                           \
+  template void forward<K, T>(const SeqLayout&, const ForwardArgs<T>&); \
+  template void backward<K, T>(const SeqLayout&, const BackwardArgs<T>&);
 TRE_FOR_EACH_CELL_DTYPE(TRE_INSTANTIATE)
 #undef TRE_INSTANTIATE
 

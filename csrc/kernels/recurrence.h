@@ -18,14 +18,49 @@ struct SeqLayout {
   int64_t time(int64_t step) const { return reverse ? T - 1 - step : step; }
 };
 
-// Arguments as documented at recurrence_forward / recurrence_backward in recurrence_impl.h.
-template <CellKind K, typename T>
-void forward(const SeqLayout& L, int64_t H, const T* gi, const T* w_hh, const T* b_hh, T* h, T* c, T* out,
-             T* saved, T* gh);
+// Sizes: H hidden units, G = kGates, P the size of h (P == H, or the projection size when w_hr is given;
+// only LSTM has a projection: h = (o * tanh(c)) W_hr^T).
+template <typename T>
+struct ForwardArgs {
+  int64_t H, P;
+  const T* gi;    // (N, G*H)  x W_ih^T + b_ih for every row
+  const T* w_hh;  // (G*H, P)
+  const T* b_hh;  // (G*H)     zeros when the layer has no bias
+  const T* w_hr;  // (P, H) or nullptr
+  T* h;           // (B, P)    initial state on entry, final on exit
+  T* c;           // (B, H)    likewise, LSTM only (else nullptr)
+  T* out;         // (N, P)    h of every row
+  T* saved;       // (N, kSaved*H) what backward needs, or nullptr (inference)
+  T* gh;          // (B, G*H)  workspace
+  T* m;           // (B, H)    workspace, with w_hr only
+};
+
+template <typename T>
+struct BackwardArgs {
+  int64_t H, P;
+  const T* w_hh;      // (G*H, P)
+  const T* w_hr;      // (P, H) or nullptr
+  const T* saved;     // (N, kSaved*H) from forward
+  const T* out;       // (N, P) from forward
+  const T* h0;        // (B, P) or nullptr for zeros
+  const T* c0;        // (B, H) or nullptr for zeros (LSTM)
+  const T* zeros;     // (H) zeros
+  const T* grad_out;  // (N, P)
+  T* dh;              // (B, P) grad of h_n on entry, of h0 on exit
+  T* dc;              // (B, H) grad of c_n on entry, of c0 on exit (LSTM)
+  T* dgi;             // (N, G*H) grad of the input pre-activations
+  T* dgh;             // (N, G*H) grad of the recurrent pre-activations (may alias dgi: kSameGateGrads)
+  T* h_prev;          // (N, P) each row's previous h, for dW_hh = dgh^T h_prev
+  T* dh_all;          // (N, P) each row's total dh, for dW_hr (w_hr only)
+  T* m_all;           // (N, H) each row's o * tanh(c'), for dW_hr (w_hr only)
+  T* dm;              // (B, H) workspace (w_hr only)
+};
 
 template <CellKind K, typename T>
-void backward(const SeqLayout& L, int64_t H, const T* w_hh, const T* saved, const T* out, const T* h0,
-              const T* c0, const T* zeros, const T* grad_out, T* dh, T* dc, T* dgi, T* dgh, T* h_prev);
+void forward(const SeqLayout& L, const ForwardArgs<T>& a);
+
+template <CellKind K, typename T>
+void backward(const SeqLayout& L, const BackwardArgs<T>& a);
 
 // out[c] = sum over rows of X[r, c], rows in order (deterministic).
 template <typename T>

@@ -8,7 +8,7 @@
 // A reverse layer walks time from T-1 to 0; a row that becomes active then starts from its initial state.
 //
 // A cell policy (cells.h) supplies the pointwise math for one batch row, and its constants (cell_traits.h):
-//   forward(H, gi, gh, b_hh, h, c, out, saved)
+//   forward(H, gi, gh, b_hh, h_prev, c, out, saved)
 //   backward(H, saved, h_new, h_prev, prev_saved, c_init, dh, dc, dgi, dgh)
 // This header is compiled once per CPU capability (recurrence_base.cpp, recurrence_avx2.cpp), so its
 // templates live in the namespace TRE_CPU_CAPABILITY and never merge across capabilities.
@@ -26,47 +26,35 @@ namespace torch_rnn_ext {
 namespace kernels {
 inline namespace TRE_CPU_CAPABILITY {
 
-// Forward over all steps.
-//   gi     (N, G*H)  input projections x W_ih^T + b_ih, one row per sequence row
-//   w_hh   (G*H, H)  row-major; b_hh (G*H) (zeros when the layer has no bias)
-//   h, c   (B, H)    initial states on entry, final states on exit (c only when Cell::kHasCell)
-//   out    (N, H)    the h of every row
-//   saved  (N, kSaved*H) or nullptr (inference: nothing saved)
-//   gh     (B, G*H)  workspace
+// Forward over all steps (arguments: ForwardArgs in recurrence.h).
 template <typename Cell, typename T>
-void recurrence_forward(const SeqLayout& L, int64_t H, const T* gi, const T* w_hh, const T* b_hh, T* h,
-                        T* c, T* out, T* saved, T* gh) {
-  const int64_t GH = Cell::kGates * H, SH = Cell::kSaved * H;
+void recurrence_forward(const SeqLayout& L, const ForwardArgs<T>& a) {
+  const int64_t H = a.H, P = a.P, GH = Cell::kGates * H, SH = Cell::kSaved * H;
   for (int64_t s = 0; s < L.T; ++s) {
     const int64_t t = L.time(s), bs = L.batch_sizes[t], off = L.offsets[t];
-    gemm<T>(false, true, bs, GH, H, T(1), h, H, w_hh, H, T(0), gh, GH);
+    gemm<T>(false, true, bs, GH, P, T(1), a.h, P, a.w_hh, P, T(0), a.gh, GH);
     for (int64_t b = 0; b < bs; ++b) {
       const int64_t row = off + b;
-      T* cb = Cell::kHasCell ? c + b * H : nullptr;
-      if (saved) {
-        Cell::template forward<true>(H, gi + row * GH, gh + b * GH, b_hh, h + b * H, cb, out + row * H,
-                                     saved + row * SH);
+      T* c = Cell::kHasCell ? a.c + b * H : nullptr;
+      // With a projection the cell writes o * tanh(c') into m; the product below makes h from it.
+      T* out = a.w_hr ? a.m + b * H : a.out + row * P;
+      if (a.saved) {
+        Cell::template forward<true>(H, a.gi + row * GH, a.gh + b * GH, a.b_hh, a.h + b * P, c, out,
+                                     a.saved + row * SH);
       } else {
-        Cell::template forward<false>(H, gi + row * GH, gh + b * GH, b_hh, h + b * H, cb, out + row * H,
+        Cell::template forward<false>(H, a.gi + row * GH, a.gh + b * GH, a.b_hh, a.h + b * P, c, out,
                                       static_cast<T*>(nullptr));
       }
     }
+    if (a.w_hr) gemm<T>(false, true, bs, P, H, T(1), a.m, H, a.w_hr, H, T(0), a.out + off * P, P);
+    std::memcpy(a.h, a.out + off * P, sizeof(T) * bs * P);  // the new state of the active rows
   }
 }
 
-// Backward over all steps, in the reverse of the forward's order.
-//   saved, out     what the forward saved and returned
-//   h0, c0         (B, H) initial states, or nullptr for zeros; zeros (H) is a row of zeros
-//   grad_out       (N, H) gradient of out
-//   dh, dc         (B, H) gradients of the final states on entry, of the initial states on exit
-//   dgi, dgh       (N, G*H) gradients of the input and recurrent pre-activations (dgh may alias dgi
-//                  when the cell says they are equal: Cell::kSameGateGrads)
-//   h_prev         (N, H) filled with each row's previous h, for dW_hh = dgh^T h_prev
+// Backward over all steps, in the reverse of the forward's order (arguments: BackwardArgs).
 template <typename Cell, typename T>
-void recurrence_backward(const SeqLayout& L, int64_t H, const T* w_hh, const T* saved, const T* out,
-                         const T* h0, const T* c0, const T* zeros, const T* grad_out, T* dh, T* dc, T* dgi,
-                         T* dgh, T* h_prev) {
-  const int64_t GH = Cell::kGates * H, SH = Cell::kSaved * H;
+void recurrence_backward(const SeqLayout& L, const BackwardArgs<T>& a) {
+  const int64_t H = a.H, P = a.P, GH = Cell::kGates * H, SH = Cell::kSaved * H;
   for (int64_t s = L.T - 1; s >= 0; --s) {
     const int64_t t = L.time(s), bs = L.batch_sizes[t], off = L.offsets[t];
     int64_t bs_prev = 0, off_prev = 0;
@@ -75,23 +63,33 @@ void recurrence_backward(const SeqLayout& L, int64_t H, const T* w_hh, const T* 
       bs_prev = L.batch_sizes[tp];
       off_prev = L.offsets[tp];
     }
+    for (int64_t b = 0; b < bs; ++b) {  // total gradient of each active row's h
+      T* dh = a.dh + b * P;
+      const T* go = a.grad_out + (off + b) * P;
+      for (int64_t j = 0; j < P; ++j) dh[j] += go[j];
+    }
+    if (a.w_hr) {  // through the projection: dm = dh W_hr
+      std::memcpy(a.dh_all + off * P, a.dh, sizeof(T) * bs * P);
+      gemm<T>(false, false, bs, H, P, T(1), a.dh, P, a.w_hr, H, T(0), a.dm, H);
+    }
     const int64_t from_prev = std::min(bs, bs_prev);  // rows whose previous state is the previous step's
     for (int64_t b = 0; b < bs; ++b) {
       const int64_t row = off + b;
       const bool has_prev = b < from_prev;
-      const T* hp = has_prev ? out + (off_prev + b) * H : (h0 ? h0 + b * H : zeros);
-      const T* prev_saved = has_prev ? saved + (off_prev + b) * SH : nullptr;
-      const T* c_init = c0 ? c0 + b * H : zeros;
-      std::memcpy(h_prev + row * H, hp, sizeof(T) * H);
-      T* dh_b = dh + b * H;
-      const T* go = grad_out + row * H;
-      for (int64_t j = 0; j < H; ++j) dh_b[j] += go[j];
-      Cell::backward(H, saved + row * SH, out + row * H, hp, prev_saved, c_init, dh_b,
-                     Cell::kHasCell ? dc + b * H : nullptr, dgi + row * GH, dgh + row * GH);
+      const T* hp = has_prev ? a.out + (off_prev + b) * P : (a.h0 ? a.h0 + b * P : a.zeros);
+      const T* prev_saved = has_prev ? a.saved + (off_prev + b) * SH : nullptr;
+      const T* c_init = a.c0 ? a.c0 + b * H : a.zeros;
+      std::memcpy(a.h_prev + row * P, hp, sizeof(T) * P);
+      T* dh = a.w_hr ? a.dm + b * H : a.dh + b * P;
+      Cell::backward(H, a.saved + row * SH, a.out + row * P, hp, prev_saved, c_init, dh,
+                     Cell::kHasCell ? a.dc + b * H : nullptr, a.dgi + row * GH, a.dgh + row * GH);
+      if constexpr (Cell::kHasCell) {
+        if (a.w_hr) Cell::projected(H, a.saved + row * SH, a.m_all + row * H);
+      }
     }
-    // dh_{t-1} = (direct term left in dh by the cell) + dgates_h @ W_hh
-    gemm<T>(false, false, bs, H, GH, T(1), dgh + off * GH, GH, w_hh, H, Cell::kDirectDh ? T(1) : T(0), dh,
-            H);
+    // dh_{t-1} = (direct term the cell left in dh) + dgates_h W_hh
+    gemm<T>(false, false, bs, P, GH, T(1), a.dgh + off * GH, GH, a.w_hh, P, Cell::kDirectDh ? T(1) : T(0), a.dh,
+            P);
   }
 }
 

@@ -8,22 +8,18 @@ namespace kernels {
 inline namespace TRE_CPU_CAPABILITY {
 
 template <CellKind K, typename T>
-void forward_kernel(const SeqLayout& L, int64_t H, const T* gi, const T* w_hh, const T* b_hh, T* h, T* c,
-                    T* out, T* saved, T* gh) {
-  recurrence_forward<Cell<K>, T>(L, H, gi, w_hh, b_hh, h, c, out, saved, gh);
+void forward_kernel(const SeqLayout& L, const ForwardArgs<T>& a) {
+  recurrence_forward<Cell<K>, T>(L, a);
 }
 
 template <CellKind K, typename T>
-void backward_kernel(const SeqLayout& L, int64_t H, const T* w_hh, const T* saved, const T* out, const T* h0,
-                     const T* c0, const T* zeros, const T* grad_out, T* dh, T* dc, T* dgi, T* dgh, T* h_prev) {
-  recurrence_backward<Cell<K>, T>(L, H, w_hh, saved, out, h0, c0, zeros, grad_out, dh, dc, dgi, dgh, h_prev);
+void backward_kernel(const SeqLayout& L, const BackwardArgs<T>& a) {
+  recurrence_backward<Cell<K>, T>(L, a);
 }
 
-#define TRE_INSTANTIATE(K, T)                                                                               \
-  template void forward_kernel<K, T>(const SeqLayout&, int64_t, const T*, const T*, const T*, T*, T*, T*, \
-                                     T*, T*);                                                             \
-  template void backward_kernel<K, T>(const SeqLayout&, int64_t, const T*, const T*, const T*, const T*,  \
-                                      const T*, const T*, const T*, T*, T*, T*, T*, T*);
+#define TRE_INSTANTIATE(K, T)                                                \
+  template void forward_kernel<K, T>(const SeqLayout&, const ForwardArgs<T>&); \
+  template void backward_kernel<K, T>(const SeqLayout&, const BackwardArgs<T>&);
 TRE_FOR_EACH_CELL_DTYPE(TRE_INSTANTIATE)
 #undef TRE_INSTANTIATE
 

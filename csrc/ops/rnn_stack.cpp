@@ -1,98 +1,196 @@
-// Multi-layer, bidirectional recurrent stacks, one op call per module forward. They are composites of
-// the per-layer ops (registered CompositeImplicitAutograd): the layers' C++ autograd Functions give the
-// gradient, and inter-layer dropout goes through at::dropout in the same order as ATen's own RNN, so a
-// seed gives torch.nn's masks.
+// Multi-layer, bidirectional recurrent stacks and single-step cells, one op call per module forward.
+// They are composites of the layer ops (registered CompositeImplicitAutograd): the layers' C++ autograd
+// Function gives the gradient, and inter-layer dropout goes through at::dropout in the same order as
+// ATen's own RNN, so a seed gives torch.nn's masks.
 #include "ops/rnn_stack.h"
 
-#include <ATen/core/dispatch/Dispatcher.h>
 #include <torch/library.h>
 
+#include <functional>
 #include <vector>
 
 #include "checks.h"
-#include "ops/lstm_layer.h"
+#include "ops/recurrent_layers.h"
 
 namespace torch_rnn_ext {
 namespace {
 
 using at::Tensor;
+using c10::optional;
 
-struct StackShape {
-  int64_t directions, per_layer;  // tensors per layer and direction in params
+c10::optional<Tensor> maybe(bool cond, const Tensor& t) { return cond ? c10::optional<Tensor>(t) : c10::nullopt; }
+
+// One layer in one direction: (x, h0, c0, params of this layer/direction, reverse) -> (out, h_n, c_n).
+struct LayerParams {
+  Tensor w_ih, w_hh;
+  optional<Tensor> b_ih, b_hh, w_hr;
 };
+using LayerFn = std::function<std::tuple<Tensor, Tensor, Tensor>(
+    const Tensor&, const optional<Tensor>&, const optional<Tensor>&, const LayerParams&, const optional<Tensor>&,
+    bool)>;
 
-StackShape check_stack(const char* op, const Tensor& input, at::TensorList params, bool has_biases,
-                       int64_t num_layers, double dropout, bool bidirectional) {
-  TORCH_CHECK(num_layers >= 1, op, ": num_layers: expected at least 1, got ", num_layers);
-  TORCH_CHECK(dropout >= 0 && dropout <= 1, op, ": dropout: expected a probability in [0, 1], got ", dropout);
-  const StackShape s{bidirectional ? 2 : 1, has_biases ? 4 : 2};
-  const int64_t expected = num_layers * s.directions * s.per_layer;
-  TORCH_CHECK(static_cast<int64_t>(params.size()) == expected, op, ": params: expected ", expected,
-              " tensors (num_layers=", num_layers, ", directions=", s.directions, ", has_biases=", has_biases,
-              "), got ", params.size());
-  return s;
-}
-
-// Checks an initial state of size (layers * directions, batch, hidden) the way torch.nn words it.
+// Checks a stacked initial state the way torch.nn words it.
 void check_hidden(const Tensor& h, at::IntArrayRef expected, const char* name) {
   TORCH_CHECK(h.sizes().equals(expected), "Expected ", name, " size ", expected, ", got ", h.sizes());
 }
 
-c10::optional<Tensor> maybe(bool cond, const Tensor& t) {
-  return cond ? c10::optional<Tensor>(t) : c10::nullopt;
+std::tuple<Tensor, Tensor, Tensor> run_stack(const char* op, const Tensor& input, const Tensor& h0, const Tensor& c0,
+                                             at::TensorList params, bool has_biases, bool can_project,
+                                             int64_t num_layers, double dropout, bool train, bool bidirectional,
+                                             bool batch_first, const optional<Tensor>& batch_sizes,
+                                             const LayerFn& layer) {
+  TORCH_CHECK(num_layers >= 1, op, ": num_layers: expected at least 1, got ", num_layers);
+  TORCH_CHECK(dropout >= 0 && dropout <= 1, op, ": dropout: expected a probability in [0, 1], got ", dropout);
+  const int64_t D = bidirectional ? 2 : 1, base = has_biases ? 4 : 2;
+  const int64_t n = static_cast<int64_t>(params.size());
+  const bool proj = can_project && n == num_layers * D * (base + 1);
+  const int64_t per = base + (proj ? 1 : 0);
+  TORCH_CHECK(n == num_layers * D * per, op, ": params: expected ", num_layers * D * base,
+              can_project ? " (or, with projections, " + std::to_string(num_layers * D * (base + 1)) + ")" : "",
+              " tensors for num_layers=", num_layers, ", directions=", D, ", has_biases=", has_biases, ", got ", n);
+  for (const Tensor& p : params) check_cpu(p, "params");
+  const bool packed = present(batch_sizes);
+  if (packed) {
+    TORCH_CHECK(input.dim() == 2, op, ": input: with batch_sizes expected a 2-D tensor of packed rows, got a ",
+                input.dim(), "-D tensor of size ", input.sizes());
+  } else {
+    TORCH_CHECK(input.dim() == 3, op, ": input: expected a 3-D tensor, got a ", input.dim(), "-D tensor of size ",
+                input.sizes());
+  }
+  Tensor x = (batch_first && !packed) ? input.transpose(0, 1) : input;
+  int64_t B = packed ? 0 : x.size(1);
+  if (packed) {
+    check_cpu(*batch_sizes, "batch_sizes");
+    TORCH_CHECK(batch_sizes->dim() == 1 && batch_sizes->numel() >= 1 && batch_sizes->scalar_type() == at::kLong,
+                op, ": batch_sizes: expected a non-empty 1-D int64 tensor, got ", batch_sizes->sizes(), " ",
+                batch_sizes->scalar_type());
+    B = batch_sizes->select(0, 0).item<int64_t>();
+  }
+  TORCH_CHECK(params[1].dim() == 2, op, ": params[1] (weight_hh_l0): expected a 2-D tensor, got size ",
+              params[1].sizes());
+  const int64_t P = params[1].size(1), H = proj ? params[per - 1].size(1) : P, LD = num_layers * D;
+  if (h0.defined()) check_hidden(h0, {LD, B, P}, c0.defined() || can_project ? "hidden[0]" : "hidden");
+  if (c0.defined()) check_hidden(c0, {LD, B, H}, "hidden[1]");
+
+  std::vector<Tensor> h_n, c_n;
+  for (int64_t l = 0; l < num_layers; ++l) {
+    std::vector<Tensor> outs;
+    for (int64_t d = 0; d < D; ++d) {
+      const int64_t idx = l * D + d;
+      const Tensor* p = params.data() + idx * per;
+      const LayerParams lp{p[0], p[1], maybe(has_biases, has_biases ? p[2] : Tensor()),
+                           maybe(has_biases, has_biases ? p[3] : Tensor()), maybe(proj, proj ? p[per - 1] : Tensor())};
+      auto [out, h, c] = layer(x, maybe(h0.defined(), h0.defined() ? h0[idx] : Tensor()),
+                               maybe(c0.defined(), c0.defined() ? c0[idx] : Tensor()), lp, batch_sizes, d == 1);
+      outs.push_back(out);
+      h_n.push_back(h);
+      if (c.defined()) c_n.push_back(c);
+    }
+    x = D == 2 ? at::cat(outs, -1) : outs[0];
+    if (dropout != 0 && train && l < num_layers - 1) x = at::dropout(x, dropout, /*train=*/true);
+  }
+  Tensor output = (batch_first && !packed) ? x.transpose(0, 1) : x;
+  return {output, at::stack(h_n), c_n.empty() ? Tensor() : at::stack(c_n)};
+}
+
+std::tuple<Tensor, Tensor, Tensor> lstm_layer_fn(const Tensor& x, const optional<Tensor>& h0,
+                                                 const optional<Tensor>& c0, const LayerParams& p,
+                                                 const optional<Tensor>& batch_sizes, bool reverse) {
+  return lstm_layer(x, h0, c0, p.w_ih, p.w_hh, p.b_ih, p.b_hh, batch_sizes, reverse, p.w_hr);
+}
+
+template <std::tuple<Tensor, Tensor> (*Layer)(const Tensor&, const OptTensor&, const Tensor&, const Tensor&,
+                                              const OptTensor&, const OptTensor&, const OptTensor&, bool)>
+std::tuple<Tensor, Tensor, Tensor> single_state_layer_fn(const Tensor& x, const optional<Tensor>& h0,
+                                                         const optional<Tensor>&, const LayerParams& p,
+                                                         const optional<Tensor>& batch_sizes, bool reverse) {
+  auto [out, h] = Layer(x, h0, p.w_ih, p.w_hh, p.b_ih, p.b_hh, batch_sizes, reverse);
+  return {out, h, Tensor()};
+}
+
+// A cell step is a one-step layer: (B, I) -> (1, B, I) -> layer -> (B, .).
+Tensor as_one_step(const char* op, const Tensor& input) {
+  TORCH_CHECK(input.dim() == 2, op, ": input: expected a 2-D tensor (batch, input_size), got a ", input.dim(),
+              "-D tensor of size ", input.sizes());
+  return input.unsqueeze(0);
 }
 
 }  // namespace
 
 std::tuple<Tensor, Tensor, Tensor> lstm(const Tensor& input, at::TensorList hx, at::TensorList params,
                                         bool has_biases, int64_t num_layers, double dropout, bool train,
-                                        bool bidirectional, bool batch_first,
-                                        const c10::optional<Tensor>& batch_sizes) {
-  const char* op = "lstm";
-  const StackShape s = check_stack(op, input, params, has_biases, num_layers, dropout, bidirectional);
-  const bool packed = present(batch_sizes);
-  TORCH_CHECK(packed || input.dim() == 3, op, ": input: expected a 3-D tensor, got a ", input.dim(),
-              "-D tensor of size ", input.sizes());
-  Tensor x = (batch_first && !packed) ? input.transpose(0, 1) : input;
-  const int64_t B = packed ? (batch_sizes->numel() > 0 ? batch_sizes->select(0, 0).item<int64_t>() : 0)
-                           : x.size(1);
-  const int64_t H = params[1].size(-1), LD = num_layers * s.directions;
-  TORCH_CHECK(hx.empty() || hx.size() == 2, op, ": hx: expected no tensors or (h_0, c_0), got ", hx.size(),
+                                        bool bidirectional, bool batch_first, const optional<Tensor>& batch_sizes) {
+  TORCH_CHECK(hx.empty() || hx.size() == 2, "lstm: hx: expected no tensors or (h_0, c_0), got ", hx.size(),
               " tensors");
-  if (!hx.empty()) {
-    check_hidden(hx[0], {LD, B, H}, "hidden[0]");
-    check_hidden(hx[1], {LD, B, H}, "hidden[1]");
-  }
-  std::vector<Tensor> h_n, c_n;
-  for (int64_t l = 0; l < num_layers; ++l) {
-    std::vector<Tensor> outs;
-    for (int64_t d = 0; d < s.directions; ++d) {
-      const int64_t idx = l * s.directions + d;
-      const Tensor* p = params.data() + idx * s.per_layer;
-      auto [out, h, c] =
-          lstm_layer(x, maybe(!hx.empty(), hx.empty() ? Tensor() : hx[0][idx]),
-                     maybe(!hx.empty(), hx.empty() ? Tensor() : hx[1][idx]), p[0], p[1], maybe(has_biases, p[2]),
-                     maybe(has_biases, has_biases ? p[3] : Tensor()), batch_sizes, d == 1);
-      outs.push_back(out);
-      h_n.push_back(h);
-      c_n.push_back(c);
-    }
-    x = s.directions == 2 ? at::cat(outs, -1) : outs[0];
-    if (dropout != 0 && train && l < num_layers - 1) x = at::dropout(x, dropout, /*train=*/true);
-  }
-  Tensor output = (batch_first && !packed) ? x.transpose(0, 1) : x;
-  return {output, at::stack(h_n), at::stack(c_n)};
+  return run_stack("lstm", input, hx.empty() ? Tensor() : hx[0], hx.empty() ? Tensor() : hx[1], params, has_biases,
+                   /*can_project=*/true, num_layers, dropout, train, bidirectional, batch_first, batch_sizes,
+                   lstm_layer_fn);
 }
+
+#define TRE_SINGLE_STATE_STACK(NAME)                                                                              \
+  std::tuple<Tensor, Tensor> NAME(const Tensor& input, const optional<Tensor>& hx, at::TensorList params,         \
+                                  bool has_biases, int64_t num_layers, double dropout, bool train,                \
+                                  bool bidirectional, bool batch_first, const optional<Tensor>& batch_sizes) {    \
+    auto r = run_stack(#NAME, input, hx.value_or(Tensor()), Tensor(), params, has_biases, /*can_project=*/false, \
+                       num_layers, dropout, train, bidirectional, batch_first, batch_sizes,                       \
+                       single_state_layer_fn<NAME##_layer>);                                                      \
+    return {std::get<0>(r), std::get<1>(r)};                                                                      \
+  }
+TRE_SINGLE_STATE_STACK(gru)
+TRE_SINGLE_STATE_STACK(rnn_tanh)
+TRE_SINGLE_STATE_STACK(rnn_relu)
+#undef TRE_SINGLE_STATE_STACK
+
+std::tuple<Tensor, Tensor> lstm_cell(const Tensor& input, const optional<Tensor>& hx, const optional<Tensor>& cx,
+                                     const Tensor& weight_ih, const Tensor& weight_hh,
+                                     const optional<Tensor>& bias_ih, const optional<Tensor>& bias_hh) {
+  auto [out, h, c] = lstm_layer(as_one_step("lstm_cell", input), hx, cx, weight_ih, weight_hh, bias_ih, bias_hh);
+  return {h, c};
+}
+
+#define TRE_SINGLE_STATE_CELL(NAME)                                                                          \
+  Tensor NAME##_cell(const Tensor& input, const optional<Tensor>& hx, const Tensor& weight_ih,              \
+                     const Tensor& weight_hh, const optional<Tensor>& bias_ih, const optional<Tensor>& bias_hh) { \
+    return std::get<1>(NAME##_layer(as_one_step(#NAME "_cell", input), hx, weight_ih, weight_hh, bias_ih,   \
+                                    bias_hh));                                                               \
+  }
+TRE_SINGLE_STATE_CELL(gru)
+TRE_SINGLE_STATE_CELL(rnn_tanh)
+TRE_SINGLE_STATE_CELL(rnn_relu)
+#undef TRE_SINGLE_STATE_CELL
 
 TORCH_LIBRARY_FRAGMENT(torch_rnn_ext, m) {
   m.def(
       "lstm(Tensor input, Tensor[] hx, Tensor[] params, bool has_biases, int num_layers, float dropout, "
       "bool train, bool bidirectional, bool batch_first, Tensor? batch_sizes=None) "
       "-> (Tensor output, Tensor h_n, Tensor c_n)");
+  for (const char* name : {"gru", "rnn_tanh", "rnn_relu"}) {
+    m.def((std::string(name) +
+          "(Tensor input, Tensor? hx, Tensor[] params, bool has_biases, int num_layers, float dropout, "
+          "bool train, bool bidirectional, bool batch_first, Tensor? batch_sizes=None) "
+          "-> (Tensor output, Tensor h_n)")
+                  .c_str());
+  }
+  m.def(
+      "lstm_cell(Tensor input, Tensor? hx, Tensor? cx, Tensor weight_ih, Tensor weight_hh, Tensor? bias_ih=None, "
+      "Tensor? bias_hh=None) -> (Tensor h, Tensor c)");
+  for (const char* name : {"gru_cell", "rnn_tanh_cell", "rnn_relu_cell"}) {
+    m.def((std::string(name) +
+          "(Tensor input, Tensor? hx, Tensor weight_ih, Tensor weight_hh, Tensor? bias_ih=None, "
+          "Tensor? bias_hh=None) -> Tensor")
+                  .c_str());
+  }
 }
 
 TORCH_LIBRARY_IMPL(torch_rnn_ext, CompositeImplicitAutograd, m) {
   m.impl("lstm", TORCH_FN(lstm));
+  m.impl("gru", TORCH_FN(gru));
+  m.impl("rnn_tanh", TORCH_FN(rnn_tanh));
+  m.impl("rnn_relu", TORCH_FN(rnn_relu));
+  m.impl("lstm_cell", TORCH_FN(lstm_cell));
+  m.impl("gru_cell", TORCH_FN(gru_cell));
+  m.impl("rnn_tanh_cell", TORCH_FN(rnn_tanh_cell));
+  m.impl("rnn_relu_cell", TORCH_FN(rnn_relu_cell));
 }
 
 }  // namespace torch_rnn_ext

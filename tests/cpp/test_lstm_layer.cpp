@@ -3,7 +3,7 @@
 #include <gtest/gtest.h>
 #include <torch/torch.h>
 
-#include "ops/lstm_layer.h"
+#include "ops/recurrent_layers.h"
 
 namespace {
 

@@ -142,7 +142,7 @@ def test_autograd_kernel_is_registered_and_grad_fn_is_ours():
     a = layer_args()
     out, h, c = torch_rnn_ext.lstm_layer(**a)
     for t in (out, h, c):
-        assert "LSTMLayerFunction" in t.grad_fn.name()
+        assert "RecurrentLayerFunction" in t.grad_fn.name()
     with torch.no_grad():
         out, _, _ = torch_rnn_ext.lstm_layer(**a)
     assert out.grad_fn is None and not out.requires_grad

@@ -39,7 +39,7 @@ std::array<bool, N> input_grad_mask(torch::autograd::AutogradContext* ctx, const
 // instead of returning gradients without a graph.
 inline void reject_double_backward(const char* op, std::initializer_list<at::Tensor> ts) {
   TORCH_CHECK(!needs_graph(ts), "torch_rnn_ext: ", op,
-              " does not support double backward (backward with create_graph=True)");
+              " layer does not support double backward (backward with create_graph=True)");
 }
 
 }  // namespace autograd

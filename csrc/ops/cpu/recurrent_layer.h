@@ -5,6 +5,8 @@
 #include <ATen/ATen.h>
 
 #include <array>
+#include <string>
+#include <type_traits>
 #include <tuple>
 #include <vector>
 
@@ -20,7 +22,7 @@ using c10::optional;
 
 // Sizes of one layer's sequence, and its time layout (see kernels/recurrence.h).
 struct LayerGeometry {
-  int64_t T = 0, B = 0, N = 0, I = 0, H = 0;
+  int64_t T = 0, B = 0, N = 0, I = 0, H = 0, P = 0;  // P: size of h (H, or proj_size with weight_hr)
   bool packed = false;
   std::vector<int64_t> batch_sizes, offsets;
   kernels::SeqLayout layout(bool reverse) const {
@@ -28,12 +30,12 @@ struct LayerGeometry {
   }
 };
 
-// Validates input, weights, biases and batch_sizes of a layer whose W_hh has `gates` * H rows, and
-// returns its geometry. `op` names the op in messages.
+// Validates input, weights, biases, the projection and batch_sizes of a layer whose W_hh has `gates` * H
+// rows, and returns its geometry. `op` names the op in messages.
 inline LayerGeometry check_layer(const char* op, const Tensor& input, const Tensor& weight_ih,
                                  const Tensor& weight_hh, const optional<Tensor>& bias_ih,
-                                 const optional<Tensor>& bias_hh, const optional<Tensor>& batch_sizes,
-                                 int64_t gates) {
+                                 const optional<Tensor>& bias_hh, const optional<Tensor>& weight_hr,
+                                 const optional<Tensor>& batch_sizes, int64_t gates) {
   LayerGeometry g;
   g.packed = present(batch_sizes);
   check_cpu(input, "input");
@@ -48,9 +50,20 @@ inline LayerGeometry check_layer(const char* op, const Tensor& input, const Tens
   check_cpu(weight_hh, "weight_hh");
   check_dtype(weight_hh, input.scalar_type(), "weight_hh");
   check_dim(weight_hh, 2, "weight_hh");
-  g.H = weight_hh.size(1);
-  TORCH_CHECK(weight_hh.size(0) == gates * g.H, op, ": weight_hh: expected size (", gates, " * hidden_size, "
-              "hidden_size) = (", gates * g.H, ", ", g.H, "), got ", weight_hh.sizes());
+  g.P = weight_hh.size(1);
+  if (present(weight_hr)) {
+    TORCH_CHECK(weight_hh.size(0) % gates == 0, op, ": weight_hh: expected ", gates,
+                " * hidden_size rows, got size ", weight_hh.sizes());
+    g.H = weight_hh.size(0) / gates;
+    check_cpu(*weight_hr, "weight_hr");
+    check_dtype(*weight_hr, input.scalar_type(), "weight_hr");
+    check_sizes(*weight_hr, {g.P, g.H}, "weight_hr");
+    TORCH_CHECK(g.P < g.H, op, ": weight_hr: proj_size (", g.P, ") must be smaller than hidden_size (", g.H, ")");
+  } else {
+    g.H = g.P;
+    TORCH_CHECK(weight_hh.size(0) == gates * g.H, op, ": weight_hh: expected size (", gates,
+                " * hidden_size, hidden_size) = (", gates * g.H, ", ", g.H, "), got ", weight_hh.sizes());
+  }
   g.I = input.size(-1);
   check_cpu(weight_ih, "weight_ih");
   check_dtype(weight_ih, input.scalar_type(), "weight_ih");
@@ -93,16 +106,21 @@ inline LayerGeometry check_layer(const char* op, const Tensor& input, const Tens
   return g;
 }
 
-// The layer's initial state as a fresh (B, H) buffer the time loop may overwrite.
-inline Tensor initial_state(const optional<Tensor>& state, const Tensor& input, const LayerGeometry& g,
+// A (B, size) initial state as a fresh buffer the time loop may overwrite (zeros when absent).
+inline Tensor initial_state(const optional<Tensor>& state, const Tensor& input, int64_t B, int64_t size,
                             const char* name) {
-  if (!present(state)) return at::zeros({g.B, g.H}, input.options());
-  check_like(*state, input, {g.B, g.H}, name);
+  if (!present(state)) return at::zeros({B, size}, input.options());
+  check_like(*state, input, {B, size}, name);
   return state->contiguous().clone();
 }
 
 inline Tensor rows(const Tensor& t, const LayerGeometry& g, int64_t width) {
   return t.contiguous().view({g.N, width});
+}
+
+template <typename T>
+T* ptr(const Tensor& t) {
+  return t.defined() ? t.data_ptr<T>() : nullptr;
 }
 
 // Forward of one layer. Returns (output, h_n, c_n, workspace); c_n is undefined for cells without one,
@@ -114,82 +132,94 @@ std::tuple<Tensor, Tensor, Tensor, Tensor> layer_forward(const char* op, const T
                                                          const Tensor& weight_hh,
                                                          const optional<Tensor>& bias_ih,
                                                          const optional<Tensor>& bias_hh,
+                                                         const optional<Tensor>& weight_hr,
                                                          const optional<Tensor>& batch_sizes, bool reverse,
                                                          bool save) {
   using Cell = kernels::CellTraits<K>;
-  const LayerGeometry g = check_layer(op, input, weight_ih, weight_hh, bias_ih, bias_hh, batch_sizes,
+  TORCH_CHECK(Cell::kHasCell || !present(weight_hr), op, ": weight_hr: only LSTM layers have a projection");
+  const LayerGeometry g = check_layer(op, input, weight_ih, weight_hh, bias_ih, bias_hh, weight_hr, batch_sizes,
                                       Cell::kGates);
-  Tensor h = initial_state(hx, input, g, "hx");
-  Tensor c = Cell::kHasCell ? initial_state(cx, input, g, "cx") : Tensor();
+  const auto opts = input.options();
+  const int64_t GH = Cell::kGates * g.H;
+  Tensor h = initial_state(hx, input, g.B, g.P, "hx");
+  Tensor c = Cell::kHasCell ? initial_state(cx, input, g.B, g.H, "cx") : Tensor();
   const Tensor x = rows(input, g, g.I);
-  const Tensor w_ih_t = weight_ih.t();
   // The input projection of every timestep: one product.
-  const Tensor gi = present(bias_ih) ? at::addmm(*bias_ih, x, w_ih_t) : at::mm(x, w_ih_t);
+  const Tensor gi = present(bias_ih) ? at::addmm(*bias_ih, x, weight_ih.t()) : at::mm(x, weight_ih.t());
   const Tensor w_hh = weight_hh.contiguous();
-  const Tensor b_hh = present(bias_hh) ? bias_hh->contiguous() : at::zeros({Cell::kGates * g.H}, input.options());
-  Tensor out = at::empty({g.N, g.H}, input.options());
-  Tensor saved = save ? at::empty({g.N, Cell::kSaved * g.H}, input.options()) : Tensor();
-  Tensor gh = at::empty({g.B, Cell::kGates * g.H}, input.options());
+  const Tensor b_hh = present(bias_hh) ? bias_hh->contiguous() : at::zeros({GH}, opts);
+  const Tensor w_hr = present(weight_hr) ? weight_hr->contiguous() : Tensor();
+  Tensor out = at::empty({g.N, g.P}, opts);
+  Tensor saved = save ? at::empty({g.N, Cell::kSaved * g.H}, opts) : Tensor();
+  Tensor gh = at::empty({g.B, GH}, opts);
+  Tensor m = w_hr.defined() ? at::empty({g.B, g.H}, opts) : Tensor();
   const auto L = g.layout(reverse);
   AT_DISPATCH_FLOATING_TYPES(input.scalar_type(), "recurrent_layer", [&] {
     kernels::forward<K, scalar_t>(
-        L, g.H, gi.data_ptr<scalar_t>(), w_hh.data_ptr<scalar_t>(), b_hh.data_ptr<scalar_t>(), h.data_ptr<scalar_t>(),
-        c.defined() ? c.data_ptr<scalar_t>() : nullptr, out.data_ptr<scalar_t>(),
-        save ? saved.data_ptr<scalar_t>() : nullptr, gh.data_ptr<scalar_t>());
+        L, {g.H, g.P, ptr<scalar_t>(gi), ptr<scalar_t>(w_hh), ptr<scalar_t>(b_hh), ptr<scalar_t>(w_hr),
+            ptr<scalar_t>(h), ptr<scalar_t>(c), ptr<scalar_t>(out), ptr<scalar_t>(saved), ptr<scalar_t>(gh),
+            ptr<scalar_t>(m)});
   });
-  Tensor output = g.packed ? out : out.view({g.T, g.B, g.H});
+  Tensor output = g.packed ? out : out.view({g.T, g.B, g.P});
   return {output, h, c, saved};
 }
 
-// Gradients of one layer, in the order (input, hx, cx, weight_ih, weight_hh, bias_ih, bias_hh); each is
-// computed only where output_mask says so (undefined otherwise). Undefined incoming gradients are zeros.
+// Gradients of one layer, in the order (input, hx, cx, weight_ih, weight_hh, bias_ih, bias_hh, weight_hr);
+// each is computed only where output_mask says so (undefined otherwise). Undefined incoming gradients
+// are zeros.
 template <kernels::CellKind K>
 std::vector<Tensor> layer_backward(const char* op, const Tensor& grad_output, const Tensor& grad_h_n,
                                    const Tensor& grad_c_n, const Tensor& input, const optional<Tensor>& hx,
                                    const optional<Tensor>& cx, const Tensor& weight_ih,
                                    const Tensor& weight_hh, const optional<Tensor>& bias_ih,
-                                   const optional<Tensor>& bias_hh, const Tensor& output,
-                                   const Tensor& workspace, const optional<Tensor>& batch_sizes, bool reverse,
-                                   std::array<bool, 7> output_mask) {
+                                   const optional<Tensor>& bias_hh, const optional<Tensor>& weight_hr,
+                                   const Tensor& output, const Tensor& workspace,
+                                   const optional<Tensor>& batch_sizes, bool reverse,
+                                   std::array<bool, 8> output_mask) {
   using Cell = kernels::CellTraits<K>;
-  const LayerGeometry g = check_layer(op, input, weight_ih, weight_hh, bias_ih, bias_hh, batch_sizes,
+  TORCH_CHECK(Cell::kHasCell || !present(weight_hr), op, ": weight_hr: only LSTM layers have a projection");
+  const LayerGeometry g = check_layer(op, input, weight_ih, weight_hh, bias_ih, bias_hh, weight_hr, batch_sizes,
                                       Cell::kGates);
   const int64_t GH = Cell::kGates * g.H;
-  check_optional_like(hx, input, {g.B, g.H}, "hx");
+  check_optional_like(hx, input, {g.B, g.P}, "hx");
   if (Cell::kHasCell) check_optional_like(cx, input, {g.B, g.H}, "cx");
   const std::vector<int64_t> out_sizes =
-      g.packed ? std::vector<int64_t>{g.N, g.H} : std::vector<int64_t>{g.T, g.B, g.H};
+      g.packed ? std::vector<int64_t>{g.N, g.P} : std::vector<int64_t>{g.T, g.B, g.P};
   check_like(output, input, out_sizes, "output");
   check_like(workspace, input, {g.N, Cell::kSaved * g.H}, "workspace");
   if (grad_output.defined()) check_like(grad_output, input, out_sizes, "grad_output");
-  if (grad_h_n.defined()) check_like(grad_h_n, input, {g.B, g.H}, "grad_h_n");
+  if (grad_h_n.defined()) check_like(grad_h_n, input, {g.B, g.P}, "grad_h_n");
   if (Cell::kHasCell && grad_c_n.defined()) check_like(grad_c_n, input, {g.B, g.H}, "grad_c_n");
 
   const auto opts = input.options();
-  const Tensor go = grad_output.defined() ? rows(grad_output, g, g.H) : at::zeros({g.N, g.H}, opts);
-  Tensor dh = grad_h_n.defined() ? grad_h_n.contiguous().clone() : at::zeros({g.B, g.H}, opts);
+  const bool proj = present(weight_hr);
+  const Tensor go = grad_output.defined() ? rows(grad_output, g, g.P) : at::zeros({g.N, g.P}, opts);
+  Tensor dh = grad_h_n.defined() ? grad_h_n.contiguous().clone() : at::zeros({g.B, g.P}, opts);
   Tensor dc;
   if (Cell::kHasCell) dc = grad_c_n.defined() ? grad_c_n.contiguous().clone() : at::zeros({g.B, g.H}, opts);
   const Tensor h0 = present(hx) ? hx->contiguous() : Tensor();
   const Tensor c0 = Cell::kHasCell && present(cx) ? cx->contiguous() : Tensor();
   const Tensor zeros = at::zeros({g.H}, opts);
   const Tensor w_hh = weight_hh.contiguous();
-  const Tensor out = rows(output, g, g.H);
+  const Tensor w_hr = proj ? weight_hr->contiguous() : Tensor();
+  const Tensor out = rows(output, g, g.P);
   const Tensor ws = workspace.contiguous();
   Tensor dgi = at::empty({g.N, GH}, opts);
   Tensor dgh = Cell::kSameGateGrads ? dgi : at::empty({g.N, GH}, opts);
-  Tensor h_prev = at::empty({g.N, g.H}, opts);
+  Tensor h_prev = at::empty({g.N, g.P}, opts);
+  Tensor dh_all = proj ? at::empty({g.N, g.P}, opts) : Tensor();
+  Tensor m_all = proj ? at::empty({g.N, g.H}, opts) : Tensor();
+  Tensor dm = proj ? at::empty({g.B, g.H}, opts) : Tensor();
   const auto L = g.layout(reverse);
   AT_DISPATCH_FLOATING_TYPES(input.scalar_type(), "recurrent_layer", [&] {
     kernels::backward<K, scalar_t>(
-        L, g.H, w_hh.data_ptr<scalar_t>(), ws.data_ptr<scalar_t>(), out.data_ptr<scalar_t>(),
-        h0.defined() ? h0.data_ptr<scalar_t>() : nullptr, c0.defined() ? c0.data_ptr<scalar_t>() : nullptr,
-        zeros.data_ptr<scalar_t>(), go.data_ptr<scalar_t>(), dh.data_ptr<scalar_t>(),
-        dc.defined() ? dc.data_ptr<scalar_t>() : nullptr, dgi.data_ptr<scalar_t>(), dgh.data_ptr<scalar_t>(),
-        h_prev.data_ptr<scalar_t>());
+        L, {g.H, g.P, ptr<scalar_t>(w_hh), ptr<scalar_t>(w_hr), ptr<scalar_t>(ws), ptr<scalar_t>(out),
+            ptr<scalar_t>(h0), ptr<scalar_t>(c0), ptr<scalar_t>(zeros), ptr<scalar_t>(go), ptr<scalar_t>(dh),
+            ptr<scalar_t>(dc), ptr<scalar_t>(dgi), ptr<scalar_t>(dgh), ptr<scalar_t>(h_prev),
+            ptr<scalar_t>(dh_all), ptr<scalar_t>(m_all), ptr<scalar_t>(dm)});
   });
 
-  std::vector<Tensor> grads(7);
+  std::vector<Tensor> grads(8);
   if (output_mask[0]) {
     const Tensor dx = at::mm(dgi, weight_ih);  // every timestep's input gradient: one product
     grads[0] = g.packed ? dx : dx.view({g.T, g.B, g.I});
@@ -207,7 +237,25 @@ std::vector<Tensor> layer_backward(const char* op, const Tensor& grad_output, co
   };
   if (output_mask[5]) grads[5] = bias_grad(dgi);
   if (output_mask[6]) grads[6] = bias_grad(dgh);
+  if (output_mask[7] && proj) grads[7] = at::mm(dh_all.t(), m_all);
   return grads;
+}
+
+}  // namespace cpu
+}  // namespace torch_rnn_ext
+
+namespace torch_rnn_ext {
+namespace cpu {
+
+// Calls f(std::integral_constant<CellKind, K>) for the cell named by `mode`.
+template <typename F>
+auto with_cell(const std::string& mode, F&& f) {
+  using kernels::CellKind;
+  if (mode == "lstm") return f(std::integral_constant<CellKind, CellKind::LSTM>{});
+  if (mode == "gru") return f(std::integral_constant<CellKind, CellKind::GRU>{});
+  if (mode == "rnn_tanh") return f(std::integral_constant<CellKind, CellKind::RNN_TANH>{});
+  if (mode == "rnn_relu") return f(std::integral_constant<CellKind, CellKind::RNN_RELU>{});
+  TORCH_CHECK(false, "mode: expected one of 'lstm', 'gru', 'rnn_tanh', 'rnn_relu', got '", mode, "'");
 }
 
 }  // namespace cpu

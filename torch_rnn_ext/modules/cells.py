@@ -1,0 +1,91 @@
+"""Drop-in replacements for torch.nn.LSTMCell, GRUCell and RNNCell: one C++ op call per step.
+
+Each subclasses its torch.nn twin (same constructor, parameters, initialisation and state_dict).
+Shapes: input (B, I) or (I,) unbatched; states (B, H) or (H,); omitted states are zeros.
+"""
+from typing import Optional, Tuple
+
+import torch
+from torch import Tensor, nn
+
+__all__ = ["LSTMCell", "GRUCell", "RNNCell"]
+
+
+class LSTMCell(nn.LSTMCell):
+    r"""One LSTM step, as :class:`torch.nn.LSTMCell`: returns (h', c'), each (B, H).
+
+    Example::
+
+        >>> cell = torch_rnn_ext.LSTMCell(10, 20)
+        >>> h, c = cell(torch.randn(3, 10))
+    """
+
+    def forward(self, input: Tensor, hx: Optional[Tuple[Tensor, Tensor]] = None) -> Tuple[Tensor, Tensor]:
+        assert input.dim() in (1, 2), \
+            f"LSTMCell: Expected input to be 1-D or 2-D but received {input.dim()}-D tensor"
+        is_batched = input.dim() == 2
+        if not is_batched:
+            input = input.unsqueeze(0)
+        h: Optional[Tensor] = None
+        c: Optional[Tensor] = None
+        if hx is not None:
+            h, c = (hx[0], hx[1]) if is_batched else (hx[0].unsqueeze(0), hx[1].unsqueeze(0))
+        h_new, c_new = torch.ops.torch_rnn_ext.lstm_cell(input, h, c, self.weight_ih, self.weight_hh, self.bias_ih,
+                                                         self.bias_hh)
+        if not is_batched:
+            return h_new.squeeze(0), c_new.squeeze(0)
+        return h_new, c_new
+
+
+def _single_state_cell_forward(self, input: Tensor, hx: Optional[Tensor] = None) -> Tensor:
+    """forward of GRUCell and RNNCell; the class's ``_step`` makes the op call."""
+    assert input.dim() in (1, 2), \
+        f"{self._name}: Expected input to be 1-D or 2-D but received {input.dim()}-D tensor"
+    is_batched = input.dim() == 2
+    if not is_batched:
+        input = input.unsqueeze(0)
+        if hx is not None:
+            hx = hx.unsqueeze(0)
+    ret = self._step(input, hx)
+    if not is_batched:
+        ret = ret.squeeze(0)
+    return ret
+
+
+class GRUCell(nn.GRUCell):
+    r"""One GRU step, as :class:`torch.nn.GRUCell`: returns h' (B, H).
+
+    Example::
+
+        >>> cell = torch_rnn_ext.GRUCell(10, 20)
+        >>> h = cell(torch.randn(3, 10))
+    """
+
+    __constants__ = nn.GRUCell.__constants__ + ["_name"]
+    _name = "GRUCell"
+    forward = _single_state_cell_forward  # type: ignore[assignment]
+
+    def _step(self, input: Tensor, hx: Optional[Tensor]) -> Tensor:
+        return torch.ops.torch_rnn_ext.gru_cell(input, hx, self.weight_ih, self.weight_hh, self.bias_ih,
+                                                self.bias_hh)
+
+
+class RNNCell(nn.RNNCell):
+    r"""One Elman RNN step with tanh or relu, as :class:`torch.nn.RNNCell`: returns h' (B, H).
+
+    Example::
+
+        >>> cell = torch_rnn_ext.RNNCell(10, 20, nonlinearity="relu")
+        >>> h = cell(torch.randn(3, 10))
+    """
+
+    __constants__ = nn.RNNCell.__constants__ + ["_name"]
+    _name = "RNNCell"
+    forward = _single_state_cell_forward  # type: ignore[assignment]
+
+    def _step(self, input: Tensor, hx: Optional[Tensor]) -> Tensor:
+        if self.nonlinearity == "tanh":
+            return torch.ops.torch_rnn_ext.rnn_tanh_cell(input, hx, self.weight_ih, self.weight_hh, self.bias_ih,
+                                                         self.bias_hh)
+        return torch.ops.torch_rnn_ext.rnn_relu_cell(input, hx, self.weight_ih, self.weight_hh, self.bias_ih,
+                                                     self.bias_hh)

@@ -1,0 +1,32 @@
+"""torch_rnn_ext.convert: swap torch.nn's recurrent modules for ours inside any model."""
+from torch import nn
+
+from .cells import GRUCell, LSTMCell, RNNCell
+from .rnn import GRU, LSTM, RNN
+
+__all__ = ["convert"]
+
+_OURS = {nn.LSTM: LSTM, nn.GRU: GRU, nn.RNN: RNN, nn.LSTMCell: LSTMCell, nn.GRUCell: GRUCell,
+         nn.RNNCell: RNNCell}
+
+
+def convert(model: nn.Module) -> nn.Module:
+    r"""Replaces, in place, every ``nn.LSTM``, ``nn.GRU``, ``nn.RNN``, ``nn.LSTMCell``, ``nn.GRUCell`` and
+    ``nn.RNNCell`` inside ``model`` (the model itself included) with torch_rnn_ext's twin, and returns
+    the model.
+
+    Each of our classes subclasses its torch.nn twin and adds no state, so the module object is kept and
+    only its class changes: parameters (the same tensors), buffers, device, dtype, training mode, hooks
+    and any reference to the module stay as they were. Subclasses of the torch.nn classes are left alone
+    (their forward may be custom).
+
+    Example::
+
+        >>> model = nn.Sequential(nn.Embedding(100, 16), nn.LSTM(16, 32, batch_first=True))
+        >>> torch_rnn_ext.convert(model)  # model[1] is now a torch_rnn_ext.LSTM
+    """
+    for module in model.modules():
+        ours = _OURS.get(type(module))
+        if ours is not None:
+            module.__class__ = ours
+    return model
