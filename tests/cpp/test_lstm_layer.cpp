@@ -120,7 +120,9 @@ TEST(LSTMLayer, BadInputsRaise) {
   };
   expect_error(call(torch::randn({5, 3}), {}, {}, p.w_ih, p.w_hh, p.b_ih, p.b_hh), "input: expected a 3-D");
   expect_error(call(torch::randn({0, 2, 3}), {}, {}, p.w_ih, p.w_hh, p.b_ih, p.b_hh), "at least one timestep");
-  expect_error(call(x, {}, {}, torch::randn({16, 4}), p.w_hh, p.b_ih, p.b_hh), "weight_ih: expected size [16, 3]");
+  expect_error(call(x, {}, {}, torch::randn({16, 4}), p.w_hh, p.b_ih, p.b_hh),
+               "input: expected input_size 4 (the columns of weight_ih), got input of size [5, 2, 3]");
+  expect_error(call(x, {}, {}, torch::randn({15, 3}), p.w_hh, p.b_ih, p.b_hh), "weight_ih: expected 16 rows");
   expect_error(call(x, {}, {}, p.w_ih, torch::randn({12, 4}), p.b_ih, p.b_hh), "weight_hh: expected size");
   expect_error(call(x, {}, {}, p.w_ih, p.w_hh, torch::randn({15}), p.b_hh), "bias_ih: expected size");
   expect_error(call(x, {}, {}, p.w_ih, p.w_hh, p.b_ih, torch::randn({16, 1})), "bias_hh: expected size");

@@ -198,7 +198,9 @@ def test_non_contiguous_inputs_give_identical_results():
 @pytest.mark.parametrize("case,match", [
     (lambda a: dict(a, input=a["input"][0]), r"input: expected a 3-D tensor"),
     (lambda a: dict(a, input=a["input"][:0]), r"at least one timestep"),
-    (lambda a: dict(a, weight_ih=a["weight_ih"][:, :2]), r"weight_ih: expected size \[16, 5\], got \[16, 2\]"),
+    (lambda a: dict(a, weight_ih=a["weight_ih"][:, :2]),
+     r"input: expected input_size 2 \(the columns of weight_ih\), got input of size \[4, 3, 5\]"),
+    (lambda a: dict(a, weight_ih=a["weight_ih"][:12]), r"weight_ih: expected 16 rows"),
     (lambda a: dict(a, weight_hh=a["weight_hh"][:12]), r"weight_hh: expected size"),
     (lambda a: dict(a, bias_ih=a["bias_ih"][:3]), r"bias_ih: expected size \[16\], got \[3\]"),
     (lambda a: dict(a, bias_hh=a["bias_hh"].view(4, 4)), r"bias_hh: expected size \[16\]"),

@@ -64,10 +64,14 @@ inline LayerGeometry check_layer(const char* op, const Tensor& input, const Tens
     TORCH_CHECK(weight_hh.size(0) == gates * g.H, op, ": weight_hh: expected size (", gates,
                 " * hidden_size, hidden_size) = (", gates * g.H, ", ", g.H, "), got ", weight_hh.sizes());
   }
-  g.I = input.size(-1);
   check_cpu(weight_ih, "weight_ih");
   check_dtype(weight_ih, input.scalar_type(), "weight_ih");
-  check_sizes(weight_ih, {gates * g.H, g.I}, "weight_ih");
+  check_dim(weight_ih, 2, "weight_ih");
+  TORCH_CHECK(weight_ih.size(0) == gates * g.H, op, ": weight_ih: expected ", gates * g.H, " rows (", gates,
+              " * hidden_size), got size ", weight_ih.sizes());
+  g.I = weight_ih.size(1);
+  TORCH_CHECK(input.size(-1) == g.I, op, ": input: expected input_size ", g.I,
+              " (the columns of weight_ih), got input of size ", input.sizes());
   check_optional_like(bias_ih, input, {gates * g.H}, "bias_ih");
   check_optional_like(bias_hh, input, {gates * g.H}, "bias_hh");
 

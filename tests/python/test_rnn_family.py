@@ -1,0 +1,447 @@
+"""LSTM (with and without projection), GRU, RNN-tanh and RNN-relu, and their cells, against torch.nn:
+values, final states and every gradient over the whole configuration matrix; dropout; convert;
+chunked state carrying; TorchScript; bad input."""
+import io
+import itertools
+
+import pytest
+import torch
+from torch import nn
+from torch.nn.utils.rnn import PackedSequence, pack_padded_sequence
+
+import torch_rnn_ext
+
+TOL = {torch.float64: 1e-10, torch.float32: 1e-5}
+KINDS = ["lstm", "lstm_proj", "gru", "rnn_tanh", "rnn_relu"]
+INPUTS = ["padded", "batch_first", "packed_sorted", "packed_unsorted", "unbatched"]
+I, H, P, T = 5, 6, 3, 7
+LENGTHS_SORTED = [7, 5, 5, 2, 1, 1]
+LENGTHS_UNSORTED = [5, 7, 1, 5, 2, 1]
+
+
+def make_pair(kind, dtype=torch.float64, **kw):
+    """(torch.nn module, ours) with identical arguments and weights."""
+    if kind.startswith("lstm"):
+        if kind == "lstm_proj":
+            kw["proj_size"] = P
+        ref, ours = nn.LSTM(I, H, **kw), torch_rnn_ext.LSTM(I, H, **kw)
+    elif kind == "gru":
+        ref, ours = nn.GRU(I, H, **kw), torch_rnn_ext.GRU(I, H, **kw)
+    else:
+        nl = kind.split("_")[1]
+        ref, ours = nn.RNN(I, H, nonlinearity=nl, **kw), torch_rnn_ext.RNN(I, H, nonlinearity=nl, **kw)
+    ref = ref.to(dtype)
+    ours = ours.to(dtype)
+    ours.load_state_dict(ref.state_dict())
+    return ref, ours
+
+
+def make_input(input_kind, dtype, gen):
+    B = len(LENGTHS_SORTED)
+    if input_kind == "unbatched":
+        return torch.randn(T, I, generator=gen, dtype=dtype), None
+    x = torch.randn(T, B, I, generator=gen, dtype=dtype)
+    if input_kind == "batch_first":
+        return x.transpose(0, 1).contiguous(), None
+    if input_kind == "packed_sorted":
+        return x, (LENGTHS_SORTED, True)
+    if input_kind == "packed_unsorted":
+        return x, (LENGTHS_UNSORTED, False)
+    return x, None
+
+
+def make_hx(kind, ref, input_kind, dtype, gen):
+    D = 2 if ref.bidirectional else 1
+    lead = (ref.num_layers * D,) if input_kind == "unbatched" else (ref.num_layers * D, len(LENGTHS_SORTED))
+    hsize = P if kind == "lstm_proj" else H
+    h = torch.randn(*lead, hsize, generator=gen, dtype=dtype)
+    if kind.startswith("lstm"):
+        return (h, torch.randn(*lead, H, generator=gen, dtype=dtype))
+    return h
+
+
+def tensors_of(result):
+    """Flattens (output, hidden) with PackedSequence/tuple members into a list of tensors."""
+    out, hidden = result
+    outs = [out.data if isinstance(out, PackedSequence) else out]
+    return outs + (list(hidden) if isinstance(hidden, tuple) else [hidden])
+
+
+def forward_and_grads(module, x, packing, hx, gen_seed):
+    x = x.detach().clone().requires_grad_()
+    if hx is not None:
+        hx = tuple(h.detach().clone().requires_grad_() for h in hx) if isinstance(hx, tuple) \
+            else hx.detach().clone().requires_grad_()
+    inp = x if packing is None else pack_padded_sequence(x, packing[0], enforce_sorted=packing[1])
+    outs = tensors_of(module(inp, hx))
+    g = torch.Generator().manual_seed(gen_seed)
+    loss = sum((o * torch.randn(o.shape, generator=g, dtype=o.dtype)).sum() for o in outs)
+    leaves = [x] + ([] if hx is None else (list(hx) if isinstance(hx, tuple) else [hx])) + list(module.parameters())
+    return outs, torch.autograd.grad(loss, leaves)
+
+
+def assert_same(ref, ours, x, packing, hx, dtype):
+    r_outs, r_grads = forward_and_grads(ref, x, packing, hx, 1)
+    o_outs, o_grads = forward_and_grads(ours, x, packing, hx, 1)
+    assert len(r_outs) == len(o_outs) and len(r_grads) == len(o_grads)
+    for i, (a, b) in enumerate(itertools.chain(zip(o_outs, r_outs), zip(o_grads, r_grads))):
+        assert a.shape == b.shape, i
+        torch.testing.assert_close(a, b, atol=TOL[dtype], rtol=0, msg=lambda m: f"tensor {i}: {m}")
+
+
+@pytest.mark.parametrize("given_hx", [False, True], ids=["no_hx", "hx"])
+@pytest.mark.parametrize("input_kind", INPUTS)
+@pytest.mark.parametrize("bias", [True, False], ids=["bias", "nobias"])
+@pytest.mark.parametrize("bidirectional", [False, True], ids=["uni", "bi"])
+@pytest.mark.parametrize("num_layers", [1, 2, 3])
+@pytest.mark.parametrize("kind", KINDS)
+def test_parity_float64(kind, num_layers, bidirectional, bias, input_kind, given_hx):
+    dtype = torch.float64
+    gen = torch.Generator().manual_seed(hash((kind, num_layers, bidirectional, bias, input_kind)) % 2 ** 31)
+    torch.manual_seed(0)
+    ref, ours = make_pair(kind, dtype, num_layers=num_layers, bidirectional=bidirectional, bias=bias,
+                          batch_first=input_kind == "batch_first")
+    x, packing = make_input(input_kind, dtype, gen)
+    hx = make_hx(kind, ref, input_kind, dtype, gen) if given_hx else None
+    assert_same(ref, ours, x, packing, hx, dtype)
+
+
+@pytest.mark.parametrize("input_kind", INPUTS)
+@pytest.mark.parametrize("bidirectional", [False, True], ids=["uni", "bi"])
+@pytest.mark.parametrize("kind", KINDS)
+def test_parity_float32(kind, bidirectional, input_kind):
+    dtype = torch.float32
+    gen = torch.Generator().manual_seed(7)
+    torch.manual_seed(0)
+    ref, ours = make_pair(kind, dtype, num_layers=2, bidirectional=bidirectional,
+                          batch_first=input_kind == "batch_first")
+    x, packing = make_input(input_kind, dtype, gen)
+    assert_same(ref, ours, x, packing, make_hx(kind, ref, input_kind, dtype, gen), dtype)
+
+
+# --- dropout ---------------------------------------------------------------------------------------
+
+@pytest.mark.parametrize("kind", KINDS)
+@pytest.mark.parametrize("bidirectional", [False, True])
+def test_dropout_follows_torch_rng_and_masks(kind, bidirectional):
+    ref, ours = make_pair(kind, torch.float64, num_layers=3, dropout=0.5, bidirectional=bidirectional)
+    x = torch.randn(T, 4, I, dtype=torch.float64)
+    # Training: same seed, same masks as torch.nn (same RNG calls in the same order), and gradients too.
+    for seed in (1, 2):
+        torch.manual_seed(seed)
+        r_outs, r_grads = forward_and_grads(ref, x, None, None, 3)
+        torch.manual_seed(seed)
+        o_outs, o_grads = forward_and_grads(ours, x, None, None, 3)
+        for a, b in zip(o_outs + list(o_grads), r_outs + list(r_grads)):
+            torch.testing.assert_close(a, b, atol=1e-10, rtol=0)
+    torch.manual_seed(1)
+    a = tensors_of(ours(x))[0]
+    torch.manual_seed(2)
+    b = tensors_of(ours(x))[0]
+    assert not torch.allclose(a, b), "different seeds must give different dropout masks"
+    # Eval: no dropout, and no random numbers drawn.
+    ours.eval()
+    ref.eval()
+    torch.manual_seed(5)
+    out_eval = tensors_of(ours(x))[0]
+    after = torch.rand(1)
+    torch.manual_seed(5)
+    assert torch.equal(torch.rand(1), after), "eval mode must not consume random numbers"
+    torch.testing.assert_close(out_eval, tensors_of(ref(x))[0], atol=1e-10, rtol=0)
+
+
+def test_dropout_zero_in_training_draws_no_random_numbers():
+    _, ours = make_pair("lstm", num_layers=2, dropout=0.0)
+    x = torch.randn(T, 2, I, dtype=torch.float64)
+    torch.manual_seed(9)
+    ours(x)
+    after = torch.rand(1)
+    torch.manual_seed(9)
+    assert torch.equal(torch.rand(1), after)
+
+
+# --- ops: gradcheck --------------------------------------------------------------------------------
+
+def _leaf(*s, gen):
+    return (torch.randn(*s, generator=gen, dtype=torch.float64) * 0.5).requires_grad_()
+
+
+@pytest.mark.parametrize("op,gates", [("gru_layer", 3), ("rnn_tanh_layer", 1), ("rnn_relu_layer", 1)])
+@pytest.mark.parametrize("reverse", [False, True])
+@pytest.mark.parametrize("packed", [False, True])
+def test_gradcheck_single_state_layers(op, gates, reverse, packed):
+    gen = torch.Generator().manual_seed(11)
+    B, h = 3, 4
+    batch_sizes = torch.tensor([3, 2, 2, 1]) if packed else None
+    x = _leaf(int(batch_sizes.sum()), I, gen=gen) if packed else _leaf(4, B, I, gen=gen)
+    args = (x, _leaf(B, h, gen=gen), _leaf(gates * h, I, gen=gen), _leaf(gates * h, h, gen=gen),
+            _leaf(gates * h, gen=gen), _leaf(gates * h, gen=gen))
+    fn = getattr(torch.ops.torch_rnn_ext, op)
+    assert torch.autograd.gradcheck(lambda *a: fn(*a, batch_sizes, reverse), args, atol=1e-7)
+
+
+@pytest.mark.parametrize("reverse", [False, True])
+def test_gradcheck_lstm_layer_with_projection(reverse):
+    gen = torch.Generator().manual_seed(12)
+    B, h, p = 3, 5, 2
+    args = (_leaf(4, B, I, gen=gen), _leaf(B, p, gen=gen), _leaf(B, h, gen=gen), _leaf(4 * h, I, gen=gen),
+            _leaf(4 * h, p, gen=gen), _leaf(4 * h, gen=gen), _leaf(4 * h, gen=gen), _leaf(p, h, gen=gen))
+    fn = lambda x, hx, cx, wi, wh, bi, bh, wr: torch_rnn_ext.lstm_layer(  # noqa: E731
+        x, hx, cx, wi, wh, bi, bh, None, reverse, wr)
+    assert torch.autograd.gradcheck(fn, args, atol=1e-7)
+
+
+@pytest.mark.parametrize("stack", ["gru", "rnn_tanh", "lstm"])
+def test_gradcheck_stacks(stack):
+    gen = torch.Generator().manual_seed(13)
+    g = 3 if stack == "gru" else 4 if stack == "lstm" else 1
+    h, L, D = 3, 2, 2
+    params = []
+    for layer in range(L):
+        for _ in range(D):
+            params += [_leaf(g * h, I if layer == 0 else D * h, gen=gen), _leaf(g * h, h, gen=gen),
+                       _leaf(g * h, gen=gen), _leaf(g * h, gen=gen)]
+    x = _leaf(3, 2, I, gen=gen)
+    if stack == "lstm":
+        fn = lambda x, *p: torch_rnn_ext.lstm(x, [], list(p), True, L, 0.0, True, True, False)  # noqa: E731
+    else:
+        op = getattr(torch_rnn_ext, stack)
+        fn = lambda x, *p: op(x, None, list(p), True, L, 0.0, True, True, False)  # noqa: E731
+    assert torch.autograd.gradcheck(fn, (x, *params), atol=1e-7)
+
+
+@pytest.mark.parametrize("op,gates,two_states", [("lstm_cell", 4, True), ("gru_cell", 3, False),
+                                                 ("rnn_tanh_cell", 1, False), ("rnn_relu_cell", 1, False)])
+def test_gradcheck_cells(op, gates, two_states):
+    gen = torch.Generator().manual_seed(14)
+    B, h = 3, 4
+    states = (_leaf(B, h, gen=gen), _leaf(B, h, gen=gen)) if two_states else (_leaf(B, h, gen=gen),)
+    args = (_leaf(B, I, gen=gen), *states, _leaf(gates * h, I, gen=gen), _leaf(gates * h, h, gen=gen),
+            _leaf(gates * h, gen=gen), _leaf(gates * h, gen=gen))
+    assert torch.autograd.gradcheck(getattr(torch.ops.torch_rnn_ext, op), args, atol=1e-7)
+
+
+# --- cells -----------------------------------------------------------------------------------------
+
+CELLS = [("LSTMCell", {}), ("GRUCell", {}), ("RNNCell", {"nonlinearity": "tanh"}),
+         ("RNNCell", {"nonlinearity": "relu"})]
+
+
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float32])
+@pytest.mark.parametrize("batched", [True, False])
+@pytest.mark.parametrize("given_hx", [True, False])
+@pytest.mark.parametrize("bias", [True, False])
+@pytest.mark.parametrize("name,kw", CELLS)
+def test_cells_match_nn(name, kw, bias, given_hx, batched, dtype):
+    torch.manual_seed(15)
+    ref = getattr(nn, name)(I, H, bias=bias, **kw).to(dtype)
+    ours = getattr(torch_rnn_ext, name)(I, H, bias=bias, **kw).to(dtype)
+    ours.load_state_dict(ref.state_dict())
+    lead = (4,) if batched else ()
+    x = torch.randn(*lead, I, dtype=dtype)
+    hx = None
+    if given_hx:
+        hx = (torch.randn(*lead, H, dtype=dtype), torch.randn(*lead, H, dtype=dtype)) if name == "LSTMCell" \
+            else torch.randn(*lead, H, dtype=dtype)
+    results = []
+    for m in (ref, ours):
+        xi = x.clone().requires_grad_()
+        out = m(xi, hx)
+        outs = list(out) if isinstance(out, tuple) else [out]
+        loss = sum((o * (k + 1)).sum() for k, o in enumerate(outs))
+        results.append(outs + list(torch.autograd.grad(loss, [xi] + list(m.parameters()))))
+    for a, b in zip(results[1], results[0]):
+        torch.testing.assert_close(a, b, atol=TOL[dtype], rtol=0)
+
+
+@pytest.mark.parametrize("name,kw", CELLS)
+def test_cell_is_one_op_call(name, kw):
+    cell = getattr(torch_rnn_ext, name)(I, H, **kw)
+    graph = str(torch.jit.trace(cell, (torch.randn(2, I),)).graph)
+    calls = [line for line in graph.splitlines() if "torch_rnn_ext::" in line]
+    assert len(calls) == 1, graph
+
+
+@pytest.mark.parametrize("name,kw", CELLS)
+def test_cells_raise_instead_of_crashing_on_malformed_shapes(name, kw):
+    cell = getattr(torch_rnn_ext, name)(I, H, **kw)
+    x = torch.randn(3, I)
+    bad_states = [torch.randn(2, H), torch.randn(3, H + 1), torch.randn(3, H, 1)]
+    for bad in bad_states:
+        hx = (bad, torch.randn(3, H)) if name == "LSTMCell" else bad
+        with pytest.raises(RuntimeError, match=r"hx"):
+            cell(x, hx)
+    if name == "LSTMCell":
+        with pytest.raises(RuntimeError, match=r"cx: expected size \[3, 6\]"):
+            cell(x, (torch.randn(3, H), torch.randn(3, H + 2)))
+    with pytest.raises(RuntimeError, match=r"input: expected input_size 5"):
+        cell(torch.randn(3, I + 1))
+    with pytest.raises(AssertionError, match="Expected input to be 1-D or 2-D"):
+        cell(torch.randn(2, 3, I))
+
+
+# --- modules: construction, state, chunks, convert ---------------------------------------------------
+
+@pytest.mark.parametrize("kind", KINDS)
+def test_names_shapes_order_init_and_all_weights_match_nn(kind):
+    kw = dict(num_layers=2, bidirectional=True)
+    torch.manual_seed(16)
+    ref, _ = make_pair(kind, torch.float32, **kw)
+    torch.manual_seed(16)
+    _, ours = make_pair(kind, torch.float32, **kw)  # second construction under the same seed
+    torch.manual_seed(16)
+    fresh_ref = type(ref)(I, H, **dict(kw, **({"proj_size": P} if kind == "lstm_proj" else {}),
+                                       **({"nonlinearity": kind.split("_")[1]} if kind.startswith("rnn") else {})))
+    assert [n for n, _ in ours.named_parameters()] == [n for n, _ in ref.named_parameters()]
+    assert [p.shape for p in ours.parameters()] == [p.shape for p in ref.parameters()]
+    assert [[p.shape for p in layer] for layer in ours.all_weights] == \
+        [[p.shape for p in layer] for layer in ref.all_weights]
+    ours.flatten_parameters()
+    # Initialisation: ours built under a seed equals torch.nn built under the same seed.
+    torch.manual_seed(16)
+    ours_seeded = type(ours)(I, H, **dict(kw, **({"proj_size": P} if kind == "lstm_proj" else {}),
+                                          **({"nonlinearity": kind.split("_")[1]} if kind.startswith("rnn") else {})))
+    for a, b in zip(ours_seeded.parameters(), fresh_ref.parameters()):
+        assert torch.equal(a, b)
+    # state_dict both ways
+    ref.load_state_dict(ours_seeded.state_dict())
+    ours.load_state_dict(fresh_ref.state_dict())
+
+
+@pytest.mark.parametrize("kind", KINDS)
+def test_omitted_state_equals_zeros_and_chunks_equal_one_run(kind):
+    _, ours = make_pair(kind, num_layers=2)
+    x = torch.randn(10, 3, I, dtype=torch.float64)
+    full_out, full_h = ours(x)
+    ref_zero = make_hx(kind, ours, "padded", torch.float64, torch.Generator())
+    zeros = tuple(torch.zeros_like(h) for h in ref_zero) if isinstance(ref_zero, tuple) else torch.zeros(
+        2, 3, H, dtype=torch.float64)
+    zeros = zeros if not isinstance(zeros, tuple) else tuple(z[:, :3] for z in zeros)
+    z_out, z_h = ours(x, zeros)
+    assert torch.equal(full_out, z_out)
+    out1, h1 = ours(x[:4])
+    out2, h2 = ours(x[4:], h1)
+    torch.testing.assert_close(torch.cat([out1, out2]), full_out, atol=1e-12, rtol=0)
+    for a, b in zip(tensors_of((out2, h2))[1:], tensors_of((full_out, full_h))[1:]):
+        torch.testing.assert_close(a, b, atol=1e-12, rtol=0)
+
+
+class SmallModel(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.emb = nn.Embedding(20, I)
+        self.lstm = nn.LSTM(I, H, num_layers=2, bidirectional=True, batch_first=True)
+        self.gru = nn.GRU(2 * H, H, batch_first=True)
+        self.cell = nn.GRUCell(H, H)
+        self.head = nn.Linear(H, 3)
+
+    def forward(self, tokens):
+        y, _ = self.lstm(self.emb(tokens))
+        y, h = self.gru(y)
+        return self.head(self.cell(y[:, -1], h[0]))
+
+
+def test_convert_keeps_outputs_weights_mode_and_identity():
+    torch.manual_seed(17)
+    model = SmallModel().double().train()
+    tokens = torch.randint(0, 20, (4, 9))
+    expected = model(tokens)
+    lstm_obj, weight = model.lstm, model.lstm.weight_ih_l0
+    assert torch_rnn_ext.convert(model) is model
+    assert type(model.lstm) is torch_rnn_ext.LSTM and type(model.gru) is torch_rnn_ext.GRU
+    assert type(model.cell) is torch_rnn_ext.GRUCell and type(model.head) is nn.Linear
+    assert model.lstm is lstm_obj and model.lstm.weight_ih_l0 is weight
+    assert model.training and weight.dtype == torch.float64
+    torch.testing.assert_close(model(tokens), expected, atol=1e-10, rtol=0)
+    model.eval()
+    assert not model.lstm.training
+
+
+def test_convert_replaces_a_bare_module_and_all_cell_kinds():
+    m = nn.ModuleList([nn.LSTM(2, 3), nn.RNN(2, 3), nn.LSTMCell(2, 3), nn.RNNCell(2, 3, nonlinearity="relu")])
+    torch_rnn_ext.convert(m)
+    assert [type(x) for x in m] == [torch_rnn_ext.LSTM, torch_rnn_ext.RNN, torch_rnn_ext.LSTMCell,
+                                    torch_rnn_ext.RNNCell]
+    bare = torch_rnn_ext.convert(nn.GRU(2, 3))
+    assert type(bare) is torch_rnn_ext.GRU
+
+
+# --- TorchScript, tracing, serialisation -----------------------------------------------------------
+
+@pytest.mark.parametrize("kind", KINDS)
+def test_script_trace_and_save_load(kind, tmp_path):
+    ref, ours = make_pair(kind, torch.float32, num_layers=2, bidirectional=True)
+    ours.eval()
+    x = torch.randn(T, 2, I)
+    expected = tensors_of(ours(x))
+    scripted = torch.jit.script(ours)
+    traced = torch.jit.trace(ours, (x,))
+    for m in (scripted, traced):
+        for a, b in zip(tensors_of(m(x)), expected):
+            assert torch.equal(a, b)
+    path = tmp_path / "m.pt"
+    scripted.save(str(path))
+    for a, b in zip(tensors_of(torch.jit.load(str(path))(x)), expected):
+        assert torch.equal(a, b)
+    buf = io.BytesIO()
+    torch.save(ours, buf)
+    buf.seek(0)
+    for a, b in zip(tensors_of(torch.load(buf)(x)), expected):
+        assert torch.equal(a, b)
+    assert sum("torch_rnn_ext::" in line for line in str(traced.graph).splitlines()) == 1
+
+
+@pytest.mark.parametrize("name,kw", CELLS)
+def test_cells_script(name, kw):
+    cell = getattr(torch_rnn_ext, name)(I, H, **kw)
+    x = torch.randn(3, I)
+    out, ref = torch.jit.script(cell)(x), cell(x)
+    for a, b in zip(out if isinstance(out, tuple) else [out], ref if isinstance(ref, tuple) else [ref]):
+        assert torch.equal(a, b)
+
+
+@pytest.mark.parametrize("kind", ["gru", "rnn_tanh", "lstm_proj"])
+def test_identical_at_one_and_two_threads(kind, threads):
+    _, ours = make_pair(kind, torch.float32, num_layers=2, bidirectional=True)
+    x = torch.randn(12, 5, I, requires_grad=True)
+    results = []
+    for n in (1, 2):
+        torch.set_num_threads(n)
+        outs = tensors_of(ours(x))
+        grads = torch.autograd.grad(sum(o.sum() for o in outs), [x] + list(ours.parameters()))
+        results.append(outs + list(grads))
+    for a, b in zip(*results):
+        assert torch.equal(a, b)
+
+
+# --- bad input -------------------------------------------------------------------------------------
+
+@pytest.mark.parametrize("kind", ["gru", "rnn_tanh"])
+def test_module_hidden_size_message_like_nn(kind):
+    _, ours = make_pair(kind, torch.float32, num_layers=2)
+    with pytest.raises(RuntimeError, match=r"Expected hidden size \(2, 3, 6\), got \[1, 3, 6\]"):
+        ours(torch.randn(4, 3, I), torch.zeros(1, 3, H))
+
+
+def test_constructor_arguments_checked_like_nn():
+    with pytest.raises(ValueError, match="dropout"):
+        torch_rnn_ext.LSTM(3, 4, dropout=1.5)
+    with pytest.raises(ValueError, match="proj_size"):
+        torch_rnn_ext.LSTM(3, 4, proj_size=4)
+    with pytest.raises(ValueError, match="nonlinearity"):
+        torch_rnn_ext.RNN(3, 4, nonlinearity="sigmoid")
+    with pytest.raises(ValueError, match="proj_size"):
+        torch_rnn_ext.GRU(3, 4, proj_size=2)
+
+
+def test_stack_op_checks_hidden_and_params():
+    w = [torch.randn(18, I), torch.randn(18, H)]
+    x = torch.randn(4, 3, I)
+    with pytest.raises(RuntimeError, match=r"Expected hidden size \[1, 3, 6\], got \[1, 2, 6\]"):
+        torch_rnn_ext.gru(x, torch.zeros(1, 2, H), w, False, 1, 0.0, False, False, False)
+    with pytest.raises(RuntimeError, match=r"params: expected 2 tensors"):
+        torch_rnn_ext.gru(x, None, w + w, False, 1, 0.0, False, False, False)
+    with pytest.raises(RuntimeError, match=r"dropout: expected a probability"):
+        torch_rnn_ext.gru(x, None, w, False, 1, 2.0, False, False, False)
+    with pytest.raises(RuntimeError, match=r"weight_hr: only LSTM layers have a projection|params"):
+        torch_rnn_ext.gru(x, None, w + [torch.randn(2, H)], False, 1, 0.0, False, False, False)
