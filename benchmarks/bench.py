@@ -1,4 +1,4 @@
-"""torch_rnn_ext against torch.nn, side by side in one process.
+"""torch_rnn_ext against torch.nn (LSTM, GRU, RNN), side by side in one process.
 
     python3 benchmarks/bench.py            quick default (the README's table)
     python3 benchmarks/bench.py --full     every regime at 1 and 2 torch threads
@@ -29,18 +29,37 @@ except ImportError:  # progress is a nicety; the numbers do not depend on it
 
 RESULTS = os.path.join(os.path.dirname(os.path.abspath(__file__)), "results")
 
-# (T, B, I, H)
-QUICK_SHAPES = [(1000, 1, 64, 64), (100, 32, 256, 256), (50, 64, 512, 512)]
-FULL_SHAPES = [(1000, 1, 64, 64), (512, 8, 128, 128), (100, 32, 256, 256), (50, 64, 512, 512)]
+GATES = {"LSTM": 4, "GRU": 3, "RNN_TANH": 1}
+# (module kind, (T, B, I, H), layers, bidirectional)
+REGIMES = [(1000, 1, 64, 64), (512, 8, 128, 128), (100, 32, 256, 256), (50, 64, 512, 512)]
+QUICK_CASES = ([("LSTM", s, 1, False) for s in (REGIMES[0], REGIMES[2], REGIMES[3])]
+               + [(k, s, 1, False) for k in ("GRU", "RNN_TANH") for s in (REGIMES[0], REGIMES[2])]
+               + [("LSTM", REGIMES[2], 2, True)])
+FULL_CASES = ([(k, s, 1, False) for k in ("LSTM", "GRU", "RNN_TANH") for s in REGIMES]
+              + [("LSTM", REGIMES[2], 2, True)])
 
 
-def lstm_flops(T, B, I, H, layers=1, directions=1):
-    """Multiply-adds of the forward's matrix products, x2 (the pointwise work is not counted)."""
+def make_modules(kind, I, H, layers, bidirectional):
+    kw = dict(num_layers=layers, bidirectional=bidirectional)
+    if kind == "LSTM":
+        return nn.LSTM(I, H, **kw), torch_rnn_ext.LSTM(I, H, **kw)
+    if kind == "GRU":
+        return nn.GRU(I, H, **kw), torch_rnn_ext.GRU(I, H, **kw)
+    return nn.RNN(I, H, **kw), torch_rnn_ext.RNN(I, H, **kw)
+
+
+def rnn_flops(kind, T, B, I, H, layers=1, directions=1):
+    """2 x multiply-adds of the forward's matrix products (the pointwise work is not counted)."""
     f, inp = 0, I
     for _ in range(layers):
-        f += directions * 2 * T * B * 4 * H * (inp + H)
+        f += directions * 2 * T * B * GATES[kind] * H * (inp + H)
         inp = H * directions
     return f
+
+
+def _outputs(result):
+    out, hidden = result
+    return [out] + (list(hidden) if isinstance(hidden, tuple) else [hidden])
 
 
 def bench_pair(ref, ours, x, repeats, flops):
@@ -53,8 +72,7 @@ def bench_pair(ref, ours, x, repeats, flops):
             m(x)
 
     def fwd_bwd(m):
-        out, (h, c) = m(xg)
-        (out.sum() + h.sum() + c.sum()).backward()
+        sum(o.sum() for o in _outputs(m(xg))).backward()
 
     row = {}
     for mode, fn, fl in (("forward", fwd, flops), ("forward+backward", fwd_bwd, 3 * flops)):
@@ -67,22 +85,20 @@ def bench_pair(ref, ours, x, repeats, flops):
 
 def run(full: bool, torch_threads, repeats: int):
     rows = []
-    cases = []
-    for threads in torch_threads:
-        for (T, B, I, H) in (FULL_SHAPES if full else QUICK_SHAPES):
-            cases.append((threads, "LSTM", (T, B, I, H)))
+    cases = [(n, *c) for n in torch_threads for c in (FULL_CASES if full else QUICK_CASES)]
     sgemm = {}
-    for threads, kind, (T, B, I, H) in tqdm(cases, desc="benchmark", unit="row"):
+    for threads, kind, (T, B, I, H), layers, bidir in tqdm(cases, desc="benchmark", unit="row"):
         torch.set_num_threads(threads)
         if threads not in sgemm:
             sgemm[threads] = sgemm_gflops()
         torch.manual_seed(0)
-        ref, ours = nn.LSTM(I, H), torch_rnn_ext.LSTM(I, H)
+        ref, ours = make_modules(kind, I, H, layers, bidir)
         x = torch.randn(T, B, I)
-        r = bench_pair(ref, ours, x, repeats, lstm_flops(T, B, I, H))
-        for mode, v in r.items():
+        r = bench_pair(ref, ours, x, repeats, rnn_flops(kind, T, B, I, H, layers, 2 if bidir else 1))
+        for v in r.values():
             v["sgemm_fraction"] = v["ours_gflops"] / sgemm[threads]
-        rows.append({"module": kind, "T": T, "B": B, "I": I, "H": H, "torch_threads": threads, **r})
+        name = kind if layers == 1 and not bidir else f"{kind} {layers}-layer{' bidirectional' if bidir else ''}"
+        rows.append({"module": name, "T": T, "B": B, "I": I, "H": H, "torch_threads": threads, **r})
     return rows, sgemm
 
 
