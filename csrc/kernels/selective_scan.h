@@ -37,18 +37,24 @@ struct ScanChannel {
   }
 };
 
-// One step: h <- exp(dt A) h + dt B u. Writes exp(dt A) to a (when given) and returns sum_n C h.
-template <typename T>
+// One step: h <- exp(dt A) h + dt B u; returns sum_n C h. kRecompute: the previous state is h_prev and
+// exp(dt A) is also written to a (backward's recomputation); else h is updated in place (forward).
+// Pointers are copied to restrict locals so that the loop over N vectorises.
+template <bool kRecompute, typename T>
 inline T scan_step(const ScanChannel<T>& p, int64_t t, T dt, const T* h_prev, T* h, T* a) {
   const T du = dt * p.u[t];
-  const T* Bt = p.B + t * p.b_step;
-  const T* Ct = p.C + t * p.c_step;
+  const T* __restrict A = p.A;
+  const T* __restrict Bt = p.B + t * p.b_step;
+  const T* __restrict Ct = p.C + t * p.c_step;
+  const T* __restrict hp = kRecompute ? h_prev : h;
+  T* __restrict hn_out = h;
+  T* __restrict a_out = a;
   T acc[kLanes] = {};
   for_lanes(p.N, [&](int64_t n, int j) {
-    const T an = exp_(dt * p.A[n]);
-    if (a) a[n] = an;
-    const T hn = an * h_prev[n] + du * Bt[n];
-    h[n] = hn;
+    const T an = exp_(dt * A[n]);
+    if (kRecompute) a_out[n] = an;
+    const T hn = an * (kRecompute ? hp[n] : hn_out[n]) + du * Bt[n];
+    hn_out[n] = hn;
     acc[j] += Ct[n] * hn;
   });
   return sum_lanes(acc);
@@ -68,7 +74,7 @@ template <typename T>
 void selective_scan_forward(const ScanChannel<T>& p, T* h, T* out, T* checkpoints) {
   for (int64_t t = 0; t < p.L; ++t) {
     if (checkpoints && t % kChunk == 0) std::memcpy(checkpoints + (t / kChunk) * p.N, h, sizeof(T) * p.N);
-    const T y = scan_step<T>(p, t, p.dt(t), h, h, nullptr) + p.D * p.u[t];
+    const T y = scan_step<false, T>(p, t, p.dt(t), nullptr, h, nullptr) + p.D * p.u[t];
     out[t] = gate(p, t, y);
   }
 }
@@ -105,7 +111,7 @@ void selective_scan_backward(const ScanChannel<T>& p, const T* checkpoints, cons
     for (int64_t t = t0; t < t1; ++t) {
       const int64_t i = t - t0;
       const T* hp = i ? hbuf + (i - 1) * N : h0;
-      ybuf[i] = scan_step<T>(p, t, p.dt(t), hp, hbuf + i * N, abuf + i * N) + p.D * p.u[t];
+      ybuf[i] = scan_step<true, T>(p, t, p.dt(t), hp, hbuf + i * N, abuf + i * N) + p.D * p.u[t];
     }
     for (int64_t t = t1 - 1; t >= t0; --t) {
       const int64_t i = t - t0;
@@ -118,23 +124,26 @@ void selective_scan_backward(const ScanChannel<T>& p, const T* checkpoints, cons
       }
       const T u = p.u[t], x = p.delta[t] + p.delta_bias;
       const T dt = p.softplus ? softplus_of(x) : x;
-      const T* h = hbuf + i * N;
-      const T* hp = i ? hbuf + (i - 1) * N : h0;
-      const T* a = abuf + i * N;
-      const T* Bt = p.B + t * p.b_step;
-      const T* Ct = p.C + t * p.c_step;
-      T* gBt = g.gB + t * g.gb_step;
-      T* gCt = g.gC + t * g.gc_step;
+      const T* __restrict h = hbuf + i * N;
+      const T* __restrict hp = i ? hbuf + (i - 1) * N : h0;
+      const T* __restrict a = abuf + i * N;
+      const T* __restrict A = p.A;
+      const T* __restrict Bt = p.B + t * p.b_step;
+      const T* __restrict Ct = p.C + t * p.c_step;
+      T* __restrict gA = g.gA;
+      T* __restrict gBt = g.gB + t * g.gb_step;
+      T* __restrict gCt = g.gC + t * g.gc_step;
+      T* __restrict ghn = gh;
       T acc_dt[kLanes] = {}, acc_u[kLanes] = {};
       for_lanes(N, [&](int64_t n, int j) {
-        const T gn = gh[n] + gy * Ct[n];
+        const T gn = ghn[n] + gy * Ct[n];
         gCt[n] += gy * h[n];
         const T ah = a[n] * hp[n];
-        g.gA[n] += gn * dt * ah;
-        acc_dt[j] += gn * (p.A[n] * ah + Bt[n] * u);
+        gA[n] += gn * dt * ah;
+        acc_dt[j] += gn * (A[n] * ah + Bt[n] * u);
         gBt[n] += gn * dt * u;
         acc_u[j] += gn * Bt[n];
-        gh[n] = a[n] * gn;
+        ghn[n] = a[n] * gn;
       });
       const T gdt = sum_lanes(acc_dt);
       const T gd = p.softplus ? gdt * sigmoid_of(x) : gdt;

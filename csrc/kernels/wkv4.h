@@ -27,7 +27,7 @@ constexpr double kWkvEmptyPP = -1e38;
 template <typename T>
 struct WkvWeights {
   T e1, e2, f1, f2, p2;
-  bool take_w;
+  T take_w;  // 1 or 0 (a float, not a bool, so that loops over it vectorise)
 };
 
 template <typename T>
@@ -38,8 +38,8 @@ inline WkvWeights<T> wkv_weights(T w, T u, T pp, T kk) {
   r.e1 = exp_(pp - p1);
   r.e2 = exp_(ww1 - p1);
   const T ww2 = w + pp;
-  r.take_w = ww2 >= kk;
-  r.p2 = r.take_w ? ww2 : kk;
+  r.take_w = ww2 >= kk ? T(1) : T(0);
+  r.p2 = ww2 >= kk ? ww2 : kk;
   r.f1 = exp_(ww2 - r.p2);
   r.f2 = exp_(kk - r.p2);
   return r;
@@ -78,16 +78,17 @@ void wkv4_forward(const WkvBlock<T>& p, const WkvState<T>& s, T* y, const WkvSta
       std::memcpy(c.bb, s.bb, sizeof(T) * W);
       std::memcpy(c.pp, s.pp, sizeof(T) * W);
     }
-    const T* k = p.k + t * p.stride;
-    const T* v = p.v + t * p.stride;
-    T* yt = y + t * p.stride;
+    // Restrict locals: the loop across channels vectorises.
+    const T *__restrict k = p.k + t * p.stride, *__restrict v = p.v + t * p.stride;
+    const T *__restrict w = p.w, *__restrict u = p.u;
+    T *__restrict yt = y + t * p.stride, *__restrict sa = s.aa, *__restrict sb = s.bb, *__restrict sp = s.pp;
     for (int64_t j = 0; j < W; ++j) {
-      const T aa = s.aa[j], bb = s.bb[j], vv = v[j];
-      const WkvWeights<T> q = wkv_weights(p.w[j], p.u[j], s.pp[j], k[j]);
+      const T aa = sa[j], bb = sb[j], vv = v[j];
+      const WkvWeights<T> q = wkv_weights(w[j], u[j], sp[j], k[j]);
       yt[j] = (q.e1 * aa + q.e2 * vv) / (q.e1 * bb + q.e2);
-      s.aa[j] = q.f1 * aa + q.f2 * vv;
-      s.bb[j] = q.f1 * bb + q.f2;
-      s.pp[j] = q.p2;
+      sa[j] = q.f1 * aa + q.f2 * vv;
+      sb[j] = q.f1 * bb + q.f2;
+      sp[j] = q.p2;
     }
   }
 }
@@ -110,33 +111,37 @@ void wkv4_backward(const WkvBlock<T>& p, const WkvState<T>& checkpoints, int64_t
     for (int64_t t = t0; t + 1 < t1; ++t) {
       const int64_t i = t - t0;
       const WkvState<T> from = sb.at(i * W), to = sb.at((i + 1) * W);
-      const T* k = p.k + t * p.stride;
-      const T* v = p.v + t * p.stride;
+      const T *__restrict k = p.k + t * p.stride, *__restrict v = p.v + t * p.stride;
+      const T *__restrict w = p.w, *__restrict u = p.u;
+      const T *__restrict fa = from.aa, *__restrict fb = from.bb, *__restrict fp = from.pp;
+      T *__restrict ta = to.aa, *__restrict tb = to.bb, *__restrict tp = to.pp;
       for (int64_t j = 0; j < W; ++j) {
-        const WkvWeights<T> q = wkv_weights(p.w[j], p.u[j], from.pp[j], k[j]);
-        to.aa[j] = q.f1 * from.aa[j] + q.f2 * v[j];
-        to.bb[j] = q.f1 * from.bb[j] + q.f2;
-        to.pp[j] = q.p2;
+        const WkvWeights<T> q = wkv_weights(w[j], u[j], fp[j], k[j]);
+        ta[j] = q.f1 * fa[j] + q.f2 * v[j];
+        tb[j] = q.f1 * fb[j] + q.f2;
+        tp[j] = q.p2;
       }
     }
     for (int64_t t = t1 - 1; t >= t0; --t) {
       const WkvState<T> s = sb.at((t - t0) * W);
-      const T* k = p.k + t * p.stride;
-      const T* v = p.v + t * p.stride;
-      const T* gyt = grad_y ? grad_y + t * p.stride : nullptr;
-      T* gkt = gk + t * p.stride;
-      T* gvt = gv + t * p.stride;
+      const T *__restrict k = p.k + t * p.stride, *__restrict v = p.v + t * p.stride;
+      const T *__restrict w = p.w, *__restrict u = p.u;
+      const T *__restrict sa = s.aa, *__restrict sbb = s.bb, *__restrict sp = s.pp;
+      const T* __restrict gyt = grad_y ? grad_y + t * p.stride : nullptr;
+      T *__restrict gkt = gk + t * p.stride, *__restrict gvt = gv + t * p.stride;
+      T *__restrict gwp = gw, *__restrict gup = gu;
+      T *__restrict ga = gs.aa, *__restrict gb = gs.bb, *__restrict gp = gs.pp;
       for (int64_t j = 0; j < W; ++j) {
-        const T aa = s.aa[j], bb = s.bb[j], vv = v[j];
-        const WkvWeights<T> q = wkv_weights(p.w[j], p.u[j], s.pp[j], k[j]);
+        const T aa = sa[j], bb = sbb[j], vv = v[j];
+        const WkvWeights<T> q = wkv_weights(w[j], u[j], sp[j], k[j]);
         const T e1 = q.e1, e2 = q.e2, f1 = q.f1, f2 = q.f2;
-        const bool take_w = q.take_w;
+        const bool take_w = q.take_w != T(0);
         const T den = e1 * bb + e2;
         const T y = (e1 * aa + e2 * vv) / den;
 
         const T gnum = (gyt ? gyt[j] : T(0)) / den;
         const T gden = -gnum * y;
-        const T gaa = gs.aa[j], gbb = gs.bb[j], gpp = gs.pp[j];
+        const T gaa = ga[j], gbb = gb[j], gpp = gp[j];
         const T g_e1 = (gnum * aa + gden * bb) * e1;  // gradient of pp - p1
         const T g_e2 = (gnum * vv + gden) * e2;       // of u + k - p1
         const T g_f1 = (gaa * aa + gbb * bb) * f1;    // of w + pp - p2
@@ -145,11 +150,11 @@ void wkv4_backward(const WkvBlock<T>& p, const WkvState<T>& checkpoints, int64_t
         const T g_ww2 = g_f1 + (take_w ? g_p2 : T(0));
         gkt[j] = g_e2 + g_f2 + (take_w ? T(0) : g_p2);
         gvt[j] = gnum * e2 + gaa * f2;
-        gw[j] += g_ww2;
-        gu[j] += g_e2;
-        gs.aa[j] = gnum * e1 + gaa * f1;
-        gs.bb[j] = gden * e1 + gbb * f1;
-        gs.pp[j] = g_e1 + g_ww2;
+        gwp[j] += g_ww2;
+        gup[j] += g_e2;
+        ga[j] = gnum * e1 + gaa * f1;
+        gb[j] = gden * e1 + gbb * f1;
+        gp[j] = g_e1 + g_ww2;
       }
     }
   }

@@ -7,8 +7,9 @@ import pytest
 import torch
 
 import torch_rnn_ext
-from torch_rnn_ext.modules.scans import RWKV4TimeMix
-from torch_rnn_ext.scans import wkv4
+
+RWKV4TimeMix = torch_rnn_ext.RWKV4TimeMix
+wkv4 = torch_rnn_ext.wkv4
 
 OPS = torch.ops.torch_rnn_ext
 
@@ -175,7 +176,7 @@ def test_empty_state_equals_no_state():
 def test_double_backward_raises():
     args = make_args(1, 3, 2)
     y = wkv4(**args)
-    with pytest.raises(RuntimeError, match="wkv4 does not support double backward"):
+    with pytest.raises(RuntimeError, match="wkv4.*does not support double backward"):
         torch.autograd.grad(y.sum(), [args["k"]], create_graph=True)
 
 

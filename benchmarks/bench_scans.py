@@ -1,0 +1,155 @@
+"""Benchmarks of the linear-time scan ops (selective_scan, wkv4) against the sequential PyTorch loop a
+user would write, forward and forward+backward, in one process after warm-up (medians). Also measures
+this machine's exp throughput and copy bandwidth, and how close each scan's forward comes to them.
+
+    /usr/bin/python3 benchmarks/bench_scans.py [--full]
+
+``run_scan_benchmarks(quick)`` returns the rows (used by benchmarks/bench.py).
+"""
+import argparse
+import os
+import sys
+from typing import Dict, List
+
+import torch
+import torch.nn.functional as F
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+import torch_rnn_ext  # noqa: E402,F401  (loads the op library)
+from common import median_time  # noqa: E402
+
+OPS = torch.ops.torch_rnn_ext
+
+
+def machine_roofline() -> Dict[str, float]:
+    """torch.exp throughput (float32 elements/s) and copy bandwidth (GB/s, bytes read + written)."""
+    x = torch.randn(1 << 24)
+    out = torch.empty_like(x)
+    t_exp = median_time(lambda: torch.exp(x, out=out), warmup=2, repeats=7)
+    src = torch.randn(1 << 25)
+    dst = torch.empty_like(src)
+    t_copy = median_time(lambda: dst.copy_(src), warmup=2, repeats=7)
+    return {"exp_per_s": x.numel() / t_exp, "copy_GB_per_s": 2 * src.numel() * 4 / t_copy / 1e9}
+
+
+# The loops a user would write.
+
+def scan_loop(u, delta, A, B, C, D, z, delta_bias):
+    batch, dim, L = u.shape
+    dt = F.softplus(delta + delta_bias[:, None])
+    h = u.new_zeros(batch, dim, A.shape[1])
+    ys = []
+    for t in range(L):
+        dA = torch.exp(dt[:, :, t, None] * A)
+        h = dA * h + dt[:, :, t, None] * B[:, None, :, t] * u[:, :, t, None]
+        ys.append((h * C[:, None, :, t]).sum(-1))
+    y = torch.stack(ys, -1) + D[:, None] * u
+    return y * F.silu(z)
+
+
+def wkv_loop(time_decay, time_first, k, v):
+    w = -torch.exp(time_decay)
+    aa = torch.zeros_like(k[:, 0])
+    bb = torch.zeros_like(aa)
+    pp = torch.full_like(aa, -1e38)
+    ys = []
+    for t in range(k.shape[1]):
+        kk, vv = k[:, t], v[:, t]
+        ww = time_first + kk
+        p = torch.maximum(pp, ww)
+        e1, e2 = torch.exp(pp - p), torch.exp(ww - p)
+        ys.append((e1 * aa + e2 * vv) / (e1 * bb + e2))
+        ww = w + pp
+        p = torch.maximum(ww, kk)
+        e1, e2 = torch.exp(ww - p), torch.exp(kk - p)
+        aa, bb, pp = e1 * aa + e2 * vv, e1 * bb + e2, p
+    return torch.stack(ys, 1)
+
+
+def scan_inputs(batch, dim, L, N):
+    g = torch.Generator().manual_seed(0)
+    return [torch.randn(batch, dim, L, generator=g), torch.randn(batch, dim, L, generator=g) * 0.5,
+            -torch.rand(dim, N, generator=g), torch.randn(batch, N, L, generator=g),
+            torch.randn(batch, N, L, generator=g), torch.randn(dim, generator=g),
+            torch.randn(batch, dim, L, generator=g), torch.randn(dim, generator=g)]
+
+
+def wkv_inputs(batch, C, T):
+    g = torch.Generator().manual_seed(0)
+    return [torch.randn(C, generator=g), torch.randn(C, generator=g), torch.randn(batch, T, C, generator=g),
+            torch.randn(batch, T, C, generator=g)]
+
+
+def time_pair(ours, ref, inputs, repeats):
+    """Medians (seconds) of forward and forward+backward of both functions on the same inputs."""
+    def fwd(fn):
+        with torch.no_grad():
+            return median_time(lambda: fn(*inputs), warmup=1, repeats=repeats)
+
+    def fwd_bwd(fn):
+        leaves = [t.detach().requires_grad_() for t in inputs]
+        return median_time(lambda: fn(*leaves).sum().backward(), warmup=1, repeats=repeats)
+
+    return {"forward": (fwd(ours), fwd(ref)), "forward+backward": (fwd_bwd(ours), fwd_bwd(ref))}
+
+
+def run_scan_benchmarks(quick: bool) -> List[dict]:
+    """Rows {name, shape, ours_ms, ref_ms, speedup, ...} for forward and forward+backward of both ops.
+    quick: sequences of 256 steps instead of 1024 (the reference loops are slow); the shape says so."""
+    steps = 256 if quick else 1024
+    repeats = 3 if quick else 5
+    roof = machine_roofline()
+    threads = torch.get_num_threads()
+    rows = []
+
+    def add_rows(name, shape, times, elems, bytes_fwd):
+        # elems: exps in one forward; bytes_fwd: bytes it reads and writes.
+        for mode, (ours, ref) in times.items():
+            row = {"name": f"{name} {mode}", "shape": shape, "ours_ms": ours * 1e3, "ref_ms": ref * 1e3,
+                   "speedup": ref / ours, "threads": threads}
+            if mode == "forward":
+                row.update(exp_per_s=elems / ours, exp_fraction=elems / ours / roof["exp_per_s"],
+                           GB_per_s=bytes_fwd / ours / 1e9,
+                           bandwidth_fraction=bytes_fwd / ours / 1e9 / roof["copy_GB_per_s"])
+            rows.append(row)
+
+    note = " (quick: 256 steps)" if quick else ""
+    batch, dim, N = 2, 256, 16
+    scan_ours = lambda u, d, A, B, C, D, z, db: OPS.selective_scan(u, d, A, B, C, D, z, db, True, None)[0]
+    add_rows("selective_scan", f"batch {batch}, dim {dim}, L {steps}, N {N}{note}",
+             time_pair(scan_ours, scan_loop, scan_inputs(batch, dim, steps, N), repeats),
+             elems=batch * dim * steps * N,  # one exp per (batch, channel, step, state)
+             bytes_fwd=4 * (4 * batch * dim * steps + 2 * batch * N * steps))  # u, delta, z, out; B, C
+
+    batch, C = 2, 512
+    wkv_ours = lambda td, tf, k, v: OPS.wkv4(td, tf, k, v, None)[0]
+    add_rows("wkv4", f"batch {batch}, C {C}, T {steps}{note}",
+             time_pair(wkv_ours, wkv_loop, wkv_inputs(batch, C, steps), repeats),
+             elems=4 * batch * steps * C,  # four exps per (batch, step, channel)
+             bytes_fwd=4 * 3 * batch * steps * C)  # k, v, y
+    for row in rows:
+        row.update(machine_exp_per_s=roof["exp_per_s"], machine_copy_GB_per_s=roof["copy_GB_per_s"])
+    return rows
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--full", action="store_true", help="sequences of 1024 steps (default: quick, 256)")
+    args = parser.parse_args()
+    rows = run_scan_benchmarks(quick=not args.full)
+    r0 = rows[0]
+    print(f"torch threads {r0['threads']}; torch.exp {r0['machine_exp_per_s'] / 1e9:.2f} G elements/s; "
+          f"copy {r0['machine_copy_GB_per_s']:.1f} GB/s")
+    print(f"{'op':34s} {'shape':40s} {'ours ms':>9s} {'loop ms':>9s} {'speedup':>8s}  roofline")
+    for r in rows:
+        extra = ""
+        if "exp_fraction" in r:
+            extra = (f"exp {r['exp_per_s'] / 1e9:.2f} G/s = {100 * r['exp_fraction']:.0f}% of torch.exp; "
+                     f"{r['GB_per_s']:.2f} GB/s = {100 * r['bandwidth_fraction']:.0f}% of copy")
+        print(f"{r['name']:34s} {r['shape']:40s} {r['ours_ms']:9.2f} {r['ref_ms']:9.1f} {r['speedup']:7.0f}x  {extra}")
+
+
+if __name__ == "__main__":
+    main()
