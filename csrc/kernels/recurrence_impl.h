@@ -20,11 +20,23 @@
 #include "kernels/cells.h"
 #include "kernels/gemm.h"
 #include "kernels/recurrence.h"
+#include "kernels/small_gemv.h"
 #include "kernels/vec_math.h"
 
 namespace torch_rnn_ext {
 namespace kernels {
 inline namespace TRE_CPU_CAPABILITY {
+
+// C(M, N) = A(M, K) B(K, N) (+ C when accumulate), all row-major: a time step's product. A single row
+// goes to small_gemv (no BLAS threads to wake), more rows to BLAS.
+template <typename T>
+inline void step_product(int64_t M, int64_t N, int64_t K, const T* A, const T* B, T* C, bool accumulate) {
+  if (M == 1) {
+    small_gemv<T>(N, K, A, B, N, C, accumulate);
+  } else {
+    gemm<T>(false, false, M, N, K, T(1), A, K, B, N, accumulate ? T(1) : T(0), C, N);
+  }
+}
 
 // Forward over all steps (arguments: ForwardArgs in recurrence.h).
 template <typename Cell, typename T>
@@ -32,12 +44,12 @@ void recurrence_forward(const SeqLayout& L, const ForwardArgs<T>& a) {
   const int64_t H = a.H, P = a.P, GH = Cell::kGates * H, SH = Cell::kSaved * H;
   for (int64_t s = 0; s < L.T; ++s) {
     const int64_t t = L.time(s), bs = L.batch_sizes[t], off = L.offsets[t];
-    gemm<T>(false, true, bs, GH, P, T(1), a.h, P, a.w_hh, P, T(0), a.gh, GH);
+    step_product<T>(bs, GH, P, a.h, a.w_hh_t, a.gh, false);
     for (int64_t b = 0; b < bs; ++b) {
       const int64_t row = off + b;
       T* c = Cell::kHasCell ? a.c + b * H : nullptr;
       // With a projection the cell writes o * tanh(c') into m; the product below makes h from it.
-      T* out = a.w_hr ? a.m + b * H : a.out + row * P;
+      T* out = a.w_hr_t ? a.m + b * H : a.out + row * P;
       if (a.saved) {
         Cell::template forward<true>(H, a.gi + row * GH, a.gh + b * GH, a.b_hh, a.h + b * P, c, out,
                                      a.saved + row * SH);
@@ -46,7 +58,7 @@ void recurrence_forward(const SeqLayout& L, const ForwardArgs<T>& a) {
                                       static_cast<T*>(nullptr));
       }
     }
-    if (a.w_hr) gemm<T>(false, true, bs, P, H, T(1), a.m, H, a.w_hr, H, T(0), a.out + off * P, P);
+    if (a.w_hr_t) step_product<T>(bs, P, H, a.m, a.w_hr_t, a.out + off * P, false);
     std::memcpy(a.h, a.out + off * P, sizeof(T) * bs * P);  // the new state of the active rows
   }
 }
@@ -70,7 +82,7 @@ void recurrence_backward(const SeqLayout& L, const BackwardArgs<T>& a) {
     }
     if (a.w_hr) {  // through the projection: dm = dh W_hr
       std::memcpy(a.dh_all + off * P, a.dh, sizeof(T) * bs * P);
-      gemm<T>(false, false, bs, H, P, T(1), a.dh, P, a.w_hr, H, T(0), a.dm, H);
+      step_product<T>(bs, H, P, a.dh, a.w_hr, a.dm, false);
     }
     const int64_t from_prev = std::min(bs, bs_prev);  // rows whose previous state is the previous step's
     for (int64_t b = 0; b < bs; ++b) {
@@ -88,8 +100,7 @@ void recurrence_backward(const SeqLayout& L, const BackwardArgs<T>& a) {
       }
     }
     // dh_{t-1} = (direct term the cell left in dh) + dgates_h W_hh
-    gemm<T>(false, false, bs, P, GH, T(1), a.dgh + off * GH, GH, a.w_hh, P, Cell::kDirectDh ? T(1) : T(0), a.dh,
-            P);
+    step_product<T>(bs, P, GH, a.dgh + off * GH, a.w_hh, a.dh, Cell::kDirectDh);
   }
 }
 

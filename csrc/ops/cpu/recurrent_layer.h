@@ -150,17 +150,18 @@ std::tuple<Tensor, Tensor, Tensor, Tensor> layer_forward(const char* op, const T
   const Tensor x = rows(input, g, g.I);
   // The input projection of every timestep: one product.
   const Tensor gi = present(bias_ih) ? at::addmm(*bias_ih, x, weight_ih.t()) : at::mm(x, weight_ih.t());
-  const Tensor w_hh = weight_hh.contiguous();
+  // The time loop multiplies by W_hh^T and W_hr^T as row-major (K, N) operands.
+  const Tensor w_hh_t = weight_hh.t().contiguous();
   const Tensor b_hh = present(bias_hh) ? bias_hh->contiguous() : at::zeros({GH}, opts);
-  const Tensor w_hr = present(weight_hr) ? weight_hr->contiguous() : Tensor();
+  const Tensor w_hr_t = present(weight_hr) ? weight_hr->t().contiguous() : Tensor();
   Tensor out = at::empty({g.N, g.P}, opts);
   Tensor saved = save ? at::empty({g.N, Cell::kSaved * g.H}, opts) : Tensor();
   Tensor gh = at::empty({g.B, GH}, opts);
-  Tensor m = w_hr.defined() ? at::empty({g.B, g.H}, opts) : Tensor();
+  Tensor m = w_hr_t.defined() ? at::empty({g.B, g.H}, opts) : Tensor();
   const auto L = g.layout(reverse);
   AT_DISPATCH_FLOATING_TYPES(input.scalar_type(), "recurrent_layer", [&] {
     kernels::forward<K, scalar_t>(
-        L, {g.H, g.P, ptr<scalar_t>(gi), ptr<scalar_t>(w_hh), ptr<scalar_t>(b_hh), ptr<scalar_t>(w_hr),
+        L, {g.H, g.P, ptr<scalar_t>(gi), ptr<scalar_t>(w_hh_t), ptr<scalar_t>(b_hh), ptr<scalar_t>(w_hr_t),
             ptr<scalar_t>(h), ptr<scalar_t>(c), ptr<scalar_t>(out), ptr<scalar_t>(saved), ptr<scalar_t>(gh),
             ptr<scalar_t>(m)});
   });
