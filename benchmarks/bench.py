@@ -10,6 +10,7 @@ its fraction of the sgemm rate measured in the same run. Results go to benchmark
 import argparse
 import datetime
 import os
+import subprocess
 import sys
 
 import torch
@@ -27,7 +28,8 @@ except ImportError:  # progress is a nicety; the numbers do not depend on it
     def tqdm(it, **kw):
         return it
 
-RESULTS = os.path.join(os.path.dirname(os.path.abspath(__file__)), "results")
+HERE = os.path.dirname(os.path.abspath(__file__))
+RESULTS = os.path.join(HERE, "results")
 
 GATES = {"LSTM": 4, "GRU": 3, "RNN_TANH": 1}
 # (module kind, (T, B, I, H), layers, bidirectional)
@@ -102,10 +104,77 @@ def run(full: bool, torch_threads, repeats: int):
     return rows, sgemm
 
 
-def markdown(rows, sgemm, info, command):
+_MEMORY_SCRIPT = r"""
+import sys, torch
+sys.path.insert(0, {root!r})
+import torch_rnn_ext
+from torch import nn
+sys.path.insert(0, {bench!r})
+from bench import make_modules, _outputs
+torch.set_num_threads({threads})
+torch.manual_seed(0)
+ref, ours = make_modules({kind!r}, {I}, {H}, {layers}, {bidir})
+m = ref if {impl!r} == "nn" else ours
+x = torch.randn({T}, {B}, {I}, requires_grad=True)
+def step():
+    sum(o.sum() for o in _outputs(m(x))).backward()
+def kib(field):
+    with open("/proc/self/status") as f:
+        return next(int(l.split()[1]) for l in f if l.startswith(field))
+step()  # warm-up: one-time allocations are not the model's
+with open("/proc/self/clear_refs", "w") as f:
+    f.write("5")  # resets the peak (VmHWM) to the current RSS
+base = kib("VmRSS:")
+step()
+print((kib("VmHWM:") - base) / 1024)
+"""
+
+
+def peak_memory_mb(kind, T, B, I, H, layers, bidir, impl, threads=1):
+    """Peak resident memory added by one forward+backward, in a fresh process (MiB)."""
+    code = _MEMORY_SCRIPT.format(root=os.path.dirname(HERE), bench=HERE, threads=threads, kind=kind, I=I, H=H,
+                                 layers=layers, bidir=bidir, impl=impl, T=T, B=B)
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    return float(out.stdout.strip().splitlines()[-1])
+
+
+def sweep(kind, shapes, repeats):
+    """Speedups of ours over torch.nn along a sweep of shapes (for the plot)."""
+    points = []
+    for (T, B, I, H) in tqdm(shapes, desc=f"sweep {kind}", unit="pt"):
+        torch.manual_seed(0)
+        ref, ours = make_modules(kind, I, H, 1, False)
+        r = bench_pair(ref, ours, torch.randn(T, B, I), repeats, rnn_flops(kind, T, B, I, H))
+        points.append({"T": T, "B": B, "I": I, "H": H, "forward": r["forward"]["speedup"],
+                       "forward+backward": r["forward+backward"]["speedup"]})
+    return points
+
+
+def plot(sweeps, path):
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    fig, axes = plt.subplots(1, 2, figsize=(11, 4))
+    for ax, (key, xlabel) in zip(axes, (("H", "hidden size (T=200, B=8)"), ("T", "sequence length (H=128, B=8)"))):
+        for kind, pts in sweeps[key].items():
+            xs = [p[key] for p in pts]
+            for mode, style in (("forward", "-o"), ("forward+backward", "--s")):
+                ax.plot(xs, [p[mode] for p in pts], style, label=f"{kind} {mode}")
+        ax.axhline(1.0, color="gray", lw=0.8)
+        ax.set_xscale("log", base=2)
+        ax.set_xlabel(xlabel)
+        ax.set_ylabel("speedup over torch.nn (x)")
+        ax.grid(alpha=0.3)
+    axes[0].legend(fontsize=7)
+    fig.suptitle("torch_rnn_ext vs torch.nn, 1 torch thread, float32")
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+
+
+def markdown(rows, sgemm, info, command, memory, scans):
     lines = [f"Command: `{command}`  ",
              f"Machine: {info['cpu']}, {info['cores']} cores; torch {info['torch']}; {info['blas']} "
-             f"with {info['blas_threads']} BLAS threads; sgemm (1024^3, float32) "
+             f"with {info['blas_threads']} BLAS threads; time loops: {info['kernels']}; sgemm (1024^3, float32) "
              + ", ".join(f"{v:.0f} GFLOP/s at {k} torch thread(s)" for k, v in sgemm.items()) + ".",
              "",
              "| module | T, B, I, H | torch threads | fwd nn ms | fwd ours ms | fwd speedup | "
@@ -118,31 +187,73 @@ def markdown(rows, sgemm, info, command):
             f"{f['nn_ms']:.2f} | {f['ours_ms']:.2f} | **{f['speedup']:.2f}x** | {b['nn_ms']:.2f} | "
             f"{b['ours_ms']:.2f} | **{b['speedup']:.2f}x** | {f['ours_gflops']:.1f} "
             f"({100 * f['sgemm_fraction']:.0f}%) |")
+    if memory:
+        lines += ["", "Peak memory added by one forward+backward (fresh process, 1 torch thread):", "",
+                  "| module | T, B, I, H | nn MiB | ours MiB | ours / nn |", "|---|---|---|---|---|"]
+        for m in memory:
+            lines.append(f"| {m['module']} | {m['T']}, {m['B']}, {m['I']}, {m['H']} | {m['nn_mib']:.1f} | "
+                         f"{m['ours_mib']:.1f} | {m['ours_mib'] / max(m['nn_mib'], 1e-9):.2f} |")
+    if scans:
+        r0 = scans[0]
+        lines += ["", f"Scans against the sequential PyTorch loop ({r0['threads']} torch thread(s); torch.exp "
+                  f"{r0['machine_exp_per_s'] / 1e9:.2f} G elements/s, copy {r0['machine_copy_GB_per_s']:.1f} GB/s "
+                  "measured in the same run):", "",
+                  "| op | shape | ours ms | loop ms | speedup | forward vs machine limit |", "|---|---|---|---|---|---|"]
+        for r in scans:
+            lim = ""
+            if "exp_fraction" in r:
+                lim = (f"{r['exp_per_s'] / 1e9:.2f} G exp/s ({100 * r['exp_fraction']:.0f}% of torch.exp), "
+                       f"{r['GB_per_s']:.2f} GB/s ({100 * r['bandwidth_fraction']:.0f}% of copy)")
+            lines.append(f"| {r['name']} | {r['shape']} | {r['ours_ms']:.2f} | {r['ref_ms']:.1f} | "
+                         f"**{r['speedup']:.0f}x** | {lim} |")
     return "\n".join(lines)
+
+
+MEMORY_CASES = [("LSTM", (100, 32, 256, 256)), ("GRU", (100, 32, 256, 256)), ("RNN_TANH", (100, 32, 256, 256)),
+                ("LSTM", (1000, 1, 64, 64))]
 
 
 def main():
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--full", action="store_true", help="every regime, at 1 and 2 torch threads")
+    p.add_argument("--full", action="store_true", help="every regime at 1 and 2 torch threads, memory, plot")
     p.add_argument("--threads", type=str, default=None, help="torch thread counts, e.g. 1,2")
     p.add_argument("--blas-threads", type=int, default=None, help="OpenBLAS threads (default: its own)")
     p.add_argument("--repeats", type=int, default=None)
+    p.add_argument("--no-scans", action="store_true", help="skip the scan rows")
     args = p.parse_args()
     threads = [int(t) for t in args.threads.split(",")] if args.threads else ([1, 2] if args.full else [1])
     repeats = args.repeats or (9 if args.full else 7)
     if args.blas_threads:
         set_blas_threads(args.blas_threads)
-    info = machine_info()
+    info = dict(machine_info(), kernels=torch.ops.torch_rnn_ext._kernel_info())
     command = "python3 benchmarks/bench.py " + " ".join(sys.argv[1:])
     rows, sgemm = run(args.full, threads, repeats)
+    memory = []
+    if args.full:
+        for kind, (T, B, I, H) in tqdm(MEMORY_CASES, desc="peak memory", unit="row"):
+            memory.append({"module": kind, "T": T, "B": B, "I": I, "H": H,
+                           "nn_mib": peak_memory_mb(kind, T, B, I, H, 1, False, "nn"),
+                           "ours_mib": peak_memory_mb(kind, T, B, I, H, 1, False, "ours")})
+    scans = []
+    if not args.no_scans:
+        from bench_scans import run_scan_benchmarks
+        torch.set_num_threads(threads[0])
+        scans = run_scan_benchmarks(quick=not args.full)
+    sweeps = {}
+    if args.full:
+        torch.set_num_threads(1)
+        sweeps = {"H": {k: sweep(k, [(200, 8, h, h) for h in (32, 64, 128, 256, 512)], 5) for k in ("LSTM", "GRU")},
+                  "T": {k: sweep(k, [(t, 8, 128, 128) for t in (10, 50, 200, 1000)], 5) for k in ("LSTM", "GRU")}}
+        plot(sweeps, os.path.join(RESULTS, "speedup.png"))
     info = dict(info, torch_threads=threads)
-    table = markdown(rows, sgemm, info, command.strip())
+    table = markdown(rows, sgemm, info, command.strip(), memory, scans)
     print()
     print(table)
     name = "full" if args.full else "quick"
     save_json(os.path.join(RESULTS, f"{name}.json"),
               {"date": datetime.datetime.now().isoformat(timespec="seconds"), "command": command.strip(),
-               "machine": info, "sgemm_gflops": sgemm, "rows": rows})
+               "machine": info, "sgemm_gflops": sgemm, "rows": rows, "peak_memory": memory, "scans": scans,
+               "sweeps": sweeps})
     with open(os.path.join(RESULTS, f"{name}.md"), "w") as f:
         f.write(table + "\n")
 
