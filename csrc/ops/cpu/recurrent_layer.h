@@ -5,6 +5,7 @@
 #include <ATen/ATen.h>
 
 #include <array>
+#include <cstring>
 #include <string>
 #include <type_traits>
 #include <tuple>
@@ -12,6 +13,7 @@
 
 #include "checks.h"
 #include "kernels/cell_traits.h"
+#include "kernels/gemm.h"
 #include "kernels/recurrence.h"
 
 namespace torch_rnn_ext {
@@ -112,19 +114,77 @@ inline LayerGeometry check_layer(const char* op, const Tensor& input, const Tens
 
 // A (B, size) initial state as a fresh buffer the time loop may overwrite (zeros when absent).
 inline Tensor initial_state(const optional<Tensor>& state, const Tensor& input, int64_t B, int64_t size,
-                            const char* name) {
-  if (!present(state)) return at::zeros({B, size}, input.options());
-  check_like(*state, input, {B, size}, name);
-  return state->contiguous().clone();
-}
+                            const char* name);
 
-inline Tensor rows(const Tensor& t, const LayerGeometry& g, int64_t width) {
-  return t.contiguous().view({g.N, width});
-}
+inline Tensor rows(const Tensor& t, const LayerGeometry& g, int64_t width);
 
 template <typename T>
 T* ptr(const Tensor& t) {
   return t.defined() ? t.data_ptr<T>() : nullptr;
+}
+
+// Serial tensor helpers. ATen spreads copies and fills of large tensors over its OpenMP threads, whose
+// workers then keep spinning beside OpenBLAS's threads while our single-threaded time loop runs: three
+// busy threads on two cores (measured: an LSTM layer at T=1000, B=1, H=64 took 1.0 ms at 1 torch thread
+// and 12 ms at 2, all from addmm's bias copy). So outside BLAS a layer only touches memory on the
+// calling thread, and products go straight to kernels::gemm.
+inline Tensor zeros_serial(at::IntArrayRef sizes, const at::TensorOptions& opts) {
+  Tensor t = at::empty(sizes, opts);
+  if (t.numel() > 0) std::memset(t.data_ptr(), 0, t.nbytes());
+  return t;
+}
+
+// A contiguous copy of a tensor of at most 3 dimensions (a fresh buffer even when t is contiguous).
+inline Tensor clone_serial(const Tensor& t) {
+  TORCH_INTERNAL_ASSERT(t.dim() <= 3);
+  Tensor out = at::empty(t.sizes(), t.options());
+  if (t.numel() == 0) return out;
+  if (t.is_contiguous()) {
+    std::memcpy(out.data_ptr(), t.data_ptr(), t.nbytes());
+    return out;
+  }
+  const int64_t d = t.dim();
+  const int64_t n0 = d >= 3 ? t.size(d - 3) : 1, n1 = d >= 2 ? t.size(d - 2) : 1, n2 = t.size(d - 1);
+  const int64_t s0 = d >= 3 ? t.stride(d - 3) : 0, s1 = d >= 2 ? t.stride(d - 2) : 0, s2 = t.stride(d - 1);
+  AT_DISPATCH_FLOATING_TYPES(t.scalar_type(), "clone_serial", [&] {
+    const scalar_t* src = t.data_ptr<scalar_t>();
+    scalar_t* dst = out.data_ptr<scalar_t>();
+    for (int64_t i = 0; i < n0; ++i)
+      for (int64_t j = 0; j < n1; ++j)
+        for (int64_t k = 0; k < n2; ++k) *dst++ = src[i * s0 + j * s1 + k * s2];
+  });
+  return out;
+}
+
+inline Tensor contiguous_serial(const Tensor& t) { return t.is_contiguous() ? t : clone_serial(t); }
+
+// op(A) op(B) (+ bias on every row) for contiguous 2-D A, B: one BLAS call, bias rows filled serially.
+inline Tensor matmul(const Tensor& A, bool trans_a, const Tensor& B, bool trans_b, const Tensor& bias = Tensor()) {
+  const Tensor a = contiguous_serial(A), b = contiguous_serial(B);
+  const int64_t M = trans_a ? a.size(1) : a.size(0), K = trans_a ? a.size(0) : a.size(1);
+  const int64_t N = trans_b ? b.size(0) : b.size(1);
+  Tensor c = at::empty({M, N}, a.options());
+  AT_DISPATCH_FLOATING_TYPES(a.scalar_type(), "matmul", [&] {
+    scalar_t* cp = c.data_ptr<scalar_t>();
+    if (bias.defined()) {
+      const scalar_t* bp = bias.data_ptr<scalar_t>();
+      for (int64_t i = 0; i < M; ++i) std::memcpy(cp + i * N, bp, sizeof(scalar_t) * N);
+    }
+    kernels::gemm<scalar_t>(trans_a, trans_b, M, N, K, scalar_t(1), a.data_ptr<scalar_t>(), a.size(1),
+                            b.data_ptr<scalar_t>(), b.size(1), bias.defined() ? scalar_t(1) : scalar_t(0), cp, N);
+  });
+  return c;
+}
+
+inline Tensor initial_state(const optional<Tensor>& state, const Tensor& input, int64_t B, int64_t size,
+                            const char* name) {
+  if (!present(state)) return zeros_serial({B, size}, input.options());
+  check_like(*state, input, {B, size}, name);
+  return clone_serial(*state);
+}
+
+inline Tensor rows(const Tensor& t, const LayerGeometry& g, int64_t width) {
+  return contiguous_serial(t).view({g.N, width});
 }
 
 // Forward of one layer. Returns (output, h_n, c_n, workspace); c_n is undefined for cells without one,
@@ -149,11 +209,11 @@ std::tuple<Tensor, Tensor, Tensor, Tensor> layer_forward(const char* op, const T
   Tensor c = Cell::kHasCell ? initial_state(cx, input, g.B, g.H, "cx") : Tensor();
   const Tensor x = rows(input, g, g.I);
   // The input projection of every timestep: one product.
-  const Tensor gi = present(bias_ih) ? at::addmm(*bias_ih, x, weight_ih.t()) : at::mm(x, weight_ih.t());
+  const Tensor gi = matmul(x, false, weight_ih, true, present(bias_ih) ? contiguous_serial(*bias_ih) : Tensor());
   // The time loop multiplies by W_hh^T and W_hr^T as row-major (K, N) operands.
-  const Tensor w_hh_t = weight_hh.t().contiguous();
-  const Tensor b_hh = present(bias_hh) ? bias_hh->contiguous() : at::zeros({GH}, opts);
-  const Tensor w_hr_t = present(weight_hr) ? weight_hr->t().contiguous() : Tensor();
+  const Tensor w_hh_t = clone_serial(weight_hh.t());
+  const Tensor b_hh = present(bias_hh) ? contiguous_serial(*bias_hh) : zeros_serial({GH}, opts);
+  const Tensor w_hr_t = present(weight_hr) ? clone_serial(weight_hr->t()) : Tensor();
   Tensor out = at::empty({g.N, g.P}, opts);
   Tensor saved = save ? at::empty({g.N, Cell::kSaved * g.H}, opts) : Tensor();
   Tensor gh = at::empty({g.B, GH}, opts);
@@ -198,17 +258,17 @@ std::vector<Tensor> layer_backward(const char* op, const Tensor& grad_output, co
 
   const auto opts = input.options();
   const bool proj = present(weight_hr);
-  const Tensor go = grad_output.defined() ? rows(grad_output, g, g.P) : at::zeros({g.N, g.P}, opts);
-  Tensor dh = grad_h_n.defined() ? grad_h_n.contiguous().clone() : at::zeros({g.B, g.P}, opts);
+  const Tensor go = grad_output.defined() ? rows(grad_output, g, g.P) : zeros_serial({g.N, g.P}, opts);
+  Tensor dh = grad_h_n.defined() ? clone_serial(grad_h_n) : zeros_serial({g.B, g.P}, opts);
   Tensor dc;
-  if (Cell::kHasCell) dc = grad_c_n.defined() ? grad_c_n.contiguous().clone() : at::zeros({g.B, g.H}, opts);
-  const Tensor h0 = present(hx) ? hx->contiguous() : Tensor();
-  const Tensor c0 = Cell::kHasCell && present(cx) ? cx->contiguous() : Tensor();
-  const Tensor zeros = at::zeros({g.H}, opts);
-  const Tensor w_hh = weight_hh.contiguous();
-  const Tensor w_hr = proj ? weight_hr->contiguous() : Tensor();
+  if (Cell::kHasCell) dc = grad_c_n.defined() ? clone_serial(grad_c_n) : zeros_serial({g.B, g.H}, opts);
+  const Tensor h0 = present(hx) ? contiguous_serial(*hx) : Tensor();
+  const Tensor c0 = Cell::kHasCell && present(cx) ? contiguous_serial(*cx) : Tensor();
+  const Tensor zeros = zeros_serial({g.H}, opts);
+  const Tensor w_hh = contiguous_serial(weight_hh);
+  const Tensor w_hr = proj ? contiguous_serial(*weight_hr) : Tensor();
   const Tensor out = rows(output, g, g.P);
-  const Tensor ws = workspace.contiguous();
+  const Tensor ws = contiguous_serial(workspace);
   Tensor dgi = at::empty({g.N, GH}, opts);
   Tensor dgh = Cell::kSameGateGrads ? dgi : at::empty({g.N, GH}, opts);
   Tensor h_prev = at::empty({g.N, g.P}, opts);
@@ -226,13 +286,13 @@ std::vector<Tensor> layer_backward(const char* op, const Tensor& grad_output, co
 
   std::vector<Tensor> grads(8);
   if (output_mask[0]) {
-    const Tensor dx = at::mm(dgi, weight_ih);  // every timestep's input gradient: one product
+    const Tensor dx = matmul(dgi, false, weight_ih, false);  // every timestep's input gradient: one product
     grads[0] = g.packed ? dx : dx.view({g.T, g.B, g.I});
   }
   if (output_mask[1]) grads[1] = dh;
   if (output_mask[2] && Cell::kHasCell) grads[2] = dc;
-  if (output_mask[3]) grads[3] = at::mm(dgi.t(), rows(input, g, g.I));
-  if (output_mask[4]) grads[4] = at::mm(dgh.t(), h_prev);
+  if (output_mask[3]) grads[3] = matmul(dgi, true, rows(input, g, g.I), false);
+  if (output_mask[4]) grads[4] = matmul(dgh, true, h_prev, false);
   auto bias_grad = [&](const Tensor& d) {
     Tensor r = at::empty({GH}, opts);
     AT_DISPATCH_FLOATING_TYPES(input.scalar_type(), "recurrent_layer", [&] {
@@ -242,7 +302,7 @@ std::vector<Tensor> layer_backward(const char* op, const Tensor& grad_output, co
   };
   if (output_mask[5]) grads[5] = bias_grad(dgi);
   if (output_mask[6]) grads[6] = bias_grad(dgh);
-  if (output_mask[7] && proj) grads[7] = at::mm(dh_all.t(), m_all);
+  if (output_mask[7] && proj) grads[7] = matmul(dh_all, true, m_all, false);
   return grads;
 }
 
