@@ -1,7 +1,8 @@
 """Sequence-mixing layers built on the linear-time scan ops: Mamba's mixer and RWKV-4's time mixing.
 
 Both are scriptable (``torch.jit.script``) and call ``torch.ops.torch_rnn_ext.*`` directly; each has a
-``step()`` for streaming decode whose outputs match the full-sequence ``forward``.
+``step()`` for streaming decode and a ``forward_with_state()`` for streaming chunks (what
+:class:`torch_rnn_ext.Streamer` calls), whose outputs match the full-sequence ``forward``.
 """
 import math
 from typing import Optional, Tuple
@@ -109,6 +110,26 @@ class MambaMixer(nn.Module):
             self.dt_proj.bias, True, ssm_state)
         return self.out_proj(y.squeeze(-1)), conv_state, ssm_state
 
+    @torch.jit.export
+    def forward_with_state(self, hidden_states: Tensor, conv_state: Tensor,
+                           ssm_state: Tensor) -> Tuple[Tensor, Tensor, Tensor]:
+        """A chunk of L >= 1 tokens: hidden_states (batch, L, d_model) with the states of
+        :meth:`allocate_state`, :meth:`step` or a previous call -> (out (batch, L, d_model), conv_state,
+        ssm_state). From :meth:`allocate_state` it equals :meth:`forward`; chunk by chunk it equals one
+        call on the whole sequence; it can be interleaved with :meth:`step`."""
+        xz = self.in_proj(hidden_states)
+        x, z = xz.chunk(2, dim=-1)
+        # The causal depthwise conv sees the previous d_conv - 1 inputs, then the chunk.
+        x = torch.cat([conv_state[:, :, 1:], x.transpose(1, 2)], dim=-1)  # (batch, d_inner, d_conv - 1 + L)
+        conv_state = x[:, :, x.size(2) - self.d_conv:]
+        x = F.silu(F.conv1d(x, self.conv1d.weight, self.conv1d.bias, groups=self.d_inner))  # (batch, d_inner, L)
+        dt, B, C = self._ssm_inputs(x.transpose(1, 2))
+        A = -torch.exp(self.A_log)
+        y, ssm_state = torch.ops.torch_rnn_ext.selective_scan(
+            x, dt.transpose(1, 2), A, B.transpose(1, 2), C.transpose(1, 2), self.D, z.transpose(1, 2),
+            self.dt_proj.bias, True, ssm_state)
+        return self.out_proj(y.transpose(1, 2)), conv_state, ssm_state
+
 
 class RWKV4TimeMix(nn.Module):
     r"""RWKV-4's time mixing block (``RWKV_TimeMix``), with its parameter names and initialisation,
@@ -182,3 +203,13 @@ class RWKV4TimeMix(nn.Module):
         k, v, sr = self._mix(x.unsqueeze(1), last_x.unsqueeze(1))
         wkv, state = torch.ops.torch_rnn_ext.wkv4(self.time_decay, self.time_first, k, v, state)
         return self.output(sr * wkv).squeeze(1), x, state
+
+    @torch.jit.export
+    def forward_with_state(self, x: Tensor, last_x: Tensor, state: Tensor) -> Tuple[Tensor, Tensor, Tensor]:
+        """A chunk of T >= 1 tokens: x (batch, T, n_embd) with last_x (batch, n_embd) and the wkv state
+        (batch, 3, attn_sz) of :meth:`allocate_state`, :meth:`step` or a previous call -> (out (batch, T,
+        n_embd), x[:, -1] as the next last_x, new state). From :meth:`allocate_state` it equals
+        :meth:`forward`; chunk by chunk it equals one call on the whole sequence."""
+        k, v, sr = self._mix(x, torch.cat([last_x.unsqueeze(1), x[:, :-1]], dim=1))
+        wkv, state = torch.ops.torch_rnn_ext.wkv4(self.time_decay, self.time_first, k, v, state)
+        return self.output(sr * wkv), x[:, -1], state
