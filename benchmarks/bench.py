@@ -134,7 +134,10 @@ def peak_memory_mb(kind, T, B, I, H, layers, bidir, impl, threads=1):
     """Peak resident memory added by one forward+backward, in a fresh process (MiB)."""
     code = _MEMORY_SCRIPT.format(root=os.path.dirname(HERE), bench=HERE, threads=threads, kind=kind, I=I, H=H,
                                  layers=layers, bidir=bidir, impl=impl, T=T, B=B)
-    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    # glibc keeps small freed blocks mapped, so a second pass of many small allocations would not raise
+    # RSS while large ones would: make every tensor-sized block its own mapping, returned on free.
+    env = dict(os.environ, MALLOC_MMAP_THRESHOLD_="4096", MALLOC_TRIM_THRESHOLD_="0", MALLOC_TOP_PAD_="0")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True, env=env)
     return float(out.stdout.strip().splitlines()[-1])
 
 
