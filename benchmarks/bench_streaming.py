@@ -1,0 +1,144 @@
+"""Per-step latency of streaming one step at a time (batch 1, input 64, float32, inference under no_grad)
+with the state carried between calls: our paths against torch.nn's, all in one process, interleaved.
+
+    /usr/bin/python3 benchmarks/bench_streaming.py [--full]
+
+Ours: (a) torch_rnn_ext.LSTM called per step with hx, (b) torch_rnn_ext.Streamer over a model holding
+our LSTM, (c) torch.jit.script(torch_rnn_ext.LSTM) called per step with hx, (d) the lean floor: the
+op torch.ops.torch_rnn_ext.lstm_cell called directly on the weights; (e) a diagnostic: (d) with W_hh
+laid out so that the op's per-call copy of W_hh^T is a memcpy. References: nn.LSTM called per
+step with hx, and nn.LSTMCell. Each variant is timed in blocks of steps; the variants take turns block
+by block (so machine noise hits all alike), and a row reports the median over blocks of the per-step
+time, after warm-up. ``ratio`` = nn.LSTM time / ours (> 1: ours is faster).
+
+``run_streaming_benchmarks(quick)`` returns the rows.
+"""
+import argparse
+import os
+import sys
+from typing import Callable, Dict, List
+
+import torch
+from torch import nn
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+import torch_rnn_ext  # noqa: E402
+from common import machine_info, median_time  # noqa: E402
+
+INPUT = 64
+HIDDEN = (64, 256)
+
+
+def _carrying(module: Callable, x: torch.Tensor) -> Callable[[], None]:
+    """One step of `module(x, hx)` with hx carried from the previous step (the module's own output)."""
+    state = [None]
+
+    def step():
+        state[0] = module(x, state[0])[1]
+    return step
+
+
+def step_functions(hidden: int) -> Dict[str, Callable[[], None]]:
+    """name -> a function doing one streaming step; the models share one set of weights."""
+    torch.manual_seed(0)
+    ref = nn.LSTM(INPUT, hidden)
+    ours = torch_rnn_ext.LSTM(INPUT, hidden)
+    ours.load_state_dict(ref.state_dict())
+    ref_cell = nn.LSTMCell(INPUT, hidden)
+    with torch.no_grad():
+        for name in ("weight_ih", "weight_hh", "bias_ih", "bias_hh"):
+            getattr(ref_cell, name).copy_(getattr(ref, name + "_l0"))
+    x = torch.randn(1, 1, INPUT)  # (T=1, B=1, I)
+    x_cell = x[0]
+
+    stream = torch_rnn_ext.Streamer(nn.Sequential(ours))
+
+    def streamer_step():
+        stream(x)
+
+    cell_state = [None]
+
+    def nn_cell_step():
+        cell_state[0] = ref_cell(x_cell, cell_state[0])
+
+    weights = [ours.weight_ih_l0, ours.weight_hh_l0, ours.bias_ih_l0, ours.bias_hh_l0]
+    hc = [torch.zeros(1, hidden), torch.zeros(1, hidden)]
+    lstm_cell = torch.ops.torch_rnn_ext.lstm_cell
+
+    def op_step():
+        hc[0], hc[1] = lstm_cell(x_cell, hc[0], hc[1], *weights)
+
+    # Diagnostic, not an API: the same op with W_hh passed as a (4H, H) view of a transposed copy. The op
+    # copies W_hh^T into a fresh buffer on every call; from this layout that copy is a plain memcpy, so
+    # the gap between (d) and (e) is the per-call cost of transposing W_hh inside the op.
+    weights_t = [weights[0], weights[1].detach().t().contiguous().t(), weights[2], weights[3]]
+    hc_t = [torch.zeros(1, hidden), torch.zeros(1, hidden)]
+
+    def op_step_pre_transposed():
+        hc_t[0], hc_t[1] = lstm_cell(x_cell, hc_t[0], hc_t[1], *weights_t)
+
+    return {
+        "nn.LSTM": _carrying(ref, x),
+        "nn.LSTMCell": nn_cell_step,
+        "(a) torch_rnn_ext.LSTM, hx carried": _carrying(ours, x),
+        "(b) Streamer(model with our LSTM)": streamer_step,
+        "(c) torch.jit.script(our LSTM), hx carried": _carrying(torch.jit.script(ours), x),
+        "(d) op lstm_cell direct (lean floor)": op_step,
+        "(e) as (d), W_hh pre-transposed (diagnostic)": op_step_pre_transposed,
+    }
+
+
+def run_streaming_benchmarks(quick: bool = True) -> List[Dict[str, object]]:
+    """Rows: name, hidden, ours_us, nn_us (nn.LSTM), nn_cell_us (nn.LSTMCell), ratio = nn_us / ours_us."""
+    block, rounds = (20, 7) if quick else (50, 21)
+    rows = []
+    for hidden in HIDDEN:
+        fns = step_functions(hidden)
+        times: Dict[str, List[float]] = {name: [] for name in fns}
+        with torch.no_grad():
+            for fn in fns.values():  # warm-up (the scripted module profiles its first calls)
+                for _ in range(50):
+                    fn()
+            for _ in range(rounds):
+                for name, fn in fns.items():
+                    def run_block(fn=fn):
+                        for _ in range(block):
+                            fn()
+                    times[name].append(median_time(run_block, warmup=0, repeats=3) / block * 1e6)
+        med = {name: sorted(ts)[len(ts) // 2] for name, ts in times.items()}
+        for name in fns:
+            if name.startswith("nn."):
+                continue
+            rows.append({"name": name, "hidden": hidden, "input": INPUT, "batch": 1,
+                         "ours_us": round(med[name], 1), "nn_us": round(med["nn.LSTM"], 1),
+                         "nn_cell_us": round(med["nn.LSTMCell"], 1),
+                         "ratio": round(med["nn.LSTM"] / med[name], 2)})
+    return rows
+
+
+def markdown(rows: List[Dict[str, object]]) -> str:
+    lines = ["| path (per step, hx carried) | I, H | ours us | nn.LSTM us | nn.LSTMCell us | nn.LSTM / ours |",
+             "|---|---|---|---|---|---|"]
+    for r in rows:
+        lines.append(f"| {r['name']} | {r['input']}, {r['hidden']} | {r['ours_us']} | {r['nn_us']} | "
+                     f"{r['nn_cell_us']} | **{r['ratio']}x** |")
+    return "\n".join(lines)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--full", action="store_true", help="more blocks per variant")
+    args = parser.parse_args()
+    info = machine_info()
+    rows = run_streaming_benchmarks(quick=not args.full)
+    print(f"torch {info['torch']}, torch threads {info['torch_threads']}, BLAS {info['blas']} with "
+          f"{info['blas_threads']} threads, {info['cores']} cores ({info['cpu']}); batch 1, input {INPUT}, "
+          "float32, no_grad; median us per step")
+    print()
+    print(markdown(rows))
+
+
+if __name__ == "__main__":
+    main()
