@@ -91,7 +91,7 @@ void recurrence_backward(const SeqLayout& L, const BackwardArgs<T>& a) {
       const T* hp = has_prev ? a.out + (off_prev + b) * P : (a.h0 ? a.h0 + b * P : a.zeros);
       const T* prev_saved = has_prev ? a.saved + (off_prev + b) * SH : nullptr;
       const T* c_init = a.c0 ? a.c0 + b * H : a.zeros;
-      std::memcpy(a.h_prev + row * P, hp, sizeof(T) * P);
+      if (a.h_prev) std::memcpy(a.h_prev + row * P, hp, sizeof(T) * P);
       T* dh = a.w_hr ? a.dm + b * H : a.dh + b * P;
       Cell::backward(H, a.saved + row * SH, a.out + row * P, hp, prev_saved, c_init, dh,
                      Cell::kHasCell ? a.dc + b * H : nullptr, a.dgi + row * GH, a.dgh + row * GH);

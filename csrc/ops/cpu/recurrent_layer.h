@@ -158,6 +158,16 @@ inline Tensor clone_serial(const Tensor& t) {
 
 inline Tensor contiguous_serial(const Tensor& t) { return t.is_contiguous() ? t : clone_serial(t); }
 
+// c = op(A) op(B) (+ c when accumulate) for contiguous 2-D A, B, c: one BLAS call.
+inline void gemm_into(Tensor& c, const Tensor& A, bool trans_a, const Tensor& B, bool trans_b, bool accumulate) {
+  const int64_t M = c.size(0), N = c.size(1), K = trans_a ? A.size(0) : A.size(1);
+  AT_DISPATCH_FLOATING_TYPES(c.scalar_type(), "gemm_into", [&] {
+    kernels::gemm<scalar_t>(trans_a, trans_b, M, N, K, scalar_t(1), A.data_ptr<scalar_t>(), A.size(1),
+                            B.data_ptr<scalar_t>(), B.size(1), accumulate ? scalar_t(1) : scalar_t(0),
+                            c.data_ptr<scalar_t>(), N);
+  });
+}
+
 // op(A) op(B) (+ bias on every row) for contiguous 2-D A, B: one BLAS call, bias rows filled serially.
 inline Tensor matmul(const Tensor& A, bool trans_a, const Tensor& B, bool trans_b, const Tensor& bias = Tensor()) {
   const Tensor a = contiguous_serial(A), b = contiguous_serial(B);
@@ -271,7 +281,9 @@ std::vector<Tensor> layer_backward(const char* op, const Tensor& grad_output, co
   const Tensor ws = contiguous_serial(workspace);
   Tensor dgi = at::empty({g.N, GH}, opts);
   Tensor dgh = Cell::kSameGateGrads ? dgi : at::empty({g.N, GH}, opts);
-  Tensor h_prev = at::empty({g.N, g.P}, opts);
+  // Each row's previous h, for dW_hh = dgh^T h_prev. A padded sequence needs no copy of it: those rows
+  // are the output rows of the neighbouring timestep (and h0), so dW_hh is two products over slices.
+  Tensor h_prev = g.packed && output_mask[4] ? at::empty({g.N, g.P}, opts) : Tensor();
   Tensor dh_all = proj ? at::empty({g.N, g.P}, opts) : Tensor();
   Tensor m_all = proj ? at::empty({g.N, g.H}, opts) : Tensor();
   Tensor dm = proj ? at::empty({g.B, g.H}, opts) : Tensor();
@@ -292,7 +304,20 @@ std::vector<Tensor> layer_backward(const char* op, const Tensor& grad_output, co
   if (output_mask[1]) grads[1] = dh;
   if (output_mask[2] && Cell::kHasCell) grads[2] = dc;
   if (output_mask[3]) grads[3] = matmul(dgi, true, rows(input, g, g.I), false);
-  if (output_mask[4]) grads[4] = matmul(dgh, true, h_prev, false);
+  if (output_mask[4]) {
+    if (g.packed) {
+      grads[4] = matmul(dgh, true, h_prev, false);
+    } else {
+      // Forward: rows of time t >= 1 follow the output of t - 1, time 0 follows h0; reverse: mirrored.
+      Tensor dw = at::empty({GH, g.P}, opts);
+      const int64_t later = g.N - g.B;  // rows whose previous h is an output row
+      const Tensor dgh_from_out = dgh.narrow(0, reverse ? 0 : g.B, later);
+      const Tensor prev_out = out.narrow(0, reverse ? g.B : 0, later);
+      gemm_into(dw, dgh_from_out, true, prev_out, false, /*accumulate=*/false);
+      if (h0.defined()) gemm_into(dw, dgh.narrow(0, reverse ? later : 0, g.B), true, h0, false, true);
+      grads[4] = dw;
+    }
+  }
   auto bias_grad = [&](const Tensor& d) {
     Tensor r = at::empty({GH}, opts);
     AT_DISPATCH_FLOATING_TYPES(input.scalar_type(), "recurrent_layer", [&] {
