@@ -20,19 +20,22 @@
 #include "kernels/cells.h"
 #include "kernels/gemm.h"
 #include "kernels/recurrence.h"
-#include "kernels/small_gemv.h"
+#include "kernels/small_gemm.h"
 #include "kernels/vec_math.h"
 
 namespace torch_rnn_ext {
 namespace kernels {
 inline namespace TRE_CPU_CAPABILITY {
 
-// C(M, N) = A(M, K) B(K, N) (+ C when accumulate), all row-major: a time step's product. A single row
-// goes to small_gemv (no BLAS threads to wake), more rows to BLAS.
+// C(M, N) = A(M, K) B(K, N) (+ C when accumulate), all row-major: a time step's product. Few rows over
+// a cache-resident B go to the one-thread kernels of small_gemm.h (no BLAS threads to wake), the rest to
+// BLAS.
 template <typename T>
 inline void step_product(int64_t M, int64_t N, int64_t K, const T* A, const T* B, T* C, bool accumulate) {
   if (M == 1) {
     small_gemv<T>(N, K, A, B, N, C, accumulate);
+  } else if (M <= kSmallGemmMaxRows && N * K * static_cast<int64_t>(sizeof(T)) <= kSmallGemmMaxBytes) {
+    small_gemm<T>(M, N, K, A, K, B, N, C, N, accumulate);
   } else {
     gemm<T>(false, false, M, N, K, T(1), A, K, B, N, accumulate ? T(1) : T(0), C, N);
   }
