@@ -7,9 +7,10 @@ Ours: (a) torch_rnn_ext.LSTM called per step with hx, (b) torch_rnn_ext.Streamer
 our LSTM, (c) torch.jit.script(torch_rnn_ext.LSTM) called per step with hx, (d) the lean floor: the
 op torch.ops.torch_rnn_ext.lstm_cell called directly on the weights; (e) a diagnostic: (d) with W_hh
 laid out so that the op's per-call copy of W_hh^T is a memcpy. References: nn.LSTM called per
-step with hx, and nn.LSTMCell. Each variant is timed in blocks of steps; the variants take turns block
-by block (so machine noise hits all alike), and a row reports the median over blocks of the per-step
-time, after warm-up. ``ratio`` = nn.LSTM time / ours (> 1: ours is faster).
+step with hx, and nn.LSTMCell. Every step is timed on its own (a median over single steps shrugs off the
+preemptions of a shared machine); the variants take turns in rounds of `block` steps (so drifts in
+machine load hit all alike), and a row reports the median over rounds of each round's median, after
+warm-up. ``ratio`` = nn.LSTM time / ours (> 1: ours is faster).
 
 ``run_streaming_benchmarks(quick)`` returns the rows.
 """
@@ -92,7 +93,7 @@ def step_functions(hidden: int) -> Dict[str, Callable[[], None]]:
 
 def run_streaming_benchmarks(quick: bool = True) -> List[Dict[str, object]]:
     """Rows: name, hidden, ours_us, nn_us (nn.LSTM), nn_cell_us (nn.LSTMCell), ratio = nn_us / ours_us."""
-    block, rounds = (20, 7) if quick else (50, 21)
+    block, rounds = (200, 5) if quick else (1000, 9)
     rows = []
     for hidden in HIDDEN:
         fns = step_functions(hidden)
@@ -103,10 +104,7 @@ def run_streaming_benchmarks(quick: bool = True) -> List[Dict[str, object]]:
                     fn()
             for _ in range(rounds):
                 for name, fn in fns.items():
-                    def run_block(fn=fn):
-                        for _ in range(block):
-                            fn()
-                    times[name].append(median_time(run_block, warmup=0, repeats=3) / block * 1e6)
+                    times[name].append(median_time(fn, warmup=5, repeats=block) * 1e6)
         med = {name: sorted(ts)[len(ts) // 2] for name, ts in times.items()}
         for name in fns:
             if name.startswith("nn."):
@@ -129,7 +127,7 @@ def markdown(rows: List[Dict[str, object]]) -> str:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--full", action="store_true", help="more blocks per variant")
+    parser.add_argument("--full", action="store_true", help="more and longer rounds")
     args = parser.parse_args()
     info = machine_info()
     rows = run_streaming_benchmarks(quick=not args.full)
