@@ -1,6 +1,8 @@
 // Chooses, once per process, the time-loop variant compiled for the best instruction set the CPU has.
 #include "kernels/recurrence.h"
 
+#include "kernels/cpu_capability.h"
+
 #include <algorithm>
 
 namespace torch_rnn_ext {
@@ -20,33 +22,14 @@ TRE_DECLARE_KERNELS(avx2)
 #endif
 #undef TRE_DECLARE_KERNELS
 
-namespace {
-bool use_avx2() {
-#if defined(TRE_HAVE_AVX2_KERNELS) && (defined(__GNUC__) || defined(__clang__))
-  static const bool ok = __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma");
-  return ok;
-#else
-  return false;
-#endif
-}
-}  // namespace
-
-const char* cpu_capability() { return use_avx2() ? "avx2" : "base"; }
-
 template <CellKind K, typename T>
 void forward(const SeqLayout& L, const ForwardArgs<T>& a) {
-#ifdef TRE_HAVE_AVX2_KERNELS
-  if (use_avx2()) return avx2::forward_kernel<K, T>(L, a);
-#endif
-  base::forward_kernel<K, T>(L, a);
+  TRE_CALL_BEST(forward_kernel<K, T>(L, a));
 }
 
 template <CellKind K, typename T>
 void backward(const SeqLayout& L, const BackwardArgs<T>& a) {
-#ifdef TRE_HAVE_AVX2_KERNELS
-  if (use_avx2()) return avx2::backward_kernel<K, T>(L, a);
-#endif
-  base::backward_kernel<K, T>(L, a);
+  TRE_CALL_BEST(backward_kernel<K, T>(L, a));
 }
 
 template <typename T>

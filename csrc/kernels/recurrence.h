@@ -4,6 +4,7 @@
 #include <cstdint>
 
 #include "kernels/cell_traits.h"
+#include "kernels/cpu_capability.h"  // cpu_capability(): the instruction set the time loops run with
 
 namespace torch_rnn_ext {
 namespace kernels {
@@ -65,9 +66,6 @@ void backward(const SeqLayout& L, const BackwardArgs<T>& a);
 // out[c] = sum over rows of X[r, c], rows in order (deterministic).
 template <typename T>
 void column_sum(const T* X, int64_t rows, int64_t cols, T* out);
-
-// The instruction set the time loops run with ("avx2" or "base").
-const char* cpu_capability();
 
 }  // namespace kernels
 }  // namespace torch_rnn_ext

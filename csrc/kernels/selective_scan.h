@@ -1,10 +1,13 @@
 #pragma once
 // The selective scan (Mamba S6) of one (batch, channel) row, on raw pointers: no at::Tensor, no
-// allocation. The time loop is sequential; the loops over the state dimension N are the inner ones.
+// allocation (the recurrence is in scans.h). Work goes chunk by chunk (kChunk steps): one branch-free pass
+// computes delta' and delta' u of the chunk's steps, the sequential time loop runs with the loops over the
+// state dimension N innermost (N = 16 is compiled as a constant), and one pass applies the gate. Every
+// value is computed by the same expression whatever the chunking, so a scan split into calls gives the
+// bits of one call.
 //
-//   delta'_t = softplus(delta_t + bias) if softplus else delta_t + bias
-//   h_t      = exp(delta'_t A) * h_{t-1} + delta'_t B_t u_t          (h, A, B_t, C_t of length N)
-//   y_t      = sum_n C_t[n] h_t[n] + D u_t;   out_t = y_t * silu(z_t) when z is given
+// Included by capability-specific translation units (scans_instances.h): everything lives in the
+// capability namespace TRE_CPU_CAPABILITY.
 #include <algorithm>
 #include <cstdint>
 #include <cstring>
@@ -13,147 +16,189 @@
 
 namespace torch_rnn_ext {
 namespace kernels {
+inline namespace TRE_CPU_CAPABILITY {
 
-// One channel's inputs. u, delta, z are contiguous in time; B_t = B + t * b_step (b_step = N for
-// inputs that vary in time, laid out (L, N); 0 for a constant (N) row), likewise C.
+// dt[i] = delta'_{t0+i} and du[i] = dt[i] u_{t0+i} for i in [0, n).
 template <typename T>
-struct ScanChannel {
-  int64_t L, N;
-  const T* u;
-  const T* delta;
-  const T* z;  // nullptr: no gate
-  const T* A;
-  const T* B;
-  int64_t b_step;
-  const T* C;
-  int64_t c_step;
-  T D;
-  T delta_bias;
-  bool softplus;
-
-  T dt(int64_t t) const {
-    const T x = delta[t] + delta_bias;
-    return softplus ? softplus_of(x) : x;
+inline void scan_deltas(const ScanChannel<T>& p, int64_t t0, int64_t n, T* __restrict dt, T* __restrict du) {
+  const T* __restrict d = p.delta + t0;
+  const T* __restrict u = p.u + t0;
+  const T bias = p.delta_bias;
+  if (p.softplus) {
+    for (int64_t i = 0; i < n; ++i) {
+      const T x = softplus_(d[i] + bias);
+      dt[i] = x;
+      du[i] = x * u[i];
+    }
+  } else {
+    for (int64_t i = 0; i < n; ++i) {
+      const T x = d[i] + bias;
+      dt[i] = x;
+      du[i] = x * u[i];
+    }
   }
-};
+}
 
-// One step: h <- exp(dt A) h + dt B u; returns sum_n C h. kRecompute: the previous state is h_prev and
-// exp(dt A) is also written to a (backward's recomputation); else h is updated in place (forward).
-// Pointers are copied to restrict locals so that the loop over N vectorises.
-template <bool kRecompute, typename T>
-inline T scan_step(const ScanChannel<T>& p, int64_t t, T dt, const T* h_prev, T* h, T* a) {
-  const T du = dt * p.u[t];
-  const T* __restrict A = p.A;
-  const T* __restrict Bt = p.B + t * p.b_step;
-  const T* __restrict Ct = p.C + t * p.c_step;
-  const T* __restrict hp = kRecompute ? h_prev : h;
-  T* __restrict hn_out = h;
-  T* __restrict a_out = a;
+// The loops over N are functions with restrict parameters, so that GCC vectorises them. kN: N as a
+// constant, or 0.
+
+// One forward step in place: h <- exp(dt A) h + du B; returns sum_n C h. Not inlined: in its own
+// function GCC keeps the accumulators in registers (inlined into the time loop it spills them).
+template <int kN, typename T>
+__attribute__((noinline)) T scan_step(int64_t N_, T dt, T du, const T* __restrict A, const T* __restrict B,
+                                      const T* __restrict C,
+                   T* __restrict h) {
+  const int64_t N = kN ? kN : N_;
   T acc[kLanes] = {};
-  for_lanes(p.N, [&](int64_t n, int j) {
-    const T an = exp_(dt * A[n]);
-    if (kRecompute) a_out[n] = an;
-    const T hn = an * (kRecompute ? hp[n] : hn_out[n]) + du * Bt[n];
-    hn_out[n] = hn;
-    acc[j] += Ct[n] * hn;
+  for_lanes(N, [&](int64_t k, int j) {
+    const T hk = exp_(dt * A[k]) * h[k] + du * B[k];
+    h[k] = hk;
+    acc[j] += C[k] * hk;
   });
   return sum_lanes(acc);
 }
 
-// y_t without the gate, and the gated output.
-template <typename T>
-inline T gate(const ScanChannel<T>& p, int64_t t, T y) {
-  if (!p.z) return y;
-  const T z = p.z[t];
-  return y * z * sigmoid_of(z);
+// The same step from hp, also keeping exp(dt A) in a (backward's recomputation).
+template <int kN, typename T>
+__attribute__((noinline)) T scan_step_keep(int64_t N_, T dt, T du, const T* __restrict A, const T* __restrict B,
+                        const T* __restrict C, const T* __restrict hp, T* __restrict h, T* __restrict a) {
+  const int64_t N = kN ? kN : N_;
+  T acc[kLanes] = {};
+  for_lanes(N, [&](int64_t k, int j) {
+    const T ak = exp_(dt * A[k]);
+    a[k] = ak;
+    const T hk = ak * hp[k] + du * B[k];
+    h[k] = hk;
+    acc[j] += C[k] * hk;
+  });
+  return sum_lanes(acc);
 }
 
-// Forward of one channel. h (N): the initial state on entry, the last state on exit. out (L).
-// checkpoints (num_chunks(L), N) or nullptr: the state before each chunk of kChunk steps.
-template <typename T>
-void selective_scan_forward(const ScanChannel<T>& p, T* h, T* out, T* checkpoints) {
-  for (int64_t t = 0; t < p.L; ++t) {
-    if (checkpoints && t % kChunk == 0) std::memcpy(checkpoints + (t / kChunk) * p.N, h, sizeof(T) * p.N);
-    const T y = scan_step<false, T>(p, t, p.dt(t), nullptr, h, nullptr) + p.D * p.u[t];
-    out[t] = gate(p, t, y);
+// Steps [t0, t0 + n): y[i] = sum_n C_t h_t + D u_t. kRecompute (backward): the state before step t0 is
+// h0, and h_t and exp(dt A) are written to rows i of h and abuf; else h is updated in place.
+template <bool kRecompute, int kN, typename T>
+inline void scan_steps(const ScanChannel<T>& p, int64_t t0, int64_t n, const T* dt, const T* du, const T* h0,
+                       T* h, T* abuf, T* y) {
+  const int64_t N = p.N;
+  for (int64_t i = 0; i < n; ++i) {
+    const int64_t t = t0 + i;
+    const T* Bt = p.B + t * p.b_step;
+    const T* Ct = p.C + t * p.c_step;
+    const T s = kRecompute ? scan_step_keep<kN>(N, dt[i], du[i], p.A, Bt, Ct, i ? h + (i - 1) * N : h0,
+                                                h + i * N, abuf + i * N)
+                           : scan_step<kN>(N, dt[i], du[i], p.A, Bt, Ct, h);
+    y[i] = s + p.D * p.u[t];
   }
 }
 
-// Where one channel's gradients go. gu, gdelta, gz (L) are written; gz may be nullptr (no z). gA (N),
-// gD, gdelta_bias are accumulated; gB_t = gB + t * gb_step is accumulated (gb_step as b_step), likewise gC.
+// out[i] = y[i] silu(z[i]) (in place: out may be y).
 template <typename T>
-struct ScanChannelGrads {
-  T* gu;
-  T* gdelta;
-  T* gz;
-  T* gA;
-  T* gB;
-  int64_t gb_step;
-  T* gC;
-  int64_t gc_step;
-  T* gD;
-  T* gdelta_bias;
-};
+inline void scan_gate(const T* __restrict z, int64_t n, const T* y, T* out) {
+  for (int64_t i = 0; i < n; ++i) {
+    const T zi = z[i];
+    out[i] = y[i] * zi * scan_sigmoid(zi);
+  }
+}
 
-// Backward of one channel. grad_out (L) or nullptr (zero). gh (N): the gradient of the last state on
-// entry (zeros when it has none), of the initial state on exit. checkpoints as saved by the forward.
-// workspace: 2 * kChunk * N + kChunk values.
+template <int kN, typename T>
+void selective_scan_forward_impl(const ScanChannel<T>& p, T* h, T* out, T* checkpoints) {
+  T dt[kChunk], du[kChunk];
+  for (int64_t t0 = 0; t0 < p.L; t0 += kChunk) {
+    const int64_t n = std::min(kChunk, p.L - t0);
+    if (checkpoints) std::memcpy(checkpoints + (t0 / kChunk) * p.N, h, sizeof(T) * p.N);
+    scan_deltas(p, t0, n, dt, du);
+    scan_steps<false, kN, T>(p, t0, n, dt, du, nullptr, h, nullptr, out + t0);
+    if (p.z) scan_gate(p.z + t0, n, out + t0, out + t0);
+  }
+}
+
 template <typename T>
-void selective_scan_backward(const ScanChannel<T>& p, const T* checkpoints, const T* grad_out, T* gh,
-                             const ScanChannelGrads<T>& g, T* workspace) {
-  const int64_t N = p.N;
+void selective_scan_forward_kernel(const ScanChannel<T>& p, T* h, T* out, T* checkpoints) {
+  if (p.N == 16) return selective_scan_forward_impl<16>(p, h, out, checkpoints);
+  selective_scan_forward_impl<0>(p, h, out, checkpoints);
+}
+
+// One backward step: gh (the gradient of h_t on entry, of h_{t-1} on exit), gA, gB, gC accumulated;
+// *gdt and *gdu: the gradients of dt and of u / dt.
+template <int kN, typename T>
+__attribute__((noinline)) void scan_step_backward(int64_t N_, T gy, T dt, T du, T u, const T* __restrict A,
+                                                   const T* __restrict B,
+                               const T* __restrict C, const T* __restrict h, const T* __restrict hp,
+                               const T* __restrict a, T* __restrict gA, T* __restrict gB, T* __restrict gC,
+                               T* __restrict gh, T* gdt, T* gdu) {
+  const int64_t N = kN ? kN : N_;
+  T acc_dt[kLanes] = {}, acc_u[kLanes] = {};
+  for_lanes(N, [&](int64_t k, int j) {
+    const T gn = gh[k] + gy * C[k];
+    gC[k] += gy * h[k];
+    const T ah = a[k] * hp[k];
+    gA[k] += gn * dt * ah;
+    acc_dt[j] += gn * (A[k] * ah + B[k] * u);
+    gB[k] += gn * du;
+    acc_u[j] += gn * B[k];
+    gh[k] = a[k] * gn;
+  });
+  *gdt = sum_lanes(acc_dt);
+  *gdu = sum_lanes(acc_u);
+}
+
+template <int kN, typename T>
+void selective_scan_backward_impl(const ScanChannel<T>& p, const T* checkpoints, const T* grad_out, T* gh,
+                                  const ScanChannelGrads<T>& g, T* workspace) {
+  const int64_t N = kN ? kN : p.N;
   T* hbuf = workspace;               // h_t of the chunk's steps
   T* abuf = workspace + kChunk * N;  // exp(dt_t A)
-  T* ybuf = workspace + 2 * kChunk * N;  // y_t before the gate
+  T dt[kChunk], du[kChunk], y[kChunk], gy[kChunk];
   for (int64_t c = num_chunks(p.L) - 1; c >= 0; --c) {
-    const int64_t t0 = c * kChunk, t1 = std::min(p.L, t0 + kChunk);
+    const int64_t t0 = c * kChunk, n = std::min(kChunk, p.L - t0);
     const T* h0 = checkpoints + c * N;
-    for (int64_t t = t0; t < t1; ++t) {
-      const int64_t i = t - t0;
-      const T* hp = i ? hbuf + (i - 1) * N : h0;
-      ybuf[i] = scan_step<true, T>(p, t, p.dt(t), hp, hbuf + i * N, abuf + i * N) + p.D * p.u[t];
-    }
-    for (int64_t t = t1 - 1; t >= t0; --t) {
-      const int64_t i = t - t0;
-      const T go = grad_out ? grad_out[t] : T(0);
-      T gy = go;
-      if (p.z) {
-        const T z = p.z[t], s = sigmoid_of(z);
-        gy = go * z * s;
-        g.gz[t] = go * ybuf[i] * s * (T(1) + z * (T(1) - s));
+    scan_deltas(p, t0, n, dt, du);
+    scan_steps<true, kN, T>(p, t0, n, dt, du, h0, hbuf, abuf, y);
+    // The gradient of y before the gate, and of z.
+    if (p.z) {
+      const T* __restrict z = p.z + t0;
+      T* __restrict gz = g.gz + t0;
+      for (int64_t i = 0; i < n; ++i) {
+        const T go = grad_out ? grad_out[t0 + i] : T(0), zi = z[i], s = scan_sigmoid(zi);
+        gy[i] = go * zi * s;
+        gz[i] = go * y[i] * s * (T(1) + zi * (T(1) - s));
       }
-      const T u = p.u[t], x = p.delta[t] + p.delta_bias;
-      const T dt = p.softplus ? softplus_of(x) : x;
-      const T* __restrict h = hbuf + i * N;
-      const T* __restrict hp = i ? hbuf + (i - 1) * N : h0;
-      const T* __restrict a = abuf + i * N;
-      const T* __restrict A = p.A;
-      const T* __restrict Bt = p.B + t * p.b_step;
-      const T* __restrict Ct = p.C + t * p.c_step;
-      T* __restrict gA = g.gA;
-      T* __restrict gBt = g.gB + t * g.gb_step;
-      T* __restrict gCt = g.gC + t * g.gc_step;
-      T* __restrict ghn = gh;
-      T acc_dt[kLanes] = {}, acc_u[kLanes] = {};
-      for_lanes(N, [&](int64_t n, int j) {
-        const T gn = ghn[n] + gy * Ct[n];
-        gCt[n] += gy * h[n];
-        const T ah = a[n] * hp[n];
-        gA[n] += gn * dt * ah;
-        acc_dt[j] += gn * (A[n] * ah + Bt[n] * u);
-        gBt[n] += gn * dt * u;
-        acc_u[j] += gn * Bt[n];
-        ghn[n] = a[n] * gn;
-      });
-      const T gdt = sum_lanes(acc_dt);
-      const T gd = p.softplus ? gdt * sigmoid_of(x) : gdt;
-      g.gdelta[t] = gd;
-      *g.gdelta_bias += gd;
-      g.gu[t] = dt * sum_lanes(acc_u) + gy * p.D;
-      *g.gD += gy * u;
+    } else {
+      for (int64_t i = 0; i < n; ++i) gy[i] = grad_out ? grad_out[t0 + i] : T(0);
     }
+    for (int64_t i = n - 1; i >= 0; --i) {
+      const int64_t t = t0 + i;
+      const T u = p.u[t];
+      T gdt, gdu;
+      scan_step_backward<kN>(N, gy[i], dt[i], du[i], u, p.A, p.B + t * p.b_step, p.C + t * p.c_step,
+                             hbuf + i * N, i ? hbuf + (i - 1) * N : h0, abuf + i * N, g.gA, g.gB + t * g.gb_step,
+                             g.gC + t * g.gc_step, gh, &gdt, &gdu);
+      g.gdelta[t] = gdt;  // of delta'; times softplus' below
+      g.gu[t] = dt[i] * gdu + gy[i] * p.D;
+    }
+    T* __restrict gd = g.gdelta + t0;
+    if (p.softplus) {
+      const T* __restrict d = p.delta + t0;
+      const T bias = p.delta_bias;
+      for (int64_t i = 0; i < n; ++i) gd[i] *= scan_sigmoid(d[i] + bias);
+    }
+    T gbias = *g.gdelta_bias, gD = *g.gD;
+    for (int64_t i = n - 1; i >= 0; --i) {
+      gbias += gd[i];
+      gD += gy[i] * p.u[t0 + i];
+    }
+    *g.gdelta_bias = gbias;
+    *g.gD = gD;
   }
 }
 
+template <typename T>
+void selective_scan_backward_kernel(const ScanChannel<T>& p, const T* checkpoints, const T* grad_out, T* gh,
+                                    const ScanChannelGrads<T>& g, T* workspace) {
+  if (p.N == 16) return selective_scan_backward_impl<16>(p, checkpoints, grad_out, gh, g, workspace);
+  selective_scan_backward_impl<0>(p, checkpoints, grad_out, gh, g, workspace);
+}
+
+}  // namespace TRE_CPU_CAPABILITY
 }  // namespace kernels
 }  // namespace torch_rnn_ext

@@ -69,6 +69,67 @@ inline double exp_(double x) { return std::exp(x); }
 inline double sigmoid_(double x) { return 1.0 / (1.0 + std::exp(-x)); }
 inline double tanh_(double x) { return std::tanh(x); }
 
+// ---- log, log1p and softplus (float: branch-free, so loops over them vectorise; double: libm).
+
+inline uint32_t as_bits(float x) {
+  uint32_t b;
+  std::memcpy(&b, &x, sizeof(b));
+  return b;
+}
+inline float from_bits(uint32_t b) {
+  float x;
+  std::memcpy(&x, &b, sizeof(x));
+  return x;
+}
+
+// log(x) for finite x > 0 (normal numbers): Cephes logf, x = m 2^e with m in [sqrt(1/2), sqrt(2)),
+// log(m) from a degree-9 polynomial in m - 1. Max relative error ~2 ulp (abs. error < 1e-7 near x = 1).
+inline float fast_log(float x) {
+  const uint32_t bx = as_bits(x);
+  int32_t e = static_cast<int32_t>(bx >> 23) - 127;
+  float m = from_bits((bx & 0x007fffffu) | 0x3f800000u);  // [1, 2)
+  const uint32_t big = 0u - static_cast<uint32_t>(m > 1.41421356237f);  // then m / 2, e + 1 (bit blend)
+  m = from_bits(as_bits(m) - (big & 0x00800000u));
+  e += static_cast<int32_t>(big & 1u);
+  const float f = m - 1.0f, f2 = f * f, fe = static_cast<float>(e);
+  float p = 7.0376836292e-2f;
+  p = p * f - 1.1514610310e-1f;
+  p = p * f + 1.1676998740e-1f;
+  p = p * f - 1.2420140846e-1f;
+  p = p * f + 1.4249322787e-1f;
+  p = p * f - 1.6668057665e-1f;
+  p = p * f + 2.0000714765e-1f;
+  p = p * f - 2.4999993993e-1f;
+  p = p * f + 3.3333331174e-1f;
+  float y = p * f * f2 + fe * -2.12194440e-4f - 0.5f * f2;
+  return f + y + fe * 0.693359375f;
+}
+
+// log(1 + x) for x > -1 with full relative accuracy near 0: log(u) x / (u - 1) with u = 1 + x (the
+// rounding of u cancels), and x itself where u rounds to 1. Max relative error ~4 ulp.
+inline float fast_log1p(float x) {
+  const float u = 1.0f + x;
+  const float r = fast_log(u) * (x / (u - 1.0f));  // NaN when u == 1: not chosen below
+  const uint32_t one = 0u - static_cast<uint32_t>(u == 1.0f);
+  return from_bits((as_bits(x) & one) | (as_bits(r) & ~one));
+}
+
+// softplus(x) = log(1 + e^x) = max(x, 0) + log1p(e^-|x|): relative error ~4 ulp; equals x for x > 17
+// (as torch's softplus with threshold 20 does above 20).
+inline float fast_softplus(float x) {
+  const uint32_t bx = as_bits(x);
+  const float pos = from_bits(bx & ~static_cast<uint32_t>(static_cast<int32_t>(bx) >> 31));  // max(x, 0)
+  return pos + fast_log1p(fast_exp(from_bits(bx | 0x80000000u)));  // e^-|x|
+}
+
+inline float log_(float x) { return fast_log(x); }
+inline float log1p_(float x) { return fast_log1p(x); }
+inline float softplus_(float x) { return fast_softplus(x); }
+inline double log_(double x) { return std::log(x); }
+inline double log1p_(double x) { return std::log1p(x); }
+// torch.nn.functional.softplus with beta 1 and threshold 20.
+inline double softplus_(double x) { return x > 20.0 ? x : std::log1p(std::exp(x)); }
+
 }  // namespace TRE_CPU_CAPABILITY
 }  // namespace kernels
 }  // namespace torch_rnn_ext

@@ -1,6 +1,7 @@
 #pragma once
 // The RWKV-4 WKV recurrence of one block of channels of one batch row, on raw pointers: no at::Tensor,
-// no allocation. The time loop is sequential; the loops across channels are the inner ones.
+// no allocation (the API is in scans.h). The time loop is sequential; the loops across channels are the
+// inner ones, branch-free so that they vectorise.
 //
 // In the numerically stable form of RWKV-4's CUDA kernel, the state of a channel is (aa, bb, pp): the
 // numerator and denominator of the running weighted average, scaled by exp(-pp). With w = -exp(decay):
@@ -8,8 +9,13 @@
 //   y_t = (e1 aa + e2 v_t) / (e1 bb + e2)
 //   p2 = max(w + pp, k_t),  f1 = exp(w + pp - p2),  f2 = exp(k_t - p2)
 //   aa' = f1 aa + f2 v_t,  bb' = f1 bb + f2,  pp' = p2
+// One of e1, e2 is exp(0) = 1 and the other is exp(-|pp - u - k_t|) (a - b is exactly -(b - a)), so one
+// exp gives both; likewise f1, f2: two exps per step and channel, not four, with the same bits.
 // y does not depend on the choice of p1, so its gradient does not flow through p1; pp' = p2 does, and
 // its gradient follows the branch max() took.
+//
+// Included by capability-specific translation units (scans_instances.h): everything lives in the
+// capability namespace TRE_CPU_CAPABILITY.
 #include <algorithm>
 #include <cstdint>
 #include <cstring>
@@ -18,9 +24,7 @@
 
 namespace torch_rnn_ext {
 namespace kernels {
-
-// pp of the empty state: exp(pp - anything finite) is 0.
-constexpr double kWkvEmptyPP = -1e38;
+inline namespace TRE_CPU_CAPABILITY {
 
 // The weights of one step, for the output (e1 on the state, e2 on the current token) and for the
 // new state (f1 on the state, f2 on the token; p2 its new pp, take_w whether max() chose w + pp).
@@ -33,43 +37,90 @@ struct WkvWeights {
 template <typename T>
 inline WkvWeights<T> wkv_weights(T w, T u, T pp, T kk) {
   WkvWeights<T> r;
-  const T ww1 = u + kk;
-  const T p1 = pp > ww1 ? pp : ww1;
-  r.e1 = exp_(pp - p1);
-  r.e2 = exp_(ww1 - p1);
-  const T ww2 = w + pp;
-  r.take_w = ww2 >= kk ? T(1) : T(0);
-  r.p2 = ww2 >= kk ? ww2 : kk;
-  r.f1 = exp_(ww2 - r.p2);
-  r.f2 = exp_(kk - r.p2);
+  const T d1 = pp - (u + kk);  // p1 = pp when d1 > 0
+  const T x1 = exp_(-std::abs(d1));
+  const bool take_pp = d1 > T(0);
+  r.e1 = select_(take_pp, T(1), x1);
+  r.e2 = select_(take_pp, x1, T(1));
+  const T ww2 = w + pp, d2 = ww2 - kk;  // p2 = w + pp when d2 >= 0
+  const bool take_w = d2 >= T(0);
+  const T x2 = exp_(-std::abs(d2));
+  r.take_w = select_(take_w, T(1), T(0));
+  r.p2 = select_(take_w, ww2, kk);
+  r.f1 = select_(take_w, T(1), x2);
+  r.f2 = select_(take_w, x2, T(1));
   return r;
 }
 
-// A block of `width` channels: k and v hold step t at k + t * stride. w = -exp(time_decay), u = time_first.
-template <typename T>
-struct WkvBlock {
-  int64_t T_, width, stride;
-  const T* w;
-  const T* u;
-  const T* k;
-  const T* v;
-};
+// The loops across channels are functions with restrict parameters: GCC vectorises them (it does not
+// when they sit in the time loop with restrict locals).
 
-// The three rows of a state (aa, bb, pp), each `width` channels.
+// One forward step of W channels: y and the state (aa, bb, pp) in place.
 template <typename T>
-struct WkvState {
-  T* aa;
-  T* bb;
-  T* pp;
-  WkvState at(int64_t offset) const { return {aa + offset, bb + offset, pp + offset}; }
-};
+inline void wkv4_forward_step(int64_t W, const T* __restrict w, const T* __restrict u, const T* __restrict k,
+                              const T* __restrict v, T* __restrict sa, T* __restrict sb, T* __restrict sp,
+                              T* __restrict y) {
+  for (int64_t j = 0; j < W; ++j) {
+    const T aa = sa[j], bb = sb[j], vv = v[j];
+    const WkvWeights<T> q = wkv_weights(w[j], u[j], sp[j], k[j]);
+    y[j] = (q.e1 * aa + q.e2 * vv) / (q.e1 * bb + q.e2);
+    sa[j] = q.f1 * aa + q.f2 * vv;
+    sb[j] = q.f1 * bb + q.f2;
+    sp[j] = q.p2;
+  }
+}
 
-// Forward. s: the initial state on entry, the last on exit. y step t at y + t * stride.
-// checkpoints: the state before each chunk of kChunk steps, chunk c at checkpoints.at(c * chunk_stride),
-// or checkpoints.aa == nullptr.
+// The state after one step, written to (ta, tb, tp) (backward's recomputation).
 template <typename T>
-void wkv4_forward(const WkvBlock<T>& p, const WkvState<T>& s, T* y, const WkvState<T>& checkpoints,
-                  int64_t chunk_stride) {
+inline void wkv4_state_step(int64_t W, const T* __restrict w, const T* __restrict u, const T* __restrict k,
+                            const T* __restrict v, const T* __restrict fa, const T* __restrict fb,
+                            const T* __restrict fp, T* __restrict ta, T* __restrict tb, T* __restrict tp) {
+  for (int64_t j = 0; j < W; ++j) {
+    const WkvWeights<T> q = wkv_weights(w[j], u[j], fp[j], k[j]);
+    ta[j] = q.f1 * fa[j] + q.f2 * v[j];
+    tb[j] = q.f1 * fb[j] + q.f2;
+    tp[j] = q.p2;
+  }
+}
+
+// One backward step from the state (sa, sbb, sp) before it: gk, gv written, gw, gu accumulated, the state
+// gradient (ga, gb, gp) in place. gy may be nullptr (zero).
+template <typename T>
+inline void wkv4_backward_step(int64_t W, const T* __restrict w, const T* __restrict u, const T* __restrict k,
+                               const T* __restrict v, const T* __restrict sa, const T* __restrict sbb,
+                               const T* __restrict sp, const T* __restrict gyt, T* __restrict gkt,
+                               T* __restrict gvt, T* __restrict gwp, T* __restrict gup, T* __restrict ga,
+                               T* __restrict gb, T* __restrict gp) {
+  for (int64_t j = 0; j < W; ++j) {
+    const T aa = sa[j], bb = sbb[j], vv = v[j];
+    const WkvWeights<T> q = wkv_weights(w[j], u[j], sp[j], k[j]);
+    const T e1 = q.e1, e2 = q.e2, f1 = q.f1, f2 = q.f2;
+    const T den = e1 * bb + e2;
+    const T y = (e1 * aa + e2 * vv) / den;
+
+    const T gnum = (gyt ? gyt[j] : T(0)) / den;
+    const T gden = -gnum * y;
+    const T gaa = ga[j], gbb = gb[j], gpp = gp[j];
+    const T g_e1 = (gnum * aa + gden * bb) * e1;  // gradient of pp - p1
+    const T g_e2 = (gnum * vv + gden) * e2;       // of u + k - p1
+    const T g_f1 = (gaa * aa + gbb * bb) * f1;    // of w + pp - p2
+    const T g_f2 = (gaa * vv + gbb) * f2;         // of k - p2
+    const T g_p2 = gpp - g_f1 - g_f2;
+    const T g_p2_w = q.take_w * g_p2;             // g_p2 on the branch max() took
+    const T g_ww2 = g_f1 + g_p2_w;
+    gkt[j] = g_e2 + g_f2 + (g_p2 - g_p2_w);
+    gvt[j] = gnum * e2 + gaa * f2;
+    gwp[j] += g_ww2;
+    gup[j] += g_e2;
+    ga[j] = gnum * e1 + gaa * f1;
+    gb[j] = gden * e1 + gbb * f1;
+    gp[j] = g_e1 + g_ww2;
+  }
+}
+
+template <typename T>
+void wkv4_forward_kernel(const WkvBlock<T>& p, const WkvState<T>& s, T* y, const WkvState<T>& checkpoints,
+                         int64_t chunk_stride) {
   const int64_t W = p.width;
   for (int64_t t = 0; t < p.T_; ++t) {
     if (checkpoints.aa && t % kChunk == 0) {
@@ -78,27 +129,13 @@ void wkv4_forward(const WkvBlock<T>& p, const WkvState<T>& s, T* y, const WkvSta
       std::memcpy(c.bb, s.bb, sizeof(T) * W);
       std::memcpy(c.pp, s.pp, sizeof(T) * W);
     }
-    // Restrict locals: the loop across channels vectorises.
-    const T *__restrict k = p.k + t * p.stride, *__restrict v = p.v + t * p.stride;
-    const T *__restrict w = p.w, *__restrict u = p.u;
-    T *__restrict yt = y + t * p.stride, *__restrict sa = s.aa, *__restrict sb = s.bb, *__restrict sp = s.pp;
-    for (int64_t j = 0; j < W; ++j) {
-      const T aa = sa[j], bb = sb[j], vv = v[j];
-      const WkvWeights<T> q = wkv_weights(w[j], u[j], sp[j], k[j]);
-      yt[j] = (q.e1 * aa + q.e2 * vv) / (q.e1 * bb + q.e2);
-      sa[j] = q.f1 * aa + q.f2 * vv;
-      sb[j] = q.f1 * bb + q.f2;
-      sp[j] = q.p2;
-    }
+    wkv4_forward_step(W, p.w, p.u, p.k + t * p.stride, p.v + t * p.stride, s.aa, s.bb, s.pp, y + t * p.stride);
   }
 }
 
-// Backward. grad_y (step t at grad_y + t * stride) or nullptr. gs: the gradient of the last state on
-// entry (zeros when it has none), of the initial state on exit. gk, gv written like y; gw, gu (width)
-// accumulated (gradients of w and u). workspace: 3 * kChunk * width values.
 template <typename T>
-void wkv4_backward(const WkvBlock<T>& p, const WkvState<T>& checkpoints, int64_t chunk_stride,
-                   const T* grad_y, const WkvState<T>& gs, T* gk, T* gv, T* gw, T* gu, T* workspace) {
+void wkv4_backward_kernel(const WkvBlock<T>& p, const WkvState<T>& checkpoints, int64_t chunk_stride,
+                          const T* grad_y, const WkvState<T>& gs, T* gk, T* gv, T* gw, T* gu, T* workspace) {
   const int64_t W = p.width;
   // sb.at(i * W): the state before step t0 + i.
   const WkvState<T> sb{workspace, workspace + kChunk * W, workspace + 2 * kChunk * W};
@@ -111,54 +148,18 @@ void wkv4_backward(const WkvBlock<T>& p, const WkvState<T>& checkpoints, int64_t
     for (int64_t t = t0; t + 1 < t1; ++t) {
       const int64_t i = t - t0;
       const WkvState<T> from = sb.at(i * W), to = sb.at((i + 1) * W);
-      const T *__restrict k = p.k + t * p.stride, *__restrict v = p.v + t * p.stride;
-      const T *__restrict w = p.w, *__restrict u = p.u;
-      const T *__restrict fa = from.aa, *__restrict fb = from.bb, *__restrict fp = from.pp;
-      T *__restrict ta = to.aa, *__restrict tb = to.bb, *__restrict tp = to.pp;
-      for (int64_t j = 0; j < W; ++j) {
-        const WkvWeights<T> q = wkv_weights(w[j], u[j], fp[j], k[j]);
-        ta[j] = q.f1 * fa[j] + q.f2 * v[j];
-        tb[j] = q.f1 * fb[j] + q.f2;
-        tp[j] = q.p2;
-      }
+      wkv4_state_step(W, p.w, p.u, p.k + t * p.stride, p.v + t * p.stride, from.aa, from.bb, from.pp, to.aa,
+                      to.bb, to.pp);
     }
     for (int64_t t = t1 - 1; t >= t0; --t) {
       const WkvState<T> s = sb.at((t - t0) * W);
-      const T *__restrict k = p.k + t * p.stride, *__restrict v = p.v + t * p.stride;
-      const T *__restrict w = p.w, *__restrict u = p.u;
-      const T *__restrict sa = s.aa, *__restrict sbb = s.bb, *__restrict sp = s.pp;
-      const T* __restrict gyt = grad_y ? grad_y + t * p.stride : nullptr;
-      T *__restrict gkt = gk + t * p.stride, *__restrict gvt = gv + t * p.stride;
-      T *__restrict gwp = gw, *__restrict gup = gu;
-      T *__restrict ga = gs.aa, *__restrict gb = gs.bb, *__restrict gp = gs.pp;
-      for (int64_t j = 0; j < W; ++j) {
-        const T aa = sa[j], bb = sbb[j], vv = v[j];
-        const WkvWeights<T> q = wkv_weights(w[j], u[j], sp[j], k[j]);
-        const T e1 = q.e1, e2 = q.e2, f1 = q.f1, f2 = q.f2;
-        const bool take_w = q.take_w != T(0);
-        const T den = e1 * bb + e2;
-        const T y = (e1 * aa + e2 * vv) / den;
-
-        const T gnum = (gyt ? gyt[j] : T(0)) / den;
-        const T gden = -gnum * y;
-        const T gaa = ga[j], gbb = gb[j], gpp = gp[j];
-        const T g_e1 = (gnum * aa + gden * bb) * e1;  // gradient of pp - p1
-        const T g_e2 = (gnum * vv + gden) * e2;       // of u + k - p1
-        const T g_f1 = (gaa * aa + gbb * bb) * f1;    // of w + pp - p2
-        const T g_f2 = (gaa * vv + gbb) * f2;         // of k - p2
-        const T g_p2 = gpp - g_f1 - g_f2;
-        const T g_ww2 = g_f1 + (take_w ? g_p2 : T(0));
-        gkt[j] = g_e2 + g_f2 + (take_w ? T(0) : g_p2);
-        gvt[j] = gnum * e2 + gaa * f2;
-        gwp[j] += g_ww2;
-        gup[j] += g_e2;
-        ga[j] = gnum * e1 + gaa * f1;
-        gb[j] = gden * e1 + gbb * f1;
-        gp[j] = g_e1 + g_ww2;
-      }
+      const int64_t off = t * p.stride;
+      wkv4_backward_step(W, p.w, p.u, p.k + off, p.v + off, s.aa, s.bb, s.pp, grad_y ? grad_y + off : nullptr,
+                         gk + off, gv + off, gw, gu, gs.aa, gs.bb, gs.pp);
     }
   }
 }
 
+}  // namespace TRE_CPU_CAPABILITY
 }  // namespace kernels
 }  // namespace torch_rnn_ext

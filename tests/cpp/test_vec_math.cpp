@@ -1,4 +1,5 @@
-// The vectorisable float exp / sigmoid / tanh against the standard library over their whole range.
+// The vectorisable float exp / sigmoid / tanh / log / log1p / softplus against the standard library over
+// their whole range.
 #include <gtest/gtest.h>
 
 #include <cmath>
@@ -36,6 +37,38 @@ TEST(VecMath, TanhAndSigmoidAbsoluteErrorBelow4e7) {
   EXPECT_EQ(fast_tanh(0.0f), 0.0f);
   EXPECT_EQ(fast_tanh(-100.0f), -1.0f);
   EXPECT_EQ(fast_tanh(100.0f), 1.0f);
+}
+
+TEST(VecMath, LogAndLog1pRelativeErrorBelowFiveUlp) {
+  double worst_log = 0, worst_log1p = 0;
+  for (float x = 1e-30f; x < 1e30f; x *= 1.000731f)
+    worst_log = std::max(worst_log, std::abs(fast_log(x) - std::log(static_cast<double>(x))) /
+                                        std::max(1e-30, std::abs(std::log(static_cast<double>(x)))));
+  for (float x = -0.999f; x <= 100.0f; x += 0.000377f) {
+    const double ref = std::log1p(static_cast<double>(x));
+    if (ref != 0) worst_log1p = std::max(worst_log1p, std::abs(fast_log1p(x) - ref) / std::abs(ref));
+  }
+  for (float x = 1e-30f; x < 1e-2f; x *= 1.00173f) {  // tiny x: log1p(x) ~ x, where log(1 + x) fails
+    const double ref = std::log1p(static_cast<double>(x));
+    worst_log1p = std::max(worst_log1p, std::abs(fast_log1p(x) - ref) / ref);
+  }
+  EXPECT_LT(worst_log, 5 * 1.2e-7);
+  EXPECT_LT(worst_log1p, 5 * 1.2e-7);
+  EXPECT_EQ(fast_log(1.0f), 0.0f);
+  EXPECT_EQ(fast_log1p(0.0f), 0.0f);
+}
+
+TEST(VecMath, SoftplusRelativeErrorBelowSixUlpAndLinearAbove20) {
+  double worst = 0;
+  for (float x = -80.0f; x <= 30.0f; x += 0.000613f) {
+    const double xd = x, ref = xd > 30 ? xd : std::log1p(std::exp(xd));
+    worst = std::max(worst, std::abs(fast_softplus(x) - ref) / ref);
+  }
+  EXPECT_LT(worst, 6 * 1.2e-7);
+  EXPECT_EQ(fast_softplus(20.5f), 20.5f);
+  EXPECT_EQ(fast_softplus(1e30f), 1e30f);
+  EXPECT_GE(fast_softplus(-1000.0f), 0.0f);
+  EXPECT_LT(fast_softplus(-1000.0f), 1e-37f);
 }
 
 }  // namespace

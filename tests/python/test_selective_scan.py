@@ -260,8 +260,9 @@ def bad_input_cases():
         (dict(delta_bias=torch.randn(6, 1, **f)), "delta_bias: expected size [6]"),
         (dict(initial_state=torch.randn(2, 6, 3, **f)), "initial_state: expected size [2, 6, 4]"),
         (dict(initial_state=torch.randn(2, 6, 4, dtype=torch.float64)), "initial_state: expected dtype Float"),
-        # The dispatcher itself refuses devices without a kernel (CPU is the only one), naming the op.
-        (dict(u=u.to("meta")), "Could not run 'torch_rnn_ext::selective_scan' with arguments from the 'Meta'"),
+        # Other devices reach the argument checks (CompositeExplicitAutograd) and are named there.
+        (dict(u=u.to("meta")), "u: expected a CPU tensor, got a tensor on meta"),
+        (dict(B=torch.randn(6, 4, device="meta")), "B: expected a CPU tensor, got a tensor on meta"),
     ]
     return [({**ok, **change}, msg) for change, msg in cases]
 

@@ -6,7 +6,7 @@
 #include <vector>
 
 #include "checks.h"
-#include "kernels/selective_scan.h"
+#include "kernels/scans.h"
 #include "ops/cpu/scan_common.h"
 
 namespace torch_rnn_ext {
@@ -245,7 +245,7 @@ std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tenso
   Tensor gA = at::zeros({g.batch, g.dim, g.N}, opts);
   Tensor gD = at::zeros({g.batch, g.dim}, opts), gbias = at::zeros({g.batch, g.dim}, opts);
   const OperandGrad gB = operand_grad(g.B, g, ntasks, opts), gC = operand_grad(g.C, g, ntasks, opts);
-  const int64_t ws_size = 2 * kChunk * g.N + kChunk;
+  const int64_t ws_size = kernels::selective_scan_backward_workspace(g.N);
   Tensor ws = at::empty({g.batch * ntasks, ws_size}, opts);
   AT_DISPATCH_FLOATING_TYPES(u.scalar_type(), "selective_scan_backward", [&] {
     using T = scalar_t;
@@ -301,13 +301,19 @@ std::tuple<Tensor, Tensor, Tensor> selective_scan_forward_cpu(
   return forward(u, delta, A, B, C, D, z, delta_bias, delta_softplus, initial_state, /*save=*/true);
 }
 
-}  // namespace
-
-TORCH_LIBRARY_IMPL(torch_rnn_ext, CPU, m) {
+void register_kernels(torch::Library& m) {
   m.impl("selective_scan", TORCH_FN(selective_scan_cpu));
   m.impl("_selective_scan_forward", TORCH_FN(selective_scan_forward_cpu));
   m.impl("_selective_scan_backward", TORCH_FN(backward));
 }
+
+}  // namespace
+
+TORCH_LIBRARY_IMPL(torch_rnn_ext, CPU, m) { register_kernels(m); }
+
+// Tensors on any other device reach the same functions, whose argument checks reject them by name
+// ("u: expected a CPU tensor, got a tensor on meta") instead of the dispatcher's generic error.
+TORCH_LIBRARY_IMPL(torch_rnn_ext, CompositeExplicitAutograd, m) { register_kernels(m); }
 
 }  // namespace cpu
 }  // namespace torch_rnn_ext

@@ -5,7 +5,7 @@
 #include <array>
 
 #include "checks.h"
-#include "kernels/wkv4.h"
+#include "kernels/scans.h"
 #include "ops/cpu/scan_common.h"
 
 namespace torch_rnn_ext {
@@ -115,7 +115,7 @@ std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor> backward(
   Tensor gs = present(grad_new_state) ? grad_new_state->contiguous().clone() : at::zeros({g.batch, 3, g.C}, opts);
   Tensor gk = at::empty({g.batch, g.T, g.C}, opts), gv = at::empty({g.batch, g.T, g.C}, opts);
   Tensor gw = at::zeros({g.batch, g.C}, opts), gu = at::zeros({g.batch, g.C}, opts);
-  const int64_t tasks = g.batch * g.blocks(), ws_size = 3 * kChunk * kBlock;
+  const int64_t tasks = g.batch * g.blocks(), ws_size = kernels::wkv4_backward_workspace(kBlock);
   Tensor ws = at::empty({tasks, ws_size}, opts);
   Tensor w;
   AT_DISPATCH_FLOATING_TYPES(k.scalar_type(), "wkv4_backward", [&] {
@@ -149,13 +149,19 @@ std::tuple<Tensor, Tensor, Tensor> wkv4_forward_cpu(const Tensor& time_decay, co
   return forward(time_decay, time_first, k, v, state, /*save=*/true);
 }
 
-}  // namespace
-
-TORCH_LIBRARY_IMPL(torch_rnn_ext, CPU, m) {
+void register_kernels(torch::Library& m) {
   m.impl("wkv4", TORCH_FN(wkv4_cpu));
   m.impl("_wkv4_forward", TORCH_FN(wkv4_forward_cpu));
   m.impl("_wkv4_backward", TORCH_FN(backward));
 }
+
+}  // namespace
+
+TORCH_LIBRARY_IMPL(torch_rnn_ext, CPU, m) { register_kernels(m); }
+
+// Tensors on any other device reach the same functions, whose argument checks reject them by name
+// ("k: expected a CPU tensor, got a tensor on meta") instead of the dispatcher's generic error.
+TORCH_LIBRARY_IMPL(torch_rnn_ext, CompositeExplicitAutograd, m) { register_kernels(m); }
 
 }  // namespace cpu
 }  // namespace torch_rnn_ext

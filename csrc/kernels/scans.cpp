@@ -1,0 +1,65 @@
+// Chooses, once per process, the scan loops compiled for the best instruction set the CPU has
+// (cpu_capability.h).
+#include "kernels/scans.h"
+
+#include "kernels/cpu_capability.h"
+
+namespace torch_rnn_ext {
+namespace kernels {
+
+// Declarations of the per-capability instantiations (scans_instances.h).
+#define TRE_DECLARE_KERNELS(NS)                                                                            \
+  namespace NS {                                                                                           \
+  template <typename T>                                                                                    \
+  void selective_scan_forward_kernel(const ScanChannel<T>&, T*, T*, T*);                                   \
+  template <typename T>                                                                                    \
+  void selective_scan_backward_kernel(const ScanChannel<T>&, const T*, const T*, T*,                       \
+                                      const ScanChannelGrads<T>&, T*);                                     \
+  template <typename T>                                                                                    \
+  void wkv4_forward_kernel(const WkvBlock<T>&, const WkvState<T>&, T*, const WkvState<T>&, int64_t);       \
+  template <typename T>                                                                                    \
+  void wkv4_backward_kernel(const WkvBlock<T>&, const WkvState<T>&, int64_t, const T*, const WkvState<T>&, \
+                            T*, T*, T*, T*, T*);                                                           \
+  }
+TRE_DECLARE_KERNELS(base)
+#ifdef TRE_HAVE_AVX2_KERNELS
+TRE_DECLARE_KERNELS(avx2)
+#endif
+#undef TRE_DECLARE_KERNELS
+
+template <typename T>
+void selective_scan_forward(const ScanChannel<T>& p, T* h, T* out, T* checkpoints) {
+  TRE_CALL_BEST(selective_scan_forward_kernel<T>(p, h, out, checkpoints));
+}
+
+template <typename T>
+void selective_scan_backward(const ScanChannel<T>& p, const T* checkpoints, const T* grad_out, T* gh,
+                             const ScanChannelGrads<T>& g, T* workspace) {
+  TRE_CALL_BEST(selective_scan_backward_kernel<T>(p, checkpoints, grad_out, gh, g, workspace));
+}
+
+template <typename T>
+void wkv4_forward(const WkvBlock<T>& p, const WkvState<T>& s, T* y, const WkvState<T>& checkpoints,
+                  int64_t chunk_stride) {
+  TRE_CALL_BEST(wkv4_forward_kernel<T>(p, s, y, checkpoints, chunk_stride));
+}
+
+template <typename T>
+void wkv4_backward(const WkvBlock<T>& p, const WkvState<T>& checkpoints, int64_t chunk_stride,
+                   const T* grad_y, const WkvState<T>& gs, T* gk, T* gv, T* gw, T* gu, T* workspace) {
+  TRE_CALL_BEST(wkv4_backward_kernel<T>(p, checkpoints, chunk_stride, grad_y, gs, gk, gv, gw, gu, workspace));
+}
+
+#define TRE_INSTANTIATE(T)                                                                                  \
+  template void selective_scan_forward<T>(const ScanChannel<T>&, T*, T*, T*);                              \
+  template void selective_scan_backward<T>(const ScanChannel<T>&, const T*, const T*, T*,                  \
+                                           const ScanChannelGrads<T>&, T*);                                \
+  template void wkv4_forward<T>(const WkvBlock<T>&, const WkvState<T>&, T*, const WkvState<T>&, int64_t); \
+  template void wkv4_backward<T>(const WkvBlock<T>&, const WkvState<T>&, int64_t, const T*,               \
+                                 const WkvState<T>&, T*, T*, T*, T*, T*);
+TRE_INSTANTIATE(float)
+TRE_INSTANTIATE(double)
+#undef TRE_INSTANTIATE
+
+}  // namespace kernels
+}  // namespace torch_rnn_ext

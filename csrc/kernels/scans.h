@@ -1,0 +1,111 @@
+#pragma once
+// The API of the linear-time scans (selective_scan, wkv4) on raw pointers, independent of CPU capability:
+// the ATen binding calls these; they run the variant compiled for the best instruction set this CPU has
+// (scans.cpp; the loops are in selective_scan.h and wkv4.h).
+#include <cstdint>
+
+namespace torch_rnn_ext {
+namespace kernels {
+
+// Steps between saved states: backward keeps the state at every kChunk-th step and recomputes the
+// steps in between, so its memory does not grow as L x state size. Forward also works chunk by chunk.
+constexpr int64_t kChunk = 64;
+
+inline int64_t num_chunks(int64_t L) { return (L + kChunk - 1) / kChunk; }
+
+// ---- selective_scan (Mamba S6), one (batch, channel) row:
+//   delta'_t = softplus(delta_t + bias) if softplus else delta_t + bias
+//   h_t      = exp(delta'_t A) * h_{t-1} + delta'_t B_t u_t          (h, A, B_t, C_t of length N)
+//   y_t      = sum_n C_t[n] h_t[n] + D u_t;   out_t = y_t * silu(z_t) when z is given
+
+// One channel's inputs. u, delta, z are contiguous in time; B_t = B + t * b_step (b_step = N for
+// inputs that vary in time, laid out (L, N); 0 for a constant (N) row), likewise C.
+template <typename T>
+struct ScanChannel {
+  int64_t L, N;
+  const T* u;
+  const T* delta;
+  const T* z;  // nullptr: no gate
+  const T* A;
+  const T* B;
+  int64_t b_step;
+  const T* C;
+  int64_t c_step;
+  T D;
+  T delta_bias;
+  bool softplus;
+};
+
+// Where one channel's gradients go. gu, gdelta, gz (L) are written; gz may be nullptr (no z). gA (N),
+// gD, gdelta_bias are accumulated; gB_t = gB + t * gb_step is accumulated (gb_step as b_step), likewise gC.
+template <typename T>
+struct ScanChannelGrads {
+  T* gu;
+  T* gdelta;
+  T* gz;
+  T* gA;
+  T* gB;
+  int64_t gb_step;
+  T* gC;
+  int64_t gc_step;
+  T* gD;
+  T* gdelta_bias;
+};
+
+// Forward of one channel. h (N): the initial state on entry, the last state on exit. out (L).
+// checkpoints (num_chunks(L), N) or nullptr: the state before each chunk of kChunk steps.
+template <typename T>
+void selective_scan_forward(const ScanChannel<T>& p, T* h, T* out, T* checkpoints);
+
+// Values of workspace selective_scan_backward needs.
+inline int64_t selective_scan_backward_workspace(int64_t N) { return 2 * kChunk * N; }
+
+// Backward of one channel. grad_out (L) or nullptr (zero). gh (N): the gradient of the last state on
+// entry (zeros when it has none), of the initial state on exit. checkpoints as saved by the forward.
+template <typename T>
+void selective_scan_backward(const ScanChannel<T>& p, const T* checkpoints, const T* grad_out, T* gh,
+                             const ScanChannelGrads<T>& g, T* workspace);
+
+// ---- wkv4 (RWKV-4), a block of channels of one batch row (see wkv4.h for the recurrence).
+
+// pp of the empty state: exp(pp - anything finite) is 0.
+constexpr double kWkvEmptyPP = -1e38;
+
+// A block of `width` channels: k and v hold step t at k + t * stride. w = -exp(time_decay), u = time_first.
+template <typename T>
+struct WkvBlock {
+  int64_t T_, width, stride;
+  const T* w;
+  const T* u;
+  const T* k;
+  const T* v;
+};
+
+// The three rows of a state (aa, bb, pp), each `width` channels.
+template <typename T>
+struct WkvState {
+  T* aa;
+  T* bb;
+  T* pp;
+  WkvState at(int64_t offset) const { return {aa + offset, bb + offset, pp + offset}; }
+};
+
+// Forward. s: the initial state on entry, the last on exit. y step t at y + t * stride.
+// checkpoints: the state before each chunk of kChunk steps, chunk c at checkpoints.at(c * chunk_stride),
+// or checkpoints.aa == nullptr.
+template <typename T>
+void wkv4_forward(const WkvBlock<T>& p, const WkvState<T>& s, T* y, const WkvState<T>& checkpoints,
+                  int64_t chunk_stride);
+
+// Values of workspace wkv4_backward needs for a block of `width` channels.
+inline int64_t wkv4_backward_workspace(int64_t width) { return 3 * kChunk * width; }
+
+// Backward. grad_y (step t at grad_y + t * stride) or nullptr. gs: the gradient of the last state on
+// entry (zeros when it has none), of the initial state on exit. gk, gv written like y; gw, gu (width)
+// accumulated (gradients of w and u).
+template <typename T>
+void wkv4_backward(const WkvBlock<T>& p, const WkvState<T>& checkpoints, int64_t chunk_stride,
+                   const T* grad_y, const WkvState<T>& gs, T* gk, T* gv, T* gw, T* gu, T* workspace);
+
+}  // namespace kernels
+}  // namespace torch_rnn_ext

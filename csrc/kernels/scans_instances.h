@@ -1,0 +1,25 @@
+#pragma once
+// Instantiates the scan loops for every dtype, for the capability this translation unit is compiled for
+// (TRE_CPU_CAPABILITY). Included only by scans_base.cpp and scans_avx2.cpp.
+#include "kernels/selective_scan.h"
+#include "kernels/wkv4.h"
+
+namespace torch_rnn_ext {
+namespace kernels {
+inline namespace TRE_CPU_CAPABILITY {
+
+#define TRE_INSTANTIATE(T)                                                                                \
+  template void selective_scan_forward_kernel<T>(const ScanChannel<T>&, T*, T*, T*);                     \
+  template void selective_scan_backward_kernel<T>(const ScanChannel<T>&, const T*, const T*, T*,         \
+                                                  const ScanChannelGrads<T>&, T*);                       \
+  template void wkv4_forward_kernel<T>(const WkvBlock<T>&, const WkvState<T>&, T*, const WkvState<T>&,  \
+                                       int64_t);                                                         \
+  template void wkv4_backward_kernel<T>(const WkvBlock<T>&, const WkvState<T>&, int64_t, const T*,      \
+                                        const WkvState<T>&, T*, T*, T*, T*, T*);
+TRE_INSTANTIATE(float)
+TRE_INSTANTIATE(double)
+#undef TRE_INSTANTIATE
+
+}  // namespace TRE_CPU_CAPABILITY
+}  // namespace kernels
+}  // namespace torch_rnn_ext
