@@ -2,7 +2,7 @@
 user would write, forward and forward+backward, in one process after warm-up (medians). Also measures
 this machine's exp throughput and copy bandwidth, and how close each scan's forward comes to them.
 
-    /usr/bin/python3 benchmarks/bench_scans.py [--full]
+    /usr/bin/python3 benchmarks/bench_scans.py [--full] [--threads 1 2]
 
 ``run_scan_benchmarks(quick)`` returns the rows (used by benchmarks/bench.py).
 """
@@ -24,14 +24,17 @@ OPS = torch.ops.torch_rnn_ext
 
 
 def machine_roofline() -> Dict[str, float]:
-    """torch.exp throughput (float32 elements/s) and copy bandwidth (GB/s, bytes read + written)."""
-    x = torch.randn(1 << 24)
+    """This machine's limits at the current thread count: torch.exp throughput (float32 elements/s, on an
+    array that stays in cache, so it measures the arithmetic, not memory) and copy bandwidth (GB/s, bytes
+    read + written, on arrays far larger than the caches)."""
+    x = torch.randn(1 << 16)
     out = torch.empty_like(x)
-    t_exp = median_time(lambda: torch.exp(x, out=out), warmup=2, repeats=7)
-    src = torch.randn(1 << 25)
+    reps = 64
+    t_exp = median_time(lambda: [torch.exp(x, out=out) for _ in range(reps)], warmup=2, repeats=9)
+    src = torch.randn(1 << 24)
     dst = torch.empty_like(src)
     t_copy = median_time(lambda: dst.copy_(src), warmup=2, repeats=7)
-    return {"exp_per_s": x.numel() / t_exp, "copy_GB_per_s": 2 * src.numel() * 4 / t_copy / 1e9}
+    return {"exp_per_s": reps * x.numel() / t_exp, "copy_GB_per_s": 2 * src.numel() * 4 / t_copy / 1e9}
 
 
 # The loops a user would write.
@@ -96,7 +99,9 @@ def time_pair(ours, ref, inputs, repeats):
 
 
 def run_scan_benchmarks(quick: bool) -> List[dict]:
-    """Rows {name, shape, ours_ms, ref_ms, speedup, ...} for forward and forward+backward of both ops.
+    """Rows {name, shape, ours_ms, ref_ms, speedup, ...} for forward and forward+backward of both ops, at
+    the current torch thread count. Forward rows also give the bound the exp rate sets: min_ms = exps /
+    machine exp rate, and max_speedup = ref_ms / min_ms.
     quick: sequences of 256 steps instead of 1024 (the reference loops are slow); the shape says so."""
     steps = 256 if quick else 1024
     repeats = 3 if quick else 5
@@ -110,8 +115,9 @@ def run_scan_benchmarks(quick: bool) -> List[dict]:
             row = {"name": f"{name} {mode}", "shape": shape, "ours_ms": ours * 1e3, "ref_ms": ref * 1e3,
                    "speedup": ref / ours, "threads": threads}
             if mode == "forward":
+                min_s = elems / roof["exp_per_s"]
                 row.update(exp_per_s=elems / ours, exp_fraction=elems / ours / roof["exp_per_s"],
-                           GB_per_s=bytes_fwd / ours / 1e9,
+                           exp_bound_ms=min_s * 1e3, max_speedup=ref / min_s, GB_per_s=bytes_fwd / ours / 1e9,
                            bandwidth_fraction=bytes_fwd / ours / 1e9 / roof["copy_GB_per_s"])
             rows.append(row)
 
@@ -127,7 +133,7 @@ def run_scan_benchmarks(quick: bool) -> List[dict]:
     wkv_ours = lambda td, tf, k, v: OPS.wkv4(td, tf, k, v, None)[0]
     add_rows("wkv4", f"batch {batch}, C {C}, T {steps}{note}",
              time_pair(wkv_ours, wkv_loop, wkv_inputs(batch, C, steps), repeats),
-             elems=4 * batch * steps * C,  # four exps per (batch, step, channel)
+             elems=2 * batch * steps * C,  # two exps per (batch, step, channel) (see kernels/wkv4.h)
              bytes_fwd=4 * 3 * batch * steps * C)  # k, v, y
     for row in rows:
         row.update(machine_exp_per_s=roof["exp_per_s"], machine_copy_GB_per_s=roof["copy_GB_per_s"])
@@ -137,18 +143,24 @@ def run_scan_benchmarks(quick: bool) -> List[dict]:
 def main():
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--full", action="store_true", help="sequences of 1024 steps (default: quick, 256)")
+    parser.add_argument("--threads", type=int, nargs="+",
+                        help="torch thread counts to run at (default: 1 in quick mode, so it ends within a "
+                             "minute; 1 and 2 with --full)")
     args = parser.parse_args()
-    rows = run_scan_benchmarks(quick=not args.full)
-    r0 = rows[0]
-    print(f"torch threads {r0['threads']}; torch.exp {r0['machine_exp_per_s'] / 1e9:.2f} G elements/s; "
-          f"copy {r0['machine_copy_GB_per_s']:.1f} GB/s")
-    print(f"{'op':34s} {'shape':40s} {'ours ms':>9s} {'loop ms':>9s} {'speedup':>8s}  roofline")
-    for r in rows:
-        extra = ""
-        if "exp_fraction" in r:
-            extra = (f"exp {r['exp_per_s'] / 1e9:.2f} G/s = {100 * r['exp_fraction']:.0f}% of torch.exp; "
-                     f"{r['GB_per_s']:.2f} GB/s = {100 * r['bandwidth_fraction']:.0f}% of copy")
-        print(f"{r['name']:34s} {r['shape']:40s} {r['ours_ms']:9.2f} {r['ref_ms']:9.1f} {r['speedup']:7.0f}x  {extra}")
+    for n in args.threads or ([1, 2] if args.full else [1]):
+        torch.set_num_threads(n)
+        rows = run_scan_benchmarks(quick=not args.full)
+        r0 = rows[0]
+        print(f"\ntorch threads {r0['threads']}; torch.exp (in cache) {r0['machine_exp_per_s'] / 1e9:.2f} G elements/s; "
+              f"copy {r0['machine_copy_GB_per_s']:.1f} GB/s")
+        print(f"{'op':32s} {'shape':46s} {'ours ms':>8s} {'loop ms':>8s} {'speedup':>7s}  forward against the machine")
+        for r in rows:
+            extra = ""
+            if "exp_fraction" in r:
+                extra = (f"exp {r['exp_per_s'] / 1e9:.2f} G/s = {100 * r['exp_fraction']:.0f}% of torch.exp "
+                         f"(bound {r['exp_bound_ms']:.2f} ms, max {r['max_speedup']:.0f}x); "
+                         f"{r['GB_per_s']:.2f} GB/s = {100 * r['bandwidth_fraction']:.0f}% of copy")
+            print(f"{r['name']:32s} {r['shape']:46s} {r['ours_ms']:8.2f} {r['ref_ms']:8.1f} {r['speedup']:6.0f}x  {extra}")
 
 
 if __name__ == "__main__":
