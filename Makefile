@@ -13,6 +13,7 @@ deps:
 # Builds the op library once (CMake + Ninja) and places it inside the Python package (torch_rnn_ext/lib).
 build: deps
 	@cmake -S . -B $(BUILD_DIR) -G Ninja -DCMAKE_BUILD_TYPE=$(BUILD_TYPE) -DTRE_BUILD_TESTS=ON \
+	  -DTRE_PYTHON_EXECUTABLE=$(PY) \
 	  -DCMAKE_PREFIX_PATH="$$($(PY) -c 'import torch; print(torch.utils.cmake_prefix_path)')" \
 	  >/dev/null
 	@cmake --build $(BUILD_DIR) -j $(JOBS)
