@@ -25,9 +25,9 @@ template <typename T>
 struct ForwardArgs {
   int64_t H, P;
   const T* gi;    // (N, G*H)  x W_ih^T + b_ih for every row
-  const T* w_hh_t;  // (P, G*H) W_hh transposed
-  const T* b_hh;    // (G*H)     zeros when the layer has no bias
-  const T* w_hr_t;  // (H, P)    W_hr transposed, or nullptr
+  const T* w_hh;  // (G*H, P)
+  const T* b_hh;  // (G*H)     zeros when the layer has no bias
+  const T* w_hr;  // (P, H) or nullptr
   T* h;           // (B, P)    initial state on entry, final on exit
   T* c;           // (B, H)    likewise, LSTM only (else nullptr)
   T* out;         // (N, P)    h of every row

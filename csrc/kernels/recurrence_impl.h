@@ -41,18 +41,30 @@ inline void step_product(int64_t M, int64_t N, int64_t K, const T* A, const T* B
   }
 }
 
+// C(M, N) = A(M, K) W(N, K)^T, W row-major as torch stores weights: a forward step's product, with no
+// transposed copy of W. Few rows go to small_gemm_nt (one thread; a single row whatever W's size, since
+// it is memory-bound either way), the rest to BLAS with its transpose flag.
+template <typename T>
+inline void step_product_nt(int64_t M, int64_t N, int64_t K, const T* A, const T* W, T* C) {
+  if (M == 1 || (M <= kSmallGemmMaxRows && N * K * static_cast<int64_t>(sizeof(T)) <= kSmallGemmMaxBytes)) {
+    small_gemm_nt<T>(M, N, K, A, K, W, K, C, N, false);
+  } else {
+    gemm<T>(false, true, M, N, K, T(1), A, K, W, K, T(0), C, N);
+  }
+}
+
 // Forward over all steps (arguments: ForwardArgs in recurrence.h).
 template <typename Cell, typename T>
 void recurrence_forward(const SeqLayout& L, const ForwardArgs<T>& a) {
   const int64_t H = a.H, P = a.P, GH = Cell::kGates * H, SH = Cell::kSaved * H;
   for (int64_t s = 0; s < L.T; ++s) {
     const int64_t t = L.time(s), bs = L.batch_sizes[t], off = L.offsets[t];
-    step_product<T>(bs, GH, P, a.h, a.w_hh_t, a.gh, false);
+    step_product_nt<T>(bs, GH, P, a.h, a.w_hh, a.gh);
     for (int64_t b = 0; b < bs; ++b) {
       const int64_t row = off + b;
       T* c = Cell::kHasCell ? a.c + b * H : nullptr;
       // With a projection the cell writes o * tanh(c') into m; the product below makes h from it.
-      T* out = a.w_hr_t ? a.m + b * H : a.out + row * P;
+      T* out = a.w_hr ? a.m + b * H : a.out + row * P;
       if (a.saved) {
         Cell::template forward<true>(H, a.gi + row * GH, a.gh + b * GH, a.b_hh, a.h + b * P, c, out,
                                      a.saved + row * SH);
@@ -61,7 +73,7 @@ void recurrence_forward(const SeqLayout& L, const ForwardArgs<T>& a) {
                                       static_cast<T*>(nullptr));
       }
     }
-    if (a.w_hr_t) step_product<T>(bs, P, H, a.m, a.w_hr_t, a.out + off * P, false);
+    if (a.w_hr) step_product_nt<T>(bs, P, H, a.m, a.w_hr, a.out + off * P);
     std::memcpy(a.h, a.out + off * P, sizeof(T) * bs * P);  // the new state of the active rows
   }
 }

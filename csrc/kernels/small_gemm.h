@@ -115,6 +115,75 @@ void small_gemm(int64_t M, int64_t N, int64_t K, const T* A, int64_t lda, const 
   for (; m < M; ++m) small_gemm_rows<T, 1>(N, K, A + m * lda, lda, B, ldb, C + m * ldc, ldc, accumulate);
 }
 
+// C(M, N) = A(M, K) W(N, K)^T (+ C when accumulate): W as torch stores weights (rows contiguous), so a
+// forward step needs no transposed copy of W_hh. Each output is a dot product over K, in vector lanes
+// then a fixed-order lane sum (deterministic); four outputs at a time share the loads of A.
+#if defined(__GNUC__) || defined(__clang__)
+// Whole-vector load and lane sum (fixed order). Taking vectors by value keeps accumulator arrays in
+// registers: subscripting lanes of an array element makes GCC keep the array on the stack.
+template <typename Vec, typename T>
+inline Vec load_vec(const T* p) {
+  Vec v;
+  std::memcpy(&v, p, sizeof(Vec));
+  return v;
+}
+template <typename T, typename Vec>
+inline T lane_sum(Vec v) {
+  T s = T(0);
+  for (int l = 0; l < static_cast<int>(sizeof(Vec) / sizeof(T)); ++l) s += v[l];
+  return s;
+}
+#endif
+
+template <typename T, int kRows>
+inline void small_gemm_nt_rows(int64_t N, int64_t K, const T* A, int64_t lda, const T* W, int64_t ldw, T* C,
+                               int64_t ldc, bool accumulate) {
+  int64_t n = 0;
+#if defined(__GNUC__) || defined(__clang__)
+  typedef T vec __attribute__((vector_size(32)));
+  constexpr int kLanes = 32 / sizeof(T), kOut = 4;
+  const int64_t Kv = K / kLanes * kLanes;
+  for (; n + kOut <= N; n += kOut) {
+    vec acc[kRows][kOut];
+    for (int r = 0; r < kRows; ++r)
+      for (int i = 0; i < kOut; ++i) acc[r][i] = vec{};
+    for (int64_t k = 0; k < Kv; k += kLanes) {
+      vec w[kOut];
+      for (int i = 0; i < kOut; ++i) w[i] = load_vec<vec>(W + (n + i) * ldw + k);
+      for (int r = 0; r < kRows; ++r) {
+        const vec a = load_vec<vec>(A + r * lda + k);
+        for (int i = 0; i < kOut; ++i) acc[r][i] += a * w[i];
+      }
+    }
+    for (int r = 0; r < kRows; ++r) {
+      for (int i = 0; i < kOut; ++i) {
+        T s = lane_sum<T>(acc[r][i]);
+        for (int64_t k = Kv; k < K; ++k) s += A[r * lda + k] * W[(n + i) * ldw + k];
+        T* c = C + r * ldc + n + i;
+        *c = accumulate ? *c + s : s;
+      }
+    }
+  }
+#endif
+  for (; n < N; ++n) {  // the outputs left over
+    for (int r = 0; r < kRows; ++r) {
+      T s = T(0);
+      for (int64_t k = 0; k < K; ++k) s += A[r * lda + k] * W[n * ldw + k];
+      T* c = C + r * ldc + n;
+      *c = accumulate ? *c + s : s;
+    }
+  }
+}
+
+template <typename T>
+void small_gemm_nt(int64_t M, int64_t N, int64_t K, const T* A, int64_t lda, const T* W, int64_t ldw, T* C,
+                   int64_t ldc, bool accumulate) {
+  int64_t m = 0;
+  for (; m + 2 <= M; m += 2)
+    small_gemm_nt_rows<T, 2>(N, K, A + m * lda, lda, W, ldw, C + m * ldc, ldc, accumulate);
+  for (; m < M; ++m) small_gemm_nt_rows<T, 1>(N, K, A + m * lda, lda, W, ldw, C + m * ldc, ldc, accumulate);
+}
+
 }  // namespace TRE_CPU_CAPABILITY
 }  // namespace kernels
 }  // namespace torch_rnn_ext

@@ -12,7 +12,7 @@ namespace {
 using namespace torch_rnn_ext::kernels;
 
 template <typename T>
-void check(int64_t M, int64_t N, int64_t K, bool accumulate) {
+void check(int64_t M, int64_t N, int64_t K, bool accumulate, bool transposed_b = false) {
   std::mt19937 gen(static_cast<unsigned>(M * 1000 + N * 10 + K));
   std::normal_distribution<double> d;
   std::vector<T> A(M * K), B(K * N), C(M * N), ref(M * N);
@@ -22,10 +22,12 @@ void check(int64_t M, int64_t N, int64_t K, bool accumulate) {
   for (int64_t i = 0; i < M; ++i)
     for (int64_t j = 0; j < N; ++j) {
       T s = T(0);
-      for (int64_t k = 0; k < K; ++k) s += A[i * K + k] * B[k * N + j];
+      for (int64_t k = 0; k < K; ++k) s += A[i * K + k] * (transposed_b ? B[j * K + k] : B[k * N + j]);
       ref[i * N + j] = accumulate ? ref[i * N + j] + s : s;
     }
-  if (M == 1) {
+  if (transposed_b) {
+    small_gemm_nt<T>(M, N, K, A.data(), K, B.data(), K, C.data(), N, accumulate);
+  } else if (M == 1) {
     small_gemv<T>(N, K, A.data(), B.data(), N, C.data(), accumulate);
   } else {
     small_gemm<T>(M, N, K, A.data(), K, B.data(), N, C.data(), N, accumulate);
@@ -41,6 +43,8 @@ TEST(SmallGemm, MatchesNaiveProduct) {
         for (bool acc : {false, true}) {
           check<float>(M, N, K, acc);
           check<double>(M, N, K, acc);
+          check<float>(M, N, K, acc, /*transposed_b=*/true);
+          check<double>(M, N, K, acc, /*transposed_b=*/true);
         }
 }
 

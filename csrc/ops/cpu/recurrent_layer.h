@@ -220,18 +220,17 @@ std::tuple<Tensor, Tensor, Tensor, Tensor> layer_forward(const char* op, const T
   const Tensor x = rows(input, g, g.I);
   // The input projection of every timestep: one product.
   const Tensor gi = matmul(x, false, weight_ih, true, present(bias_ih) ? contiguous_serial(*bias_ih) : Tensor());
-  // The time loop multiplies by W_hh^T and W_hr^T as row-major (K, N) operands.
-  const Tensor w_hh_t = clone_serial(weight_hh.t());
+  const Tensor w_hh = contiguous_serial(weight_hh);
   const Tensor b_hh = present(bias_hh) ? contiguous_serial(*bias_hh) : zeros_serial({GH}, opts);
-  const Tensor w_hr_t = present(weight_hr) ? clone_serial(weight_hr->t()) : Tensor();
+  const Tensor w_hr = present(weight_hr) ? contiguous_serial(*weight_hr) : Tensor();
   Tensor out = at::empty({g.N, g.P}, opts);
   Tensor saved = save ? at::empty({g.N, Cell::kSaved * g.H}, opts) : Tensor();
   Tensor gh = at::empty({g.B, GH}, opts);
-  Tensor m = w_hr_t.defined() ? at::empty({g.B, g.H}, opts) : Tensor();
+  Tensor m = w_hr.defined() ? at::empty({g.B, g.H}, opts) : Tensor();
   const auto L = g.layout(reverse);
   AT_DISPATCH_FLOATING_TYPES(input.scalar_type(), "recurrent_layer", [&] {
     kernels::forward<K, scalar_t>(
-        L, {g.H, g.P, ptr<scalar_t>(gi), ptr<scalar_t>(w_hh_t), ptr<scalar_t>(b_hh), ptr<scalar_t>(w_hr_t),
+        L, {g.H, g.P, ptr<scalar_t>(gi), ptr<scalar_t>(w_hh), ptr<scalar_t>(b_hh), ptr<scalar_t>(w_hr),
             ptr<scalar_t>(h), ptr<scalar_t>(c), ptr<scalar_t>(out), ptr<scalar_t>(saved), ptr<scalar_t>(gh),
             ptr<scalar_t>(m)});
   });
