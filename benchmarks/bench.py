@@ -242,6 +242,9 @@ def main():
         from bench_scans import run_scan_benchmarks
         torch.set_num_threads(threads[0])
         scans = run_scan_benchmarks(quick=not args.full)
+    from bench_streaming import markdown as streaming_markdown, run_streaming_benchmarks
+    torch.set_num_threads(threads[0])
+    streaming = run_streaming_benchmarks(quick=not args.full)
     sweeps = {}
     if args.full:
         torch.set_num_threads(1)
@@ -250,13 +253,15 @@ def main():
         plot(sweeps, os.path.join(RESULTS, "speedup.png"))
     info = dict(info, torch_threads=threads)
     table = markdown(rows, sgemm, info, command.strip(), memory, scans)
+    table += ("\n\nStreaming, one step per call (batch 1, input 64, no_grad, state carried), median us per step:"
+              "\n\n" + streaming_markdown(streaming))
     print()
     print(table)
     name = "full" if args.full else "quick"
     save_json(os.path.join(RESULTS, f"{name}.json"),
               {"date": datetime.datetime.now().isoformat(timespec="seconds"), "command": command.strip(),
                "machine": info, "sgemm_gflops": sgemm, "rows": rows, "peak_memory": memory, "scans": scans,
-               "sweeps": sweeps})
+               "streaming": streaming, "sweeps": sweeps})
     with open(os.path.join(RESULTS, f"{name}.md"), "w") as f:
         f.write(table + "\n")
 

@@ -5,8 +5,7 @@ with the state carried between calls: our paths against torch.nn's, all in one p
 
 Ours: (a) torch_rnn_ext.LSTM called per step with hx, (b) torch_rnn_ext.Streamer over a model holding
 our LSTM, (c) torch.jit.script(torch_rnn_ext.LSTM) called per step with hx, (d) the lean floor: the
-op torch.ops.torch_rnn_ext.lstm_cell called directly on the weights; (e) a diagnostic: (d) with W_hh
-laid out so that the op's per-call copy of W_hh^T is a memcpy. References: nn.LSTM called per
+op torch.ops.torch_rnn_ext.lstm_cell called directly on the weights. References: nn.LSTM called per
 step with hx, and nn.LSTMCell. Every step is timed on its own (a median over single steps shrugs off the
 preemptions of a shared machine); the variants take turns in rounds of `block` steps (so drifts in
 machine load hit all alike), and a row reports the median over rounds of each round's median, after
@@ -71,15 +70,6 @@ def step_functions(hidden: int) -> Dict[str, Callable[[], None]]:
     def op_step():
         hc[0], hc[1] = lstm_cell(x_cell, hc[0], hc[1], *weights)
 
-    # Diagnostic, not an API: the same op with W_hh passed as a (4H, H) view of a transposed copy. The op
-    # copies W_hh^T into a fresh buffer on every call; from this layout that copy is a plain memcpy, so
-    # the gap between (d) and (e) is the per-call cost of transposing W_hh inside the op.
-    weights_t = [weights[0], weights[1].detach().t().contiguous().t(), weights[2], weights[3]]
-    hc_t = [torch.zeros(1, hidden), torch.zeros(1, hidden)]
-
-    def op_step_pre_transposed():
-        hc_t[0], hc_t[1] = lstm_cell(x_cell, hc_t[0], hc_t[1], *weights_t)
-
     return {
         "nn.LSTM": _carrying(ref, x),
         "nn.LSTMCell": nn_cell_step,
@@ -87,7 +77,6 @@ def step_functions(hidden: int) -> Dict[str, Callable[[], None]]:
         "(b) Streamer(model with our LSTM)": streamer_step,
         "(c) torch.jit.script(our LSTM), hx carried": _carrying(torch.jit.script(ours), x),
         "(d) op lstm_cell direct (lean floor)": op_step,
-        "(e) as (d), W_hh pre-transposed (diagnostic)": op_step_pre_transposed,
     }
 
 

@@ -4,6 +4,7 @@
 // gradients) with ATen, and hands raw pointers to the time loop in kernels/recurrence.h.
 #include <ATen/ATen.h>
 
+#include <algorithm>
 #include <array>
 #include <cstring>
 #include <string>
@@ -149,9 +150,14 @@ inline Tensor clone_serial(const Tensor& t) {
   AT_DISPATCH_FLOATING_TYPES(t.scalar_type(), "clone_serial", [&] {
     const scalar_t* src = t.data_ptr<scalar_t>();
     scalar_t* dst = out.data_ptr<scalar_t>();
+    // 32 x 32 tiles of the last two dimensions, so a transposed source is read a few cache lines at a time.
+    constexpr int64_t kTile = 32;
     for (int64_t i = 0; i < n0; ++i)
-      for (int64_t j = 0; j < n1; ++j)
-        for (int64_t k = 0; k < n2; ++k) *dst++ = src[i * s0 + j * s1 + k * s2];
+      for (int64_t j0 = 0; j0 < n1; j0 += kTile)
+        for (int64_t k0 = 0; k0 < n2; k0 += kTile)
+          for (int64_t j = j0; j < std::min(j0 + kTile, n1); ++j)
+            for (int64_t k = k0; k < std::min(k0 + kTile, n2); ++k)
+              dst[(i * n1 + j) * n2 + k] = src[i * s0 + j * s1 + k * s2];
   });
   return out;
 }
