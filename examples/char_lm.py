@@ -154,7 +154,7 @@ def main():
 
     fig, ax = _common.plt.subplots(figsize=(6.5, 4))
     for i, (name, curve) in enumerate(curves.items()):
-        ax.plot([s + 1 for s, _ in curve], [v for _, v in curve], "o-" if "nn" not in name else "x--", ms=3,
+        ax.plot([s + 1 for s, _ in curve], [v for _, v in curve], "x--" if "torch.nn" in name else "o-", ms=3,
                 color="C%d" % i, label="%s, %d params" % (name, results[name]["params"]))
     ax.axhline(math.log2(len(chars)), color="gray", ls=":", label="uniform (%.2f)" % math.log2(len(chars)))
     ax.set(xlabel="training step", ylabel="validation bits per character", title="Char-LM on %s" %
