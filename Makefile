@@ -17,7 +17,9 @@ build: deps
 	  -DCMAKE_PREFIX_PATH="$$($(PY) -c 'import torch; print(torch.utils.cmake_prefix_path)')" \
 	  >/dev/null
 	@cmake --build $(BUILD_DIR) -j $(JOBS)
-	@mkdir -p torch_rnn_ext/lib && cp -f $(BUILD_DIR)/libtorch_rnn_ext.so torch_rnn_ext/lib/
+	@# copy then rename: processes that have the old library mapped keep its inode and do not crash
+	@mkdir -p torch_rnn_ext/lib && cp -f $(BUILD_DIR)/libtorch_rnn_ext.so torch_rnn_ext/lib/.libtorch_rnn_ext.so.tmp \
+	  && mv -f torch_rnn_ext/lib/.libtorch_rnn_ext.so.tmp torch_rnn_ext/lib/libtorch_rnn_ext.so
 
 test-cpp: build
 	cd $(BUILD_DIR) && ctest --output-on-failure
