@@ -17,24 +17,7 @@ from torch.nn.utils.rnn import PackedSequence
 __all__ = ["LSTM", "GRU", "RNN"]
 
 
-class _SequenceInput:
-    """Mixin: unpacks a forward's input the way torch.nn's recurrent layers do."""
-
-    def _unpack_input(self, input: Tensor) -> Tuple[Tensor, Optional[Tensor], Optional[Tensor], Optional[Tensor],
-                                                    bool, int]:
-        """(data, batch_sizes, sorted_indices, unsorted_indices, is_batched, max_batch_size) of a Tensor
-        (an unbatched one gets its batch dimension) or, in eager mode, a PackedSequence."""
-        if isinstance(input, PackedSequence):
-            data, batch_sizes, sorted_indices, unsorted_indices = input
-            return data, batch_sizes, sorted_indices, unsorted_indices, True, int(batch_sizes[0])
-        is_batched = input.dim() == 3
-        if not is_batched:
-            input = input.unsqueeze(0 if self.batch_first else 1)
-        max_batch_size = input.size(0) if self.batch_first else input.size(1)
-        return input, None, None, None, is_batched, max_batch_size
-
-
-class LSTM(_SequenceInput, nn.LSTM):
+class LSTM(nn.LSTM):
     r"""Applies a multi-layer LSTM to an input sequence, exactly as :class:`torch.nn.LSTM` does.
 
     Args (as torch.nn.LSTM): input_size, hidden_size, num_layers=1, bias=True, batch_first=False,
@@ -59,8 +42,19 @@ class LSTM(_SequenceInput, nn.LSTM):
     def forward(self, input: Tensor, hx: Optional[Tuple[Tensor, Tensor]] = None
                 ) -> Tuple[Tensor, Tuple[Tensor, Tensor]]:  # type: ignore[override]
         orig_input = input
+        batch_sizes = None
+        is_batched = True
         batch_dim = 0 if self.batch_first else 1
-        input, batch_sizes, sorted_indices, unsorted_indices, is_batched, max_batch_size = self._unpack_input(input)
+        if isinstance(orig_input, PackedSequence):
+            input, batch_sizes, sorted_indices, unsorted_indices = input
+            max_batch_size = int(batch_sizes[0])
+        else:
+            is_batched = input.dim() == 3
+            if not is_batched:
+                input = input.unsqueeze(batch_dim)
+            max_batch_size = input.size(0) if self.batch_first else input.size(1)
+            sorted_indices = None
+            unsorted_indices = None
 
         if hx is None:
             num_directions = 2 if self.bidirectional else 1
@@ -101,15 +95,26 @@ class LSTM(_SequenceInput, nn.LSTM):
 def _single_state_forward(self, input: Tensor, hx: Optional[Tensor] = None) -> Tuple[Tensor, Tensor]:
     """forward of GRU and RNN (one state tensor); the op is chosen by torch.nn's ``mode``."""
     orig_input = input
+    batch_sizes = None
+    is_batched = True
     batch_dim = 0 if self.batch_first else 1
-    input, batch_sizes, sorted_indices, unsorted_indices, is_batched, max_batch_size = self._unpack_input(input)
-    if batch_sizes is None and hx is not None:
+    if isinstance(orig_input, PackedSequence):
+        input, batch_sizes, sorted_indices, unsorted_indices = input
+        max_batch_size = int(batch_sizes[0])
+    else:
+        is_batched = input.dim() == 3
         if not is_batched:
-            if hx.dim() != 2:
-                raise RuntimeError(f"For unbatched 2-D input, hx should also be 2-D but got {hx.dim()}-D tensor")
-            hx = hx.unsqueeze(1)
-        elif hx.dim() != 3:
-            raise RuntimeError(f"For batched 3-D input, hx should also be 3-D but got {hx.dim()}-D tensor")
+            input = input.unsqueeze(batch_dim)
+            if hx is not None:
+                if hx.dim() != 2:
+                    raise RuntimeError(f"For unbatched 2-D input, hx should also be 2-D but got {hx.dim()}-D tensor")
+                hx = hx.unsqueeze(1)
+        else:
+            if hx is not None and hx.dim() != 3:
+                raise RuntimeError(f"For batched 3-D input, hx should also be 3-D but got {hx.dim()}-D tensor")
+        max_batch_size = input.size(0) if self.batch_first else input.size(1)
+        sorted_indices = None
+        unsorted_indices = None
 
     if hx is None:
         num_directions = 2 if self.bidirectional else 1
@@ -138,7 +143,7 @@ def _single_state_forward(self, input: Tensor, hx: Optional[Tensor] = None) -> T
         return output, self.permute_hidden(hidden, unsorted_indices)
 
 
-class GRU(_SequenceInput, nn.GRU):
+class GRU(nn.GRU):
     r"""Applies a multi-layer GRU to an input sequence, exactly as :class:`torch.nn.GRU` does
     (r, z, n gates; the reset gate multiplies ``W_hn h + b_hn``).
 
@@ -158,7 +163,7 @@ class GRU(_SequenceInput, nn.GRU):
     forward = _single_state_forward  # type: ignore[assignment]
 
 
-class RNN(_SequenceInput, nn.RNN):
+class RNN(nn.RNN):
     r"""Applies a multi-layer Elman RNN with tanh or relu, exactly as :class:`torch.nn.RNN` does.
 
     Args (as torch.nn.RNN): input_size, hidden_size, num_layers=1, nonlinearity='tanh', bias=True,
