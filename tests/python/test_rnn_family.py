@@ -394,6 +394,23 @@ def test_script_trace_and_save_load(kind, tmp_path):
     assert sum("torch_rnn_ext::" in line for line in str(traced.graph).splitlines()) == 1
 
 
+@pytest.mark.parametrize("kind", KINDS)
+def test_scripted_module_called_repeatedly_with_its_own_state(kind):
+    # TorchScript specialises a graph on its first calls: hx=None first, then the carried state, must keep
+    # working and equal eager (a streaming loop does exactly this).
+    _, ours = make_pair(kind, torch.float32, num_layers=2, batch_first=True)
+    scripted = torch.jit.script(ours)
+    x = torch.randn(2, 3, I)
+    s_state, e_state = None, None
+    with torch.no_grad():
+        for _ in range(4):
+            s_out, s_state = scripted(x, s_state)
+            e_out, e_state = ours(x, e_state)
+            assert torch.equal(s_out, e_out)
+    for a, b in zip(tensors_of((s_out, s_state)), tensors_of((e_out, e_state))):
+        assert torch.equal(a, b)
+
+
 @pytest.mark.parametrize("name,kw", CELLS)
 def test_cells_script(name, kw):
     cell = getattr(torch_rnn_ext, name)(I, H, **kw)
