@@ -24,10 +24,12 @@ struct CellTraits<CellKind::LSTM> {
   static constexpr bool kHasCell = true;       // carries a cell state c
   static constexpr bool kDirectDh = false;     // dh_{t-1} has a term besides dgates_h @ W_hh
   static constexpr bool kSameGateGrads = true; // d(input pre-activation) == d(recurrent pre-activation)
+  static constexpr int kOwnGates = 0;          // trailing gate blocks where they differ
 };
 
 // GRU, gates (r, z, n): saved r, z, n and W_hn h + b_hn (4H); dh_{t-1} has the direct term dh z, and the
-// recurrent pre-activation gradient of n differs from the input one (it is scaled by r).
+// recurrent pre-activation gradient of n differs from the input one (it is scaled by r): only that block
+// is kept per row (kOwnGates), the rest of dgh is dgi's.
 template <>
 struct CellTraits<CellKind::GRU> {
   static constexpr int kGates = 3;
@@ -35,6 +37,7 @@ struct CellTraits<CellKind::GRU> {
   static constexpr bool kHasCell = false;
   static constexpr bool kDirectDh = true;
   static constexpr bool kSameGateGrads = false;
+  static constexpr int kOwnGates = 1;  // only n's recurrent gradient differs (scaled by r)
 };
 
 // Vanilla RNN: h' = act(x W_ih^T + b_ih + h W_hh^T + b_hh); the derivative comes from h' itself.
@@ -44,6 +47,7 @@ struct PlainRNNTraits {
   static constexpr bool kHasCell = false;
   static constexpr bool kDirectDh = false;
   static constexpr bool kSameGateGrads = true;
+  static constexpr int kOwnGates = 0;
 };
 template <>
 struct CellTraits<CellKind::RNN_TANH> : PlainRNNTraits {};

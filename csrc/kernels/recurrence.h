@@ -50,7 +50,9 @@ struct BackwardArgs {
   T* dh;              // (B, P) grad of h_n on entry, of h0 on exit
   T* dc;              // (B, H) grad of c_n on entry, of c0 on exit (LSTM)
   T* dgi;             // (N, G*H) grad of the input pre-activations
-  T* dgh;             // (N, G*H) grad of the recurrent pre-activations (may alias dgi: kSameGateGrads)
+  T* dgh_step;        // (B, G*H) workspace: a step's recurrent pre-activation grads (kOwnGates > 0 only;
+                      //          otherwise they equal dgi's rows)
+  T* dgh_own;         // (N, kOwnGates*H) each row's own block of them (the trailing gates), or nullptr
   T* h_prev;          // (N, P) each row's previous h, for dW_hh = dgh^T h_prev
   T* dh_all;          // (N, P) each row's total dh, for dW_hr (w_hr only)
   T* m_all;           // (N, H) each row's o * tanh(c'), for dW_hr (w_hr only)

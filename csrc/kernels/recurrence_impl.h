@@ -108,14 +108,20 @@ void recurrence_backward(const SeqLayout& L, const BackwardArgs<T>& a) {
       const T* c_init = a.c0 ? a.c0 + b * H : a.zeros;
       if (a.h_prev) std::memcpy(a.h_prev + row * P, hp, sizeof(T) * P);
       T* dh = a.w_hr ? a.dm + b * H : a.dh + b * P;
+      T* dgh = Cell::kSameGateGrads ? nullptr : a.dgh_step + b * GH;
       Cell::backward(H, a.saved + row * SH, a.out + row * P, hp, prev_saved, c_init, dh,
-                     Cell::kHasCell ? a.dc + b * H : nullptr, a.dgi + row * GH, a.dgh + row * GH);
+                     Cell::kHasCell ? a.dc + b * H : nullptr, a.dgi + row * GH, dgh);
+      if constexpr (!Cell::kSameGateGrads) {  // keep the block that differs from dgi, for dW_hh and b_hh
+        constexpr int64_t kOwn = Cell::kOwnGates;
+        std::memcpy(a.dgh_own + row * kOwn * H, dgh + GH - kOwn * H, sizeof(T) * kOwn * H);
+      }
       if constexpr (Cell::kHasCell) {
         if (a.w_hr) Cell::projected(H, a.saved + row * SH, a.m_all + row * H);
       }
     }
     // dh_{t-1} = (direct term the cell left in dh) + dgates_h W_hh
-    step_product<T>(bs, P, GH, a.dgh + off * GH, a.w_hh, a.dh, Cell::kDirectDh);
+    step_product<T>(bs, P, GH, Cell::kSameGateGrads ? a.dgi + off * GH : a.dgh_step, a.w_hh, a.dh,
+                    Cell::kDirectDh);
   }
 }
 

@@ -164,13 +164,16 @@ inline Tensor clone_serial(const Tensor& t) {
 
 inline Tensor contiguous_serial(const Tensor& t) { return t.is_contiguous() ? t : clone_serial(t); }
 
-// c = op(A) op(B) (+ c when accumulate) for contiguous 2-D A, B, c: one BLAS call.
-inline void gemm_into(Tensor& c, const Tensor& A, bool trans_a, const Tensor& B, bool trans_b, bool accumulate) {
+// c = op(A) op(B) (+ c when accumulate) for 2-D A, B, c with unit column stride (row slices and column
+// slices of contiguous matrices): one BLAS call.
+inline void gemm_into(const Tensor& c, const Tensor& A, bool trans_a, const Tensor& B, bool trans_b,
+                      bool accumulate) {
+  TORCH_INTERNAL_ASSERT(A.stride(1) == 1 && B.stride(1) == 1 && c.stride(1) == 1);
   const int64_t M = c.size(0), N = c.size(1), K = trans_a ? A.size(0) : A.size(1);
   AT_DISPATCH_FLOATING_TYPES(c.scalar_type(), "gemm_into", [&] {
-    kernels::gemm<scalar_t>(trans_a, trans_b, M, N, K, scalar_t(1), A.data_ptr<scalar_t>(), A.size(1),
-                            B.data_ptr<scalar_t>(), B.size(1), accumulate ? scalar_t(1) : scalar_t(0),
-                            c.data_ptr<scalar_t>(), N);
+    kernels::gemm<scalar_t>(trans_a, trans_b, M, N, K, scalar_t(1), A.data_ptr<scalar_t>(), A.stride(0),
+                            B.data_ptr<scalar_t>(), B.stride(0), accumulate ? scalar_t(1) : scalar_t(0),
+                            c.data_ptr<scalar_t>(), c.stride(0));
   });
 }
 
@@ -285,7 +288,10 @@ std::vector<Tensor> layer_backward(const char* op, const Tensor& grad_output, co
   const Tensor out = rows(output, g, g.P);
   const Tensor ws = contiguous_serial(workspace);
   Tensor dgi = at::empty({g.N, GH}, opts);
-  Tensor dgh = Cell::kSameGateGrads ? dgi : at::empty({g.N, GH}, opts);
+  // Recurrent pre-activation grads: dgi's, but for the trailing kOwnGates blocks (GRU's n), kept per row.
+  const int64_t OH = Cell::kOwnGates * g.H;
+  Tensor dgh_step = OH ? at::empty({g.B, GH}, opts) : Tensor();
+  Tensor dgh_own = OH ? at::empty({g.N, OH}, opts) : Tensor();
   // Each row's previous h, for dW_hh = dgh^T h_prev. A padded sequence needs no copy of it: those rows
   // are the output rows of the neighbouring timestep (and h0), so dW_hh is two products over slices.
   Tensor h_prev = g.packed && output_mask[4] ? at::empty({g.N, g.P}, opts) : Tensor();
@@ -297,7 +303,8 @@ std::vector<Tensor> layer_backward(const char* op, const Tensor& grad_output, co
     kernels::backward<K, scalar_t>(
         L, {g.H, g.P, ptr<scalar_t>(w_hh), ptr<scalar_t>(w_hr), ptr<scalar_t>(ws), ptr<scalar_t>(out),
             ptr<scalar_t>(h0), ptr<scalar_t>(c0), ptr<scalar_t>(zeros), ptr<scalar_t>(go), ptr<scalar_t>(dh),
-            ptr<scalar_t>(dc), ptr<scalar_t>(dgi), ptr<scalar_t>(dgh), ptr<scalar_t>(h_prev),
+            ptr<scalar_t>(dc), ptr<scalar_t>(dgi), ptr<scalar_t>(dgh_step), ptr<scalar_t>(dgh_own),
+            ptr<scalar_t>(h_prev),
             ptr<scalar_t>(dh_all), ptr<scalar_t>(m_all), ptr<scalar_t>(dm)});
   });
 
@@ -310,28 +317,44 @@ std::vector<Tensor> layer_backward(const char* op, const Tensor& grad_output, co
   if (output_mask[2] && Cell::kHasCell) grads[2] = dc;
   if (output_mask[3]) grads[3] = matmul(dgi, true, rows(input, g, g.I), false);
   if (output_mask[4]) {
-    if (g.packed) {
-      grads[4] = matmul(dgh, true, h_prev, false);
-    } else {
-      // Forward: rows of time t >= 1 follow the output of t - 1, time 0 follows h0; reverse: mirrored.
-      Tensor dw = at::empty({GH, g.P}, opts);
-      const int64_t later = g.N - g.B;  // rows whose previous h is an output row
-      const Tensor dgh_from_out = dgh.narrow(0, reverse ? 0 : g.B, later);
-      const Tensor prev_out = out.narrow(0, reverse ? g.B : 0, later);
-      gemm_into(dw, dgh_from_out, true, prev_out, false, /*accumulate=*/false);
-      if (h0.defined()) gemm_into(dw, dgh.narrow(0, reverse ? later : 0, g.B), true, h0, false, true);
-      grads[4] = dw;
-    }
+    // dW_hh = dgh^T h_prev, by blocks of gate rows: dgi's columns, then the rows' own block.
+    Tensor dw = at::empty({GH, g.P}, opts);
+    auto recurrent_weight_grad = [&](const Tensor& d, const Tensor& dw_rows) {
+      if (g.packed) {
+        gemm_into(dw_rows, d, true, h_prev, false, /*accumulate=*/false);
+        return;
+      }
+      // Padded: the previous h of rows of time t >= 1 is the output of t - 1, of time 0 h0 (reverse:
+      // mirrored), so two products over slices, with no gathered copy.
+      const int64_t later = g.N - g.B;
+      gemm_into(dw_rows, d.narrow(0, reverse ? 0 : g.B, later), true, out.narrow(0, reverse ? g.B : 0, later),
+                false, /*accumulate=*/false);
+      if (h0.defined()) gemm_into(dw_rows, d.narrow(0, reverse ? later : 0, g.B), true, h0, false, true);
+    };
+    recurrent_weight_grad(dgi.narrow(1, 0, GH - OH), dw.narrow(0, 0, GH - OH));
+    if (OH) recurrent_weight_grad(dgh_own, dw.narrow(0, GH - OH, OH));
+    grads[4] = dw;
   }
-  auto bias_grad = [&](const Tensor& d) {
-    Tensor r = at::empty({GH}, opts);
+  auto column_sums = [&](const Tensor& d) {
+    Tensor r = at::empty({d.size(1)}, opts);
     AT_DISPATCH_FLOATING_TYPES(input.scalar_type(), "recurrent_layer", [&] {
-      kernels::column_sum<scalar_t>(d.data_ptr<scalar_t>(), g.N, GH, r.data_ptr<scalar_t>());
+      kernels::column_sum<scalar_t>(d.data_ptr<scalar_t>(), g.N, d.size(1), r.data_ptr<scalar_t>());
     });
     return r;
   };
-  if (output_mask[5]) grads[5] = bias_grad(dgi);
-  if (output_mask[6]) grads[6] = bias_grad(dgh);
+  if (output_mask[5] || output_mask[6]) {
+    const Tensor db_ih = column_sums(dgi);
+    if (output_mask[5]) grads[5] = db_ih;
+    if (output_mask[6]) {
+      Tensor db_hh = clone_serial(db_ih);
+      if (OH) {
+        const Tensor own = column_sums(dgh_own);
+        std::memcpy(static_cast<char*>(db_hh.data_ptr()) + (GH - OH) * db_hh.element_size(), own.data_ptr(),
+                    own.nbytes());
+      }
+      grads[6] = db_hh;
+    }
+  }
   if (output_mask[7] && proj) grads[7] = matmul(dh_all, true, m_all, false);
   return grads;
 }
