@@ -163,6 +163,24 @@ def test_dropout_zero_in_training_draws_no_random_numbers():
     assert torch.equal(torch.rand(1), after)
 
 
+@pytest.mark.parametrize("loss_of", ["sum_of_output", "final_state_only"])
+@pytest.mark.parametrize("kind", KINDS)
+def test_gradients_for_expanded_or_absent_output_grads(kind, loss_of):
+    # .sum() hands the op an expanded (stride 0) grad_output, and a loss on the final state alone hands
+    # it none: the paths where the backward works in its own copy of grad_output.
+    ref, ours = make_pair(kind, torch.float64, num_layers=2)
+    x = torch.randn(T, 3, I, dtype=torch.float64)
+    grads = []
+    for m in (ref, ours):
+        xi = x.clone().requires_grad_()
+        out, hidden = m(xi)
+        h = hidden[0] if isinstance(hidden, tuple) else hidden
+        loss = out.sum() if loss_of == "sum_of_output" else (h * h).sum()
+        grads.append(torch.autograd.grad(loss, [xi] + list(m.parameters())))
+    for a, b in zip(grads[1], grads[0]):
+        torch.testing.assert_close(a, b, atol=1e-10, rtol=0)
+
+
 # --- ops: gradcheck --------------------------------------------------------------------------------
 
 def _leaf(*s, gen):

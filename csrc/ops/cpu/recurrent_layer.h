@@ -287,7 +287,11 @@ std::vector<Tensor> layer_backward(const char* op, const Tensor& grad_output, co
   const Tensor w_hr = proj ? contiguous_serial(*weight_hr) : Tensor();
   const Tensor out = rows(output, g, g.P);
   const Tensor ws = contiguous_serial(workspace);
-  Tensor dgi = at::empty({g.N, GH}, opts);
+  // A one-gate cell's dgi has grad_output's shape, and each step reads its grad_output rows before the
+  // cell writes those rows of dgi: when go is our own buffer (zeros, or a copy of a non-contiguous grad such
+  // as the expanded one of a .sum() loss), dgi reuses it instead of a second (N, H) buffer.
+  const bool own_go = !grad_output.defined() || !grad_output.is_contiguous();
+  Tensor dgi = (GH == g.P && own_go) ? go : at::empty({g.N, GH}, opts);
   // Recurrent pre-activation grads: dgi's, but for the trailing kOwnGates blocks (GRU's n), kept per row.
   const int64_t OH = Cell::kOwnGates * g.H;
   Tensor dgh_step = OH ? at::empty({g.B, GH}, opts) : Tensor();
