@@ -18,13 +18,33 @@ namespace torch_rnn_ext {
 namespace kernels {
 inline namespace TRE_CPU_CAPABILITY {
 
-inline float fast_exp(float x) {
-  x = x < -87.3f ? -87.3f : (x > 88.0f ? 88.0f : x);  // saturates at e^88 (finite), ~0 below e^-87
-  // n = round(x / ln 2), r = x - n ln 2 (ln 2 split in two for precision)
-  const float fx = x * 1.44269504088896341f + 0.5f;
-  int32_t n = static_cast<int32_t>(fx);
-  n -= static_cast<int32_t>(fx < static_cast<float>(n));  // floor for negative fx
-  const float fn = static_cast<float>(n);
+inline uint32_t as_bits(float x) {
+  uint32_t b;
+  std::memcpy(&b, &x, sizeof(b));
+  return b;
+}
+inline float from_bits(uint32_t b) {
+  float x;
+  std::memcpy(&x, &b, sizeof(x));
+  return x;
+}
+
+// The range fast_exp clamps its argument to: it saturates at e^88 (finite), and is ~0 below e^-87. A NaN
+// stays NaN.
+inline float exp_clamp(float x) {
+  x = x < -87.3f ? -87.3f : x;
+  return x > 88.0f ? 88.0f : x;
+}
+
+// fast_exp of an x already clamped (exp_clamp). Loops that clamp in a pass of their own use it: GCC
+// copies the clamp's compares and blends into the code after it when both are in one loop.
+inline float fast_exp_clamped(float x) {
+  // n = round(x / ln 2), r = x - n ln 2 (ln 2 split in two for precision). Adding 1.5 * 2^23 rounds to
+  // an integer, which is then the low bits of fx: no conversions, no floor correction.
+  constexpr float kShift = 12582912.0f;
+  const float fx = x * 1.44269504088896341f + kShift;
+  const float fn = fx - kShift;
+  const int32_t n = static_cast<int32_t>(as_bits(fx) - as_bits(kShift));
   const float r = x - fn * 0.693359375f + fn * 2.12194440e-4f;
   const float z = r * r;
   float y = 1.9875691500e-4f;
@@ -39,6 +59,8 @@ inline float fast_exp(float x) {
   std::memcpy(&scale, &bits, sizeof(scale));
   return y * scale;
 }
+
+inline float fast_exp(float x) { return fast_exp_clamped(exp_clamp(x)); }
 
 // tanh as the odd rational minimax p(x)/q(x) of degrees 13/6 used by Eigen (and XLA, MLAS), on x clamped
 // to +-7.90531 where float tanh rounds to +-1: abs. error < 3e-7, no exp, one division, exact 0 at 0.
@@ -66,21 +88,15 @@ inline float exp_(float x) { return fast_exp(x); }
 inline float sigmoid_(float x) { return fast_sigmoid(x); }
 inline float tanh_(float x) { return fast_tanh(x); }
 inline double exp_(double x) { return std::exp(x); }
+// exp_(x) == exp_clamped_(exp_clamp_(x)), for loops that clamp in a separate pass.
+inline float exp_clamp_(float x) { return exp_clamp(x); }
+inline float exp_clamped_(float x) { return fast_exp_clamped(x); }
+inline double exp_clamp_(double x) { return x; }
+inline double exp_clamped_(double x) { return std::exp(x); }
 inline double sigmoid_(double x) { return 1.0 / (1.0 + std::exp(-x)); }
 inline double tanh_(double x) { return std::tanh(x); }
 
 // ---- log, log1p and softplus (float: branch-free, so loops over them vectorise; double: libm).
-
-inline uint32_t as_bits(float x) {
-  uint32_t b;
-  std::memcpy(&b, &x, sizeof(b));
-  return b;
-}
-inline float from_bits(uint32_t b) {
-  float x;
-  std::memcpy(&x, &b, sizeof(x));
-  return x;
-}
 
 // log(x) for finite x > 0 (normal numbers): Cephes logf, x = m 2^e with m in [sqrt(1/2), sqrt(2)),
 // log(m) from a degree-9 polynomial in m - 1. Max relative error ~2 ulp (abs. error < 1e-7 near x = 1).
