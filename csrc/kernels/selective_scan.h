@@ -1,8 +1,10 @@
 #pragma once
 // The selective scan (Mamba S6) of one (batch, channel) row, on raw pointers: no at::Tensor, no
 // allocation (the recurrence is in scans.h). Work goes chunk by chunk (kChunk steps): one branch-free pass
-// computes delta' and delta' u of the chunk's steps, the sequential time loop runs with the loops over the
-// state dimension N innermost (N = 16 is compiled as a constant), and one pass applies the gate. Every
+// computes delta' and delta' u of the chunk's steps, one vectorised pass exp(delta' A) of all its
+// (step, state) pairs (N = 16, and backward; forward with another N computes them within the steps), the
+// sequential time loop runs with the loops over the state dimension N innermost (N = 16 is compiled as a
+// constant), and one pass applies the gate. Every
 // value is computed by the same expression whatever the chunking, so a scan split into calls gives the
 // bits of one call.
 //
@@ -17,6 +19,14 @@
 namespace torch_rnn_ext {
 namespace kernels {
 inline namespace TRE_CPU_CAPABILITY {
+
+// Asks for the cache lines of x[0, n) before they are used: a channel's rows are short and read chunk by
+// chunk (backward: in reverse), so the hardware prefetcher finds them late or not at all.
+template <typename T>
+inline void prefetch_span(const T* x, int64_t n) {
+  if (!x) return;
+  for (int64_t i = 0; i < n; i += 64 / static_cast<int64_t>(sizeof(T))) __builtin_prefetch(x + i);
+}
 
 // dt[i] = delta'_{t0+i} and du[i] = dt[i] u_{t0+i} for i in [0, n).
 template <typename T>
@@ -58,36 +68,58 @@ __attribute__((noinline)) T scan_step(int64_t N_, T dt, T du, const T* __restric
   return sum_lanes(acc);
 }
 
-// The same step from hp, also keeping exp(dt A) in a (backward's recomputation).
+// exp(dt_i A) of a chunk's steps, a[i N + k] = exp(dt[i] A[k]) for i in [0, n), out of the sequential
+// loop (which is then only multiply-adds): one pass forms and clamps the arguments, one long loop over
+// independent values takes their exp with its constants in registers.
 template <int kN, typename T>
-__attribute__((noinline)) T scan_step_keep(int64_t N_, T dt, T du, const T* __restrict A, const T* __restrict B,
-                        const T* __restrict C, const T* __restrict hp, T* __restrict h, T* __restrict a) {
+__attribute__((noinline)) void scan_decays(int64_t N_, int64_t n, const T* __restrict dt, const T* __restrict A,
+                                           T* __restrict a) {
+  const int64_t N = kN ? kN : N_;
+  for (int64_t i = 0; i < n; ++i) {
+    const T d = dt[i];
+    T* __restrict ai = a + i * N;
+    for (int64_t k = 0; k < N; ++k) ai[k] = exp_clamp_(d * A[k]);
+  }
+  for (int64_t j = 0; j < n * N; ++j) a[j] = exp_clamped_(a[j]);
+}
+
+// One step from hp given a = exp(dt A): h <- a hp + du B; returns sum_n C h.
+template <int kN, typename T>
+__attribute__((noinline)) T scan_step_from(int64_t N_, T du, const T* __restrict a, const T* __restrict B,
+                                           const T* __restrict C, const T* __restrict hp, T* __restrict h) {
   const int64_t N = kN ? kN : N_;
   T acc[kLanes] = {};
   for_lanes(N, [&](int64_t k, int j) {
-    const T ak = exp_(dt * A[k]);
-    a[k] = ak;
-    const T hk = ak * hp[k] + du * B[k];
+    const T hk = a[k] * hp[k] + du * B[k];
     h[k] = hk;
     acc[j] += C[k] * hk;
   });
   return sum_lanes(acc);
 }
 
-// Steps [t0, t0 + n): y[i] = sum_n C_t h_t + D u_t. kRecompute (backward): the state before step t0 is
-// h0, and h_t and exp(dt A) are written to rows i of h and abuf; else h is updated in place.
-template <bool kRecompute, int kN, typename T>
+// Steps [t0, t0 + n): y[i] = sum_n C_t h_t + D u_t, from the state h0 before step t0; h_t and exp(dt A)
+// are written to rows i of h and abuf (n x N each).
+template <int kN, typename T>
 inline void scan_steps(const ScanChannel<T>& p, int64_t t0, int64_t n, const T* dt, const T* du, const T* h0,
                        T* h, T* abuf, T* y) {
-  const int64_t N = p.N;
+  const int64_t N = kN ? kN : p.N;
+  scan_decays<kN>(N, n, dt, p.A, abuf);
   for (int64_t i = 0; i < n; ++i) {
     const int64_t t = t0 + i;
-    const T* Bt = p.B + t * p.b_step;
-    const T* Ct = p.C + t * p.c_step;
-    const T s = kRecompute ? scan_step_keep<kN>(N, dt[i], du[i], p.A, Bt, Ct, i ? h + (i - 1) * N : h0,
-                                                h + i * N, abuf + i * N)
-                           : scan_step<kN>(N, dt[i], du[i], p.A, Bt, Ct, h);
+    const T s = scan_step_from<kN>(N, du[i], abuf + i * N, p.B + t * p.b_step, p.C + t * p.c_step,
+                                   i ? h + (i - 1) * N : h0, h + i * N);
     y[i] = s + p.D * p.u[t];
+  }
+}
+
+// The same steps with the state updated in place and exp(dt A) computed within the step (the forward for
+// an N that is not a compile-time constant, which has no buffer of n x N).
+template <typename T>
+inline void scan_steps_in_place(const ScanChannel<T>& p, int64_t t0, int64_t n, const T* dt, const T* du, T* h,
+                                T* y) {
+  for (int64_t i = 0; i < n; ++i) {
+    const int64_t t = t0 + i;
+    y[i] = scan_step<0>(p.N, dt[i], du[i], p.A, p.B + t * p.b_step, p.C + t * p.c_step, h) + p.D * p.u[t];
   }
 }
 
@@ -103,11 +135,20 @@ inline void scan_gate(const T* __restrict z, int64_t n, const T* y, T* out) {
 template <int kN, typename T>
 void selective_scan_forward_impl(const ScanChannel<T>& p, T* h, T* out, T* checkpoints) {
   T dt[kChunk], du[kChunk];
+  // kN > 0: the chunk's states and exp(dt A) in buffers (kN x kChunk values each), as backward
+  // recomputes them, so that both run the same code.
+  constexpr int64_t kBuf = kN ? kN * kChunk : 1;
+  T hbuf[kBuf], abuf[kBuf];
   for (int64_t t0 = 0; t0 < p.L; t0 += kChunk) {
     const int64_t n = std::min(kChunk, p.L - t0);
     if (checkpoints) std::memcpy(checkpoints + (t0 / kChunk) * p.N, h, sizeof(T) * p.N);
     scan_deltas(p, t0, n, dt, du);
-    scan_steps<false, kN, T>(p, t0, n, dt, du, nullptr, h, nullptr, out + t0);
+    if constexpr (kN > 0) {
+      scan_steps<kN, T>(p, t0, n, dt, du, h, hbuf, abuf, out + t0);
+      std::memcpy(h, hbuf + (n - 1) * kN, sizeof(T) * kN);
+    } else {
+      scan_steps_in_place(p, t0, n, dt, du, h, out + t0);
+    }
     if (p.z) scan_gate(p.z + t0, n, out + t0, out + t0);
   }
 }
@@ -152,8 +193,18 @@ void selective_scan_backward_impl(const ScanChannel<T>& p, const T* checkpoints,
   for (int64_t c = num_chunks(p.L) - 1; c >= 0; --c) {
     const int64_t t0 = c * kChunk, n = std::min(kChunk, p.L - t0);
     const T* h0 = checkpoints + c * N;
+    if (c > 0) {  // the next chunk's inputs
+      const int64_t tp = t0 - kChunk;
+      prefetch_span(p.delta + tp, kChunk);
+      prefetch_span(p.u + tp, kChunk);
+      prefetch_span(p.z ? p.z + tp : nullptr, kChunk);
+      prefetch_span(grad_out ? grad_out + tp : nullptr, kChunk);
+      prefetch_span(g.gu + tp, kChunk);
+      prefetch_span(g.gdelta + tp, kChunk);
+      prefetch_span(g.gz ? g.gz + tp : nullptr, kChunk);
+    }
     scan_deltas(p, t0, n, dt, du);
-    scan_steps<true, kN, T>(p, t0, n, dt, du, h0, hbuf, abuf, y);
+    scan_steps<kN, T>(p, t0, n, dt, du, h0, hbuf, abuf, y);
     // The gradient of y before the gate, and of z.
     if (p.z) {
       const T* __restrict z = p.z + t0;
