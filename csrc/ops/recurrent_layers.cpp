@@ -5,17 +5,11 @@
 // ("lstm", "gru", "rnn_tanh", "rnn_relu"): the cells differ in their gate math only.
 #include "ops/recurrent_layers.h"
 
-#include <ATen/core/dispatch/Dispatcher.h>
 #include <torch/library.h>
 
-namespace torch_rnn_ext {
+#include "ops/dispatch.h"
 
-namespace {
-template <typename Fn>
-auto find_op(const char* name) {
-  return c10::Dispatcher::singleton().findSchemaOrThrow(name, "").typed<Fn>();
-}
-}  // namespace
+namespace torch_rnn_ext {
 
 std::tuple<at::Tensor, at::Tensor, at::Tensor> lstm_layer(const at::Tensor& input, const OptTensor& hx,
                                                           const OptTensor& cx, const at::Tensor& weight_ih,

@@ -1,8 +1,9 @@
 // Schemas of the selective_scan op family and its C++ API.
 #include "ops/selective_scan.h"
 
-#include <ATen/core/dispatch/Dispatcher.h>
 #include <torch/library.h>
+
+#include "ops/dispatch.h"
 
 namespace torch_rnn_ext {
 
@@ -11,9 +12,7 @@ std::tuple<at::Tensor, at::Tensor> selective_scan(
     const at::Tensor& C, const c10::optional<at::Tensor>& D, const c10::optional<at::Tensor>& z,
     const c10::optional<at::Tensor>& delta_bias, bool delta_softplus,
     const c10::optional<at::Tensor>& initial_state) {
-  static auto op = c10::Dispatcher::singleton()
-                       .findSchemaOrThrow("torch_rnn_ext::selective_scan", "")
-                       .typed<decltype(selective_scan)>();
+  static auto op = find_op<decltype(selective_scan)>("torch_rnn_ext::selective_scan");
   return op.call(u, delta, A, B, C, D, z, delta_bias, delta_softplus, initial_state);
 }
 

@@ -1,16 +1,16 @@
 // Schemas of the wkv4 op family and its C++ API.
 #include "ops/wkv4.h"
 
-#include <ATen/core/dispatch/Dispatcher.h>
 #include <torch/library.h>
+
+#include "ops/dispatch.h"
 
 namespace torch_rnn_ext {
 
 std::tuple<at::Tensor, at::Tensor> wkv4(const at::Tensor& time_decay, const at::Tensor& time_first,
                                         const at::Tensor& k, const at::Tensor& v,
                                         const c10::optional<at::Tensor>& state) {
-  static auto op =
-      c10::Dispatcher::singleton().findSchemaOrThrow("torch_rnn_ext::wkv4", "").typed<decltype(wkv4)>();
+  static auto op = find_op<decltype(wkv4)>("torch_rnn_ext::wkv4");
   return op.call(time_decay, time_first, k, v, state);
 }
 

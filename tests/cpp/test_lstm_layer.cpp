@@ -4,6 +4,7 @@
 #include <torch/torch.h>
 
 #include "ops/recurrent_layers.h"
+#include "test_util.h"
 
 namespace {
 
@@ -101,15 +102,7 @@ TEST(LSTMLayer, ReverseEqualsFlippedForward) {
   EXPECT_TRUE(torch::allclose(hn, rhn, 1e-12, 1e-12));
 }
 
-// Each bad input raises a c10::Error whose message names the argument.
-void expect_error(const std::function<void()>& f, const std::string& needle) {
-  try {
-    f();
-    ADD_FAILURE() << "expected an error mentioning '" << needle << "'";
-  } catch (const c10::Error& e) {
-    EXPECT_NE(std::string(e.what()).find(needle), std::string::npos) << e.what();
-  }
-}
+using torch_rnn_ext_test::expect_error;
 
 TEST(LSTMLayer, BadInputsRaise) {
   Params p = make_params(3, 4, at::kFloat, true);

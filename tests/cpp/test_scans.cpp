@@ -5,6 +5,7 @@
 
 #include "ops/selective_scan.h"
 #include "ops/wkv4.h"
+#include "test_util.h"
 
 namespace {
 
@@ -87,14 +88,7 @@ TEST(WKV4, ForwardAndBackwardMatchReference) {
   EXPECT_TRUE(torch::equal(s2, state));
 }
 
-void expect_error(const std::function<void()>& f, const std::string& needle) {
-  try {
-    f();
-    ADD_FAILURE() << "expected an error mentioning '" << needle << "'";
-  } catch (const c10::Error& e) {
-    EXPECT_NE(std::string(e.what()).find(needle), std::string::npos) << e.what();
-  }
-}
+using torch_rnn_ext_test::expect_error;
 
 TEST(SelectiveScan, BadInputsRaise) {
   Tensor u = torch::randn({2, 6, 5}), A = -torch::rand({6, 4}), B = torch::randn({6, 4});

@@ -4,6 +4,8 @@
 // TorchScript and C++ alike.
 #include <torch/library.h>
 
+#include "ops/dispatch.h"
+
 #include <string>
 
 #include "checks.h"
@@ -29,16 +31,12 @@ using BackwardFn = std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Te
     std::array<bool, 8>);
 
 const auto& forward_op() {
-  static auto op = c10::Dispatcher::singleton()
-                       .findSchemaOrThrow("torch_rnn_ext::_recurrent_layer_forward", "")
-                       .typed<ForwardFn>();
+  static auto op = find_op<ForwardFn>("torch_rnn_ext::_recurrent_layer_forward");
   return op;
 }
 
 const auto& backward_op() {
-  static auto op = c10::Dispatcher::singleton()
-                       .findSchemaOrThrow("torch_rnn_ext::_recurrent_layer_backward", "")
-                       .typed<BackwardFn>();
+  static auto op = find_op<BackwardFn>("torch_rnn_ext::_recurrent_layer_backward");
   return op;
 }
 

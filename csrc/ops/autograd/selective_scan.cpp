@@ -3,6 +3,8 @@
 // so the gradient exists in Python, TorchScript and C++ alike.
 #include <torch/library.h>
 
+#include "ops/dispatch.h"
+
 #include "checks.h"
 #include "ops/autograd/common.h"
 
@@ -21,19 +23,15 @@ using ScanSignature = std::tuple<Tensor, Tensor>(const Tensor&, const Tensor&, c
                                                  const optional<Tensor>&);
 
 const auto& inference_op() {
-  static auto op = c10::Dispatcher::singleton()
-                       .findSchemaOrThrow("torch_rnn_ext::selective_scan", "")
-                       .typed<ScanSignature>();
+  static auto op = find_op<ScanSignature>("torch_rnn_ext::selective_scan");
   return op;
 }
 
 const auto& forward_op() {
-  static auto op = c10::Dispatcher::singleton()
-                       .findSchemaOrThrow("torch_rnn_ext::_selective_scan_forward", "")
-                       .typed<std::tuple<Tensor, Tensor, Tensor>(
-                           const Tensor&, const Tensor&, const Tensor&, const Tensor&, const Tensor&,
-                           const optional<Tensor>&, const optional<Tensor>&, const optional<Tensor>&, bool,
-                           const optional<Tensor>&)>();
+  using ForwardSignature = std::tuple<Tensor, Tensor, Tensor>(
+      const Tensor&, const Tensor&, const Tensor&, const Tensor&, const Tensor&, const optional<Tensor>&,
+      const optional<Tensor>&, const optional<Tensor>&, bool, const optional<Tensor>&);
+  static auto op = find_op<ForwardSignature>("torch_rnn_ext::_selective_scan_forward");
   return op;
 }
 
@@ -44,9 +42,7 @@ using BackwardSignature = Grads(const optional<Tensor>&, const optional<Tensor>&
                                 const optional<Tensor>&, const Tensor&, std::array<bool, 9>);
 
 const auto& backward_op() {
-  static auto op = c10::Dispatcher::singleton()
-                       .findSchemaOrThrow("torch_rnn_ext::_selective_scan_backward", "")
-                       .typed<BackwardSignature>();
+  static auto op = find_op<BackwardSignature>("torch_rnn_ext::_selective_scan_backward");
   return op;
 }
 

@@ -3,6 +3,8 @@
 // in Python, TorchScript and C++ alike.
 #include <torch/library.h>
 
+#include "ops/dispatch.h"
+
 #include "checks.h"
 #include "ops/autograd/common.h"
 
@@ -16,29 +18,26 @@ using torch::autograd::AutogradContext;
 using torch::autograd::variable_list;
 
 const auto& inference_op() {
-  static auto op = c10::Dispatcher::singleton()
-                       .findSchemaOrThrow("torch_rnn_ext::wkv4", "")
-                       .typed<std::tuple<Tensor, Tensor>(const Tensor&, const Tensor&, const Tensor&,
-                                                         const Tensor&, const optional<Tensor>&)>();
+  using Signature = std::tuple<Tensor, Tensor>(const Tensor&, const Tensor&, const Tensor&, const Tensor&,
+                                               const optional<Tensor>&);
+  static auto op = find_op<Signature>("torch_rnn_ext::wkv4");
   return op;
 }
 
 const auto& forward_op() {
-  static auto op = c10::Dispatcher::singleton()
-                       .findSchemaOrThrow("torch_rnn_ext::_wkv4_forward", "")
-                       .typed<std::tuple<Tensor, Tensor, Tensor>(const Tensor&, const Tensor&, const Tensor&,
-                                                                 const Tensor&, const optional<Tensor>&)>();
+  using Signature = std::tuple<Tensor, Tensor, Tensor>(const Tensor&, const Tensor&, const Tensor&,
+                                                       const Tensor&, const optional<Tensor>&);
+  static auto op = find_op<Signature>("torch_rnn_ext::_wkv4_forward");
   return op;
 }
 
 using Grads = std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor>;
 
 const auto& backward_op() {
-  static auto op = c10::Dispatcher::singleton()
-                       .findSchemaOrThrow("torch_rnn_ext::_wkv4_backward", "")
-                       .typed<Grads(const optional<Tensor>&, const optional<Tensor>&, const Tensor&,
-                                    const Tensor&, const Tensor&, const Tensor&, const optional<Tensor>&,
-                                    const Tensor&, std::array<bool, 5>)>();
+  using Signature = Grads(const optional<Tensor>&, const optional<Tensor>&, const Tensor&, const Tensor&,
+                          const Tensor&, const Tensor&, const optional<Tensor>&, const Tensor&,
+                          std::array<bool, 5>);
+  static auto op = find_op<Signature>("torch_rnn_ext::_wkv4_backward");
   return op;
 }
 
