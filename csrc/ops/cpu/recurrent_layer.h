@@ -1,7 +1,7 @@
 #pragma once
 // The ATen side of one recurrent layer on CPU, shared by every cell type: validates the arguments,
 // lays out the sequence, does the products that span all timesteps (input projection, input and weight
-// gradients) with ATen, and hands raw pointers to the time loop in kernels/recurrence.h.
+// gradients) with one BLAS call each, and hands raw pointers to the time loop in kernels/recurrence.h.
 #include <ATen/ATen.h>
 
 #include <algorithm>
@@ -113,12 +113,6 @@ inline LayerGeometry check_layer(const char* op, const Tensor& input, const Tens
   return g;
 }
 
-// A (B, size) initial state as a fresh buffer the time loop may overwrite (zeros when absent).
-inline Tensor initial_state(const optional<Tensor>& state, const Tensor& input, int64_t B, int64_t size,
-                            const char* name);
-
-inline Tensor rows(const Tensor& t, const LayerGeometry& g, int64_t width);
-
 template <typename T>
 T* ptr(const Tensor& t) {
   return t.defined() ? t.data_ptr<T>() : nullptr;
@@ -195,6 +189,7 @@ inline Tensor matmul(const Tensor& A, bool trans_a, const Tensor& B, bool trans_
   return c;
 }
 
+// A (B, size) initial state as a fresh buffer the time loop may overwrite (zeros when absent).
 inline Tensor initial_state(const optional<Tensor>& state, const Tensor& input, int64_t B, int64_t size,
                             const char* name) {
   if (!present(state)) return zeros_serial({B, size}, input.options());
