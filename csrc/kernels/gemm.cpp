@@ -1,5 +1,8 @@
 #include "kernels/gemm.h"
 
+#include "kernels/cpu_capability.h"
+#include "kernels/packing.h"
+
 #include <ATen/ATen.h>
 #include <c10/util/Exception.h>
 
@@ -22,6 +25,19 @@ void dgemv_(const char* t, const int* m, const int* n, const double* alpha, cons
 
 namespace torch_rnn_ext {
 namespace kernels {
+
+// The per-capability instantiations of packed_gemm.h's packed_product (recurrence_instances.h).
+#define TRE_DECLARE_PRODUCT(NS)                                                                            \
+  namespace NS {                                                                                           \
+  template <typename T>                                                                                    \
+  void packed_product(bool, bool, int64_t, int64_t, int64_t, const T*, int64_t, const T*, int64_t, T*,   \
+                      int64_t, bool);                                                                      \
+  }
+TRE_DECLARE_PRODUCT(base)
+#ifdef TRE_HAVE_AVX2_KERNELS
+TRE_DECLARE_PRODUCT(avx2)
+#endif
+#undef TRE_DECLARE_PRODUCT
 
 namespace {
 
@@ -97,6 +113,16 @@ void gemm(bool trans_a, bool trans_b, int64_t M, int64_t N, int64_t K, T alpha, 
 #endif
 }
 
+template <typename T>
+void product(bool trans_a, bool trans_b, int64_t M, int64_t N, int64_t K, const T* A, int64_t lda, const T* B,
+             int64_t ldb, T* C, int64_t ldc, bool accumulate) {
+  if (M * N * K <= kOwnProductMaxMacs) {
+    TRE_CALL_BEST(packed_product<T>(trans_a, trans_b, M, N, K, A, lda, B, ldb, C, ldc, accumulate));
+  } else {
+    gemm<T>(trans_a, trans_b, M, N, K, T(1), A, lda, B, ldb, accumulate ? T(1) : T(0), C, ldc);
+  }
+}
+
 bool gemm_uses_blas() {
 #ifdef TRE_HAVE_BLAS
   return true;
@@ -109,6 +135,10 @@ template void gemm<float>(bool, bool, int64_t, int64_t, int64_t, float, const fl
                           const float*, int64_t, float, float*, int64_t);
 template void gemm<double>(bool, bool, int64_t, int64_t, int64_t, double, const double*, int64_t,
                            const double*, int64_t, double, double*, int64_t);
+template void product<float>(bool, bool, int64_t, int64_t, int64_t, const float*, int64_t, const float*,
+                             int64_t, float*, int64_t, bool);
+template void product<double>(bool, bool, int64_t, int64_t, int64_t, const double*, int64_t, const double*,
+                              int64_t, double*, int64_t, bool);
 
 }  // namespace kernels
 }  // namespace torch_rnn_ext

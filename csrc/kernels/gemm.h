@@ -14,6 +14,18 @@ template <typename T>
 void gemm(bool trans_a, bool trans_b, int64_t M, int64_t N, int64_t K, T alpha, const T* A,
           int64_t lda, const T* B, int64_t ldb, T beta, T* C, int64_t ldc);
 
+// C(M,N) = op(A) op(B) (+ C when accumulate), in the layout of gemm: the products of a layer that span
+// all timesteps. Up to kOwnProductMaxMacs multiply-adds they run on this library's packed_gemm
+// (packed_gemm.h) over torch's threads; larger ones on BLAS, whose own threads then pay off. The choice
+// depends on the sizes only, so results never depend on the thread count. (Measured, 1000 x 256 x 64:
+// packed_gemm 304 us on 1 thread, 164 us on 2; OpenBLAS 204 us on its 2 threads, and at 2 torch threads
+// its spinning threads slowed torch's next OpenMP region several-fold.)
+constexpr int64_t kOwnProductMaxMacs = int64_t{1} << 24;
+
+template <typename T>
+void product(bool trans_a, bool trans_b, int64_t M, int64_t N, int64_t K, const T* A, int64_t lda, const T* B,
+             int64_t ldb, T* C, int64_t ldc, bool accumulate);
+
 // True when the products go straight to BLAS (reported by the benchmark).
 bool gemm_uses_blas();
 

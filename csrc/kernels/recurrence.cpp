@@ -2,6 +2,7 @@
 #include "kernels/recurrence.h"
 
 #include "kernels/cpu_capability.h"
+#include "kernels/packing.h"
 
 #include <algorithm>
 
@@ -32,6 +33,18 @@ void backward(const SeqLayout& L, const BackwardArgs<T>& a) {
   TRE_CALL_BEST(backward_kernel<K, T>(L, a));
 }
 
+bool uses_packed_weights(const SeqLayout& L) {
+  for (int64_t t = 0; t < L.T; ++t)
+    if (L.batch_sizes[t] >= 2 && L.batch_sizes[t] <= kPackedStepMaxRows) return true;
+  return false;
+}
+
+template <typename T>
+int64_t packed_weight_size(int64_t K, int64_t N) {
+  constexpr int64_t W = Tile<T>::kPanel;
+  return (N + W - 1) / W * W * K;
+}
+
 template <typename T>
 void column_sum(const T* X, int64_t rows, int64_t cols, T* out) {
   std::fill(out, out + cols, T(0));
@@ -47,6 +60,8 @@ void column_sum(const T* X, int64_t rows, int64_t cols, T* out) {
 TRE_FOR_EACH_CELL_DTYPE(TRE_INSTANTIATE)
 #undef TRE_INSTANTIATE
 
+template int64_t packed_weight_size<float>(int64_t, int64_t);
+template int64_t packed_weight_size<double>(int64_t, int64_t);
 template void column_sum<float>(const float*, int64_t, int64_t, float*);
 template void column_sum<double>(const double*, int64_t, int64_t, double*);
 

@@ -19,6 +19,7 @@
 #include "kernels/cell_traits.h"
 #include "kernels/cells.h"
 #include "kernels/gemm.h"
+#include "kernels/packed_gemm.h"
 #include "kernels/recurrence.h"
 #include "kernels/small_gemm.h"
 #include "kernels/vec_math.h"
@@ -27,29 +28,21 @@ namespace torch_rnn_ext {
 namespace kernels {
 inline namespace TRE_CPU_CAPABILITY {
 
-// C(M, N) = A(M, K) B(K, N) (+ C when accumulate), all row-major: a time step's product. Few rows over
-// a cache-resident B go to the one-thread kernels of small_gemm.h (no BLAS threads to wake), the rest to
-// BLAS.
+// C(M, N) = A(M, K) op(B)(K, N) (+ C when accumulate), A and C row-major: a time step's product. op(B) is
+// B (K, N) row-major, or B stored (N, K) when trans_b (a weight as torch stores it, in the forward step).
+// One row goes to the single-row kernels of small_gemm.h; up to kPackedStepMaxRows rows to packed_gemm
+// on a packed copy of op(B) (when the layer made one); more to BLAS. All chosen by sizes alone.
 template <typename T>
-inline void step_product(int64_t M, int64_t N, int64_t K, const T* A, const T* B, T* C, bool accumulate) {
-  if (M == 1) {
+inline void step_product(bool trans_b, int64_t M, int64_t N, int64_t K, const T* A, const T* B,
+                         const T* B_packed, T* C, bool accumulate) {
+  if (M == 1 && trans_b) {
+    small_gemv_nt<T>(N, K, A, B, K, C, accumulate);
+  } else if (M == 1 && !trans_b) {
     small_gemv<T>(N, K, A, B, N, C, accumulate);
-  } else if (M <= kSmallGemmMaxRows && N * K * static_cast<int64_t>(sizeof(T)) <= kSmallGemmMaxBytes) {
-    small_gemm<T>(M, N, K, A, K, B, N, C, N, accumulate);
+  } else if (B_packed && M <= kPackedStepMaxRows) {
+    packed_gemm<T>(M, N, K, A, K, 1, MatrixB<T>{B_packed, 0, 0, true}, C, N, accumulate);
   } else {
-    gemm<T>(false, false, M, N, K, T(1), A, K, B, N, accumulate ? T(1) : T(0), C, N);
-  }
-}
-
-// C(M, N) = A(M, K) W(N, K)^T, W row-major as torch stores weights: a forward step's product, with no
-// transposed copy of W. Few rows go to small_gemm_nt (one thread; a single row whatever W's size, since
-// it is memory-bound either way), the rest to BLAS with its transpose flag.
-template <typename T>
-inline void step_product_nt(int64_t M, int64_t N, int64_t K, const T* A, const T* W, T* C) {
-  if (M == 1 || (M <= kSmallGemmMaxRows && N * K * static_cast<int64_t>(sizeof(T)) <= kSmallGemmMaxBytes)) {
-    small_gemm_nt<T>(M, N, K, A, K, W, K, C, N, false);
-  } else {
-    gemm<T>(false, true, M, N, K, T(1), A, K, W, K, T(0), C, N);
+    gemm<T>(false, trans_b, M, N, K, T(1), A, K, B, trans_b ? K : N, accumulate ? T(1) : T(0), C, N);
   }
 }
 
@@ -57,9 +50,12 @@ inline void step_product_nt(int64_t M, int64_t N, int64_t K, const T* A, const T
 template <typename Cell, typename T>
 void recurrence_forward(const SeqLayout& L, const ForwardArgs<T>& a) {
   const int64_t H = a.H, P = a.P, GH = Cell::kGates * H, SH = Cell::kSaved * H;
+  // op(B) of the steps' products: W_hh^T (P, GH) and W_hr^T (H, P).
+  if (a.w_hh_packed) pack_b<T>(P, GH, a.w_hh, 1, P, a.w_hh_packed);
+  if (a.w_hr && a.w_hr_packed) pack_b<T>(H, P, a.w_hr, 1, H, a.w_hr_packed);
   for (int64_t s = 0; s < L.T; ++s) {
     const int64_t t = L.time(s), bs = L.batch_sizes[t], off = L.offsets[t];
-    step_product_nt<T>(bs, GH, P, a.h, a.w_hh, a.gh);
+    step_product<T>(true, bs, GH, P, a.h, a.w_hh, a.w_hh_packed, a.gh, false);
     for (int64_t b = 0; b < bs; ++b) {
       const int64_t row = off + b;
       T* c = Cell::kHasCell ? a.c + b * H : nullptr;
@@ -73,7 +69,7 @@ void recurrence_forward(const SeqLayout& L, const ForwardArgs<T>& a) {
                                       static_cast<T*>(nullptr));
       }
     }
-    if (a.w_hr) step_product_nt<T>(bs, P, H, a.m, a.w_hr, a.out + off * P);
+    if (a.w_hr) step_product<T>(true, bs, P, H, a.m, a.w_hr, a.w_hr_packed, a.out + off * P, false);
     std::memcpy(a.h, a.out + off * P, sizeof(T) * bs * P);  // the new state of the active rows
   }
 }
@@ -82,6 +78,9 @@ void recurrence_forward(const SeqLayout& L, const ForwardArgs<T>& a) {
 template <typename Cell, typename T>
 void recurrence_backward(const SeqLayout& L, const BackwardArgs<T>& a) {
   const int64_t H = a.H, P = a.P, GH = Cell::kGates * H, SH = Cell::kSaved * H;
+  // op(B) of the steps' products: W_hh (GH, P) and W_hr (P, H), as stored.
+  if (a.w_hh_packed) pack_b<T>(GH, P, a.w_hh, P, 1, a.w_hh_packed);
+  if (a.w_hr && a.w_hr_packed) pack_b<T>(P, H, a.w_hr, H, 1, a.w_hr_packed);
   for (int64_t s = L.T - 1; s >= 0; --s) {
     const int64_t t = L.time(s), bs = L.batch_sizes[t], off = L.offsets[t];
     int64_t bs_prev = 0, off_prev = 0;
@@ -97,7 +96,7 @@ void recurrence_backward(const SeqLayout& L, const BackwardArgs<T>& a) {
     }
     if (a.w_hr) {  // through the projection: dm = dh W_hr
       std::memcpy(a.dh_all + off * P, a.dh, sizeof(T) * bs * P);
-      step_product<T>(bs, H, P, a.dh, a.w_hr, a.dm, false);
+      step_product<T>(false, bs, H, P, a.dh, a.w_hr, a.w_hr_packed, a.dm, false);
     }
     const int64_t from_prev = std::min(bs, bs_prev);  // rows whose previous state is the previous step's
     for (int64_t b = 0; b < bs; ++b) {
@@ -120,8 +119,8 @@ void recurrence_backward(const SeqLayout& L, const BackwardArgs<T>& a) {
       }
     }
     // dh_{t-1} = (direct term the cell left in dh) + dgates_h W_hh
-    step_product<T>(bs, P, GH, Cell::kSameGateGrads ? a.dgi + off * GH : a.dgh_step, a.w_hh, a.dh,
-                    Cell::kDirectDh);
+    step_product<T>(false, bs, P, GH, Cell::kSameGateGrads ? a.dgi + off * GH : a.dgh_step, a.w_hh,
+                    a.w_hh_packed, a.dh, Cell::kDirectDh);
   }
 }
 

@@ -1,6 +1,7 @@
 #pragma once
-// Instantiates the time loops of every cell and dtype for the capability this translation unit is
-// compiled for (TRE_CPU_CAPABILITY). Included only by recurrence_base.cpp and recurrence_avx2.cpp.
+// Instantiates the time loops of every cell and dtype, and the packed products (packed_gemm.h), for the
+// capability this translation unit is compiled for (TRE_CPU_CAPABILITY). Included only by
+// recurrence_base.cpp and recurrence_avx2.cpp.
 #include "kernels/recurrence_impl.h"
 
 namespace torch_rnn_ext {
@@ -22,6 +23,11 @@ void backward_kernel(const SeqLayout& L, const BackwardArgs<T>& a) {
   template void backward_kernel<K, T>(const SeqLayout&, const BackwardArgs<T>&);
 TRE_FOR_EACH_CELL_DTYPE(TRE_INSTANTIATE)
 #undef TRE_INSTANTIATE
+
+template void packed_product<float>(bool, bool, int64_t, int64_t, int64_t, const float*, int64_t, const float*,
+                                    int64_t, float*, int64_t, bool);
+template void packed_product<double>(bool, bool, int64_t, int64_t, int64_t, const double*, int64_t,
+                                     const double*, int64_t, double*, int64_t, bool);
 
 }  // namespace TRE_CPU_CAPABILITY
 }  // namespace kernels

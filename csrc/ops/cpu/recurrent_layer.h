@@ -122,7 +122,7 @@ T* ptr(const Tensor& t) {
 // workers then keep spinning beside OpenBLAS's threads while our single-threaded time loop runs: three
 // busy threads on two cores (measured: an LSTM layer at T=1000, B=1, H=64 took 1.0 ms at 1 torch thread
 // and 12 ms at 2, all from addmm's bias copy). So outside BLAS a layer only touches memory on the
-// calling thread, and products go straight to kernels::gemm.
+// calling thread, and products go straight to kernels::product.
 inline Tensor zeros_serial(at::IntArrayRef sizes, const at::TensorOptions& opts) {
   Tensor t = at::empty(sizes, opts);
   if (t.numel() > 0) std::memset(t.data_ptr(), 0, t.nbytes());
@@ -165,9 +165,8 @@ inline void gemm_into(const Tensor& c, const Tensor& A, bool trans_a, const Tens
   TORCH_INTERNAL_ASSERT(A.stride(1) == 1 && B.stride(1) == 1 && c.stride(1) == 1);
   const int64_t M = c.size(0), N = c.size(1), K = trans_a ? A.size(0) : A.size(1);
   AT_DISPATCH_FLOATING_TYPES(c.scalar_type(), "gemm_into", [&] {
-    kernels::gemm<scalar_t>(trans_a, trans_b, M, N, K, scalar_t(1), A.data_ptr<scalar_t>(), A.stride(0),
-                            B.data_ptr<scalar_t>(), B.stride(0), accumulate ? scalar_t(1) : scalar_t(0),
-                            c.data_ptr<scalar_t>(), c.stride(0));
+    kernels::product<scalar_t>(trans_a, trans_b, M, N, K, A.data_ptr<scalar_t>(), A.stride(0),
+                               B.data_ptr<scalar_t>(), B.stride(0), c.data_ptr<scalar_t>(), c.stride(0), accumulate);
   });
 }
 
@@ -183,8 +182,8 @@ inline Tensor matmul(const Tensor& A, bool trans_a, const Tensor& B, bool trans_
       const scalar_t* bp = bias.data_ptr<scalar_t>();
       for (int64_t i = 0; i < M; ++i) std::memcpy(cp + i * N, bp, sizeof(scalar_t) * N);
     }
-    kernels::gemm<scalar_t>(trans_a, trans_b, M, N, K, scalar_t(1), a.data_ptr<scalar_t>(), a.size(1),
-                            b.data_ptr<scalar_t>(), b.size(1), bias.defined() ? scalar_t(1) : scalar_t(0), cp, N);
+    kernels::product<scalar_t>(trans_a, trans_b, M, N, K, a.data_ptr<scalar_t>(), a.size(1),
+                               b.data_ptr<scalar_t>(), b.size(1), cp, N, bias.defined());
   });
   return c;
 }
@@ -195,6 +194,14 @@ inline Tensor initial_state(const optional<Tensor>& state, const Tensor& input, 
   if (!present(state)) return zeros_serial({B, size}, input.options());
   check_like(*state, input, {B, size}, name);
   return clone_serial(*state);
+}
+
+// A buffer for the time loop's packed copy of a (K, N) step operand, or undefined when no step of L uses
+// one (kernels::uses_packed_weights).
+template <typename T>
+Tensor packed_buffer(const kernels::SeqLayout& L, int64_t K, int64_t N, const at::TensorOptions& opts) {
+  if (!kernels::uses_packed_weights(L)) return Tensor();
+  return at::empty({kernels::packed_weight_size<T>(K, N)}, opts);
 }
 
 inline Tensor rows(const Tensor& t, const LayerGeometry& g, int64_t width) {
@@ -233,10 +240,12 @@ std::tuple<Tensor, Tensor, Tensor, Tensor> layer_forward(const char* op, const T
   Tensor m = w_hr.defined() ? at::empty({g.B, g.H}, opts) : Tensor();
   const auto L = g.layout(reverse);
   AT_DISPATCH_FLOATING_TYPES(input.scalar_type(), "recurrent_layer", [&] {
+    const Tensor w_hh_packed = packed_buffer<scalar_t>(L, g.P, GH, opts);
+    const Tensor w_hr_packed = w_hr.defined() ? packed_buffer<scalar_t>(L, g.H, g.P, opts) : Tensor();
     kernels::forward<K, scalar_t>(
         L, {g.H, g.P, ptr<scalar_t>(gi), ptr<scalar_t>(w_hh), ptr<scalar_t>(b_hh), ptr<scalar_t>(w_hr),
             ptr<scalar_t>(h), ptr<scalar_t>(c), ptr<scalar_t>(out), ptr<scalar_t>(saved), ptr<scalar_t>(gh),
-            ptr<scalar_t>(m)});
+            ptr<scalar_t>(m), ptr<scalar_t>(w_hh_packed), ptr<scalar_t>(w_hr_packed)});
   });
   Tensor output = g.packed ? out : out.view({g.T, g.B, g.P});
   return {output, h, c, saved};
@@ -299,12 +308,14 @@ std::vector<Tensor> layer_backward(const char* op, const Tensor& grad_output, co
   Tensor dm = proj ? at::empty({g.B, g.H}, opts) : Tensor();
   const auto L = g.layout(reverse);
   AT_DISPATCH_FLOATING_TYPES(input.scalar_type(), "recurrent_layer", [&] {
+    const Tensor w_hh_packed = packed_buffer<scalar_t>(L, GH, g.P, opts);
+    const Tensor w_hr_packed = proj ? packed_buffer<scalar_t>(L, g.P, g.H, opts) : Tensor();
     kernels::backward<K, scalar_t>(
         L, {g.H, g.P, ptr<scalar_t>(w_hh), ptr<scalar_t>(w_hr), ptr<scalar_t>(ws), ptr<scalar_t>(out),
             ptr<scalar_t>(h0), ptr<scalar_t>(c0), ptr<scalar_t>(zeros), ptr<scalar_t>(go), ptr<scalar_t>(dh),
             ptr<scalar_t>(dc), ptr<scalar_t>(dgi), ptr<scalar_t>(dgh_step), ptr<scalar_t>(dgh_own),
-            ptr<scalar_t>(h_prev),
-            ptr<scalar_t>(dh_all), ptr<scalar_t>(m_all), ptr<scalar_t>(dm)});
+            ptr<scalar_t>(h_prev), ptr<scalar_t>(dh_all), ptr<scalar_t>(m_all), ptr<scalar_t>(dm),
+            ptr<scalar_t>(w_hh_packed), ptr<scalar_t>(w_hr_packed)});
   });
 
   std::vector<Tensor> grads(8);

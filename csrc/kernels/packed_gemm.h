@@ -1,0 +1,230 @@
+#pragma once
+// C(M, N) = A(M, K) op(B)(K, N) (+ C when accumulate) on raw pointers, with register tiles of
+// kRows x 2 vectors of C held across a block of K (the GotoBLAS/BLIS scheme: a panel of B, kKc x
+// kPanel, stays in L1 while the rows of A stream past it).
+//
+// Why not BLAS for these: OpenBLAS spreads every product over its own thread pool, whatever torch's
+// thread count. Per time step of a small batch, waking that pool costs more than the product; and when
+// torch's OpenMP threads run next to OpenBLAS's spinning ones, both slow down several-fold (measured:
+// GRU forward+backward at T=1000, B=1, H=64 went from 2.5 to 12 ms at 2 torch threads). These products
+// run on the calling thread, or split over torch's threads with at::parallel_for by fixed tiles.
+//
+// Every output is the same chain of fused multiply-adds over k = 0..K-1 in order, whichever tile or
+// thread computes it: results are bitwise identical for any thread count.
+//
+// Compiled per CPU capability (included by recurrence_{base,avx2}.cpp): AVX2 vectors in the avx2 build,
+// SSE in the base build (GCC vector extensions).
+#include <ATen/Parallel.h>
+
+#include <algorithm>
+#include <cstdint>
+#include <cstring>
+#include <memory>
+
+#include "kernels/packing.h"   // Tile, MatrixB
+#include "kernels/vec_math.h"  // TRE_CPU_CAPABILITY
+
+namespace torch_rnn_ext {
+namespace kernels {
+inline namespace TRE_CPU_CAPABILITY {
+
+// Elements of pack_b's output for a (K, N) op(B): N rounded up to whole panels, times K.
+template <typename T>
+inline int64_t packed_b_size(int64_t K, int64_t N) {
+  constexpr int64_t W = Tile<T>::kPanel;
+  return (N + W - 1) / W * W * K;
+}
+
+// Copies op(B)(k, n) = B[k * rs + n * cs] into panels of kPanel columns: panel p holds columns
+// [p * kPanel, (p + 1) * kPanel), its row k at out + p * kPanel * K + k * kPanel, zero-padded past N.
+template <typename T>
+void pack_b(int64_t K, int64_t N, const T* B, int64_t rs, int64_t cs, T* out) {
+  constexpr int64_t W = Tile<T>::kPanel;
+  for (int64_t n0 = 0; n0 < N; n0 += W) {
+    const int64_t w = N - n0 < W ? N - n0 : W;
+    T* p = out + n0 * K;
+    for (int64_t k = 0; k < K; ++k) {
+      const T* b = B + k * rs + n0 * cs;
+      for (int64_t j = 0; j < w; ++j) p[k * W + j] = b[j * cs];
+      for (int64_t j = w; j < W; ++j) p[k * W + j] = T(0);
+    }
+  }
+}
+
+#if defined(__GNUC__) || defined(__clang__)
+// (An alias template would drop the vector_size attribute; a member typedef keeps it.)
+template <typename T>
+struct VecOf {
+  typedef T type __attribute__((vector_size(32)));
+};
+template <typename T>
+using Vec = typename VecOf<T>::type;
+
+template <typename T>
+inline Vec<T> vload(const T* p) {
+  Vec<T> v;
+  std::memcpy(&v, p, sizeof(v));
+  return v;
+}
+
+// Writes (or adds) the first `cols` lanes of a pair of vectors to c.
+template <typename T>
+inline void store_pair(Vec<T> v0, Vec<T> v1, T* c, int64_t cols, bool accumulate) {
+  constexpr int64_t L = Tile<T>::kLanes;
+  if (cols == 2 * L) {
+    if (accumulate) {
+      v0 += vload(c);
+      v1 += vload(c + L);
+    }
+    std::memcpy(c, &v0, sizeof(v0));
+    std::memcpy(c + L, &v1, sizeof(v1));
+    return;
+  }
+  T tmp[2 * L];
+  std::memcpy(tmp, &v0, sizeof(v0));
+  std::memcpy(tmp + L, &v1, sizeof(v1));
+  for (int64_t j = 0; j < cols; ++j) c[j] = accumulate ? c[j] + tmp[j] : tmp[j];
+}
+
+// kRows x kPanel outputs: C[r, j] (+)= sum over k < K of A[r * rsa + k * csa] * Bp[k * ldb + j].
+template <typename T, int kRows>
+inline void tile(int64_t K, const T* A, int64_t rsa, int64_t csa, const T* Bp, int64_t ldb, T* C, int64_t ldc,
+                 int64_t cols, bool accumulate) {
+  constexpr int64_t L = Tile<T>::kLanes;
+  Vec<T> acc0[kRows], acc1[kRows];
+  for (int r = 0; r < kRows; ++r) acc0[r] = acc1[r] = Vec<T>{};
+  for (int64_t k = 0; k < K; ++k) {
+    const Vec<T> b0 = vload(Bp + k * ldb), b1 = vload(Bp + k * ldb + L);
+    const T* a = A + k * csa;
+    for (int r = 0; r < kRows; ++r) {
+      const T ar = a[r * rsa];  // scalar * vector broadcasts (Vec{} + ar would add a zero first)
+      acc0[r] += ar * b0;
+      acc1[r] += ar * b1;
+    }
+  }
+  for (int r = 0; r < kRows; ++r) store_pair(acc0[r], acc1[r], C + r * ldc, cols, accumulate);
+}
+#endif
+
+// Rows [m0, m1) of one panel over one K block, in tiles of 6 rows (4 + 4 for 8, then 4, 2, 1): the
+// split depends only on the row count, never on threads.
+template <typename T>
+inline void panel_rows(int64_t m0, int64_t m1, int64_t K, const T* A, int64_t rsa, int64_t csa, const T* Bp,
+                       int64_t ldb, T* C, int64_t ldc, int64_t cols, bool accumulate) {
+#if defined(__GNUC__) || defined(__clang__)
+  int64_t m = m0;
+  while (m < m1) {
+    const int64_t left = m1 - m;
+    const T* a = A + m * rsa;
+    T* c = C + m * ldc;
+    if (left >= 6 && left != 8) {
+      tile<T, 6>(K, a, rsa, csa, Bp, ldb, c, ldc, cols, accumulate);
+      m += 6;
+    } else if (left >= 4) {
+      tile<T, 4>(K, a, rsa, csa, Bp, ldb, c, ldc, cols, accumulate);
+      m += 4;
+    } else if (left >= 2) {
+      tile<T, 2>(K, a, rsa, csa, Bp, ldb, c, ldc, cols, accumulate);
+      m += 2;
+    } else {
+      tile<T, 1>(K, a, rsa, csa, Bp, ldb, c, ldc, cols, accumulate);
+      m += 1;
+    }
+  }
+#else
+  for (int64_t m = m0; m < m1; ++m) {
+    for (int64_t j = 0; j < cols; ++j) {
+      T s = T(0);
+      for (int64_t k = 0; k < K; ++k) s += A[m * rsa + k * csa] * Bp[k * ldb + j];
+      C[m * ldc + j] = accumulate ? C[m * ldc + j] + s : s;
+    }
+  }
+#endif
+}
+
+// Rows [m0, m1) x panels [p0, p1) of C, over all of K in blocks of kKc (in order). B panels that are
+// neither packed nor plain row-major full panels are packed block by block into a buffer on the stack.
+template <typename T>
+void gemm_block(int64_t m0, int64_t m1, int64_t p0, int64_t p1, int64_t N, int64_t K, const T* A, int64_t rsa,
+                int64_t csa, const MatrixB<T>& B, T* C, int64_t ldc, bool accumulate) {
+  constexpr int64_t W = Tile<T>::kPanel, Kc = Tile<T>::kKc;
+  alignas(64) T buf[Kc * W];
+  for (int64_t k0 = 0; k0 < K; k0 += Kc) {
+    const int64_t kc = std::min(Kc, K - k0);
+    const bool acc = accumulate || k0 > 0;
+    for (int64_t p = p0; p < p1; ++p) {
+      const int64_t n0 = p * W, cols = std::min(W, N - n0);
+      const T* bp;
+      int64_t ldb;
+      if (B.packed) {
+        bp = B.data + n0 * K + k0 * W;
+        ldb = W;
+      } else if (B.cs == 1 && cols == W) {
+        bp = B.data + k0 * B.rs + n0;
+        ldb = B.rs;
+      } else {
+        pack_b(kc, cols, B.data + k0 * B.rs + n0 * B.cs, B.rs, B.cs, buf);
+        bp = buf;
+        ldb = W;
+      }
+      panel_rows(m0, m1, kc, A + k0 * csa, rsa, csa, bp, ldb, C + n0, ldc, cols, acc);
+    }
+  }
+}
+
+// C(M, N) = A(M, K) op(B)(K, N) (+ C when accumulate); A(m, k) = A[m * rsa + k * csa], C row-major with
+// row stride ldc. Splits C into tiles of up to 96 rows x 8 panels over torch's threads (at::parallel_for;
+// a product too small to split runs on the calling thread). The tiles are fixed by the sizes, and each
+// output's sum runs over k in order, so results do not depend on the thread count.
+template <typename T>
+void packed_gemm(int64_t M, int64_t N, int64_t K, const T* A, int64_t rsa, int64_t csa, const MatrixB<T>& B,
+                 T* C, int64_t ldc, bool accumulate) {
+  if (M == 0 || N == 0) return;
+  constexpr int64_t W = Tile<T>::kPanel, kRowsPerTask = 96, kPanelsPerTask = 8;
+  if (K == 0) {
+    if (!accumulate)
+      for (int64_t m = 0; m < M; ++m) std::fill(C + m * ldc, C + m * ldc + N, T(0));
+    return;
+  }
+  const int64_t panels = (N + W - 1) / W;
+  const int64_t row_tasks = (M + kRowsPerTask - 1) / kRowsPerTask;
+  const int64_t col_tasks = (panels + kPanelsPerTask - 1) / kPanelsPerTask;
+  const int64_t tasks = row_tasks * col_tasks;
+  // About 2^21 multiply-adds per task before a thread is worth waking.
+  const int64_t task_macs = std::min(M, kRowsPerTask) * std::min(N, kPanelsPerTask * W) * K;
+  const int64_t grain = std::max<int64_t>(1, (int64_t{1} << 21) / std::max<int64_t>(task_macs, 1));
+  auto run = [&](int64_t t0, int64_t t1) {
+    for (int64_t t = t0; t < t1; ++t) {
+      const int64_t rt = t / col_tasks, ct = t % col_tasks;
+      const int64_t m0 = rt * kRowsPerTask, p0 = ct * kPanelsPerTask;
+      gemm_block(m0, std::min(M, m0 + kRowsPerTask), p0, std::min(panels, p0 + kPanelsPerTask), N, K, A, rsa,
+                 csa, B, C, ldc, accumulate);
+    }
+  };
+  if (tasks <= grain) {
+    run(0, tasks);
+  } else {
+    at::parallel_for(0, tasks, grain, run);
+  }
+}
+
+// C(M, N) = op(A) op(B) (+ C when accumulate), row-major as kernels::gemm takes them (gemm.h): op(A) is
+// A (M, K) with row stride lda, or A stored (K, M) when trans_a; op(B) is B (K, N) with row stride ldb,
+// or B stored (N, K) when trans_b, which is first packed into panels (a copy of B, outside any loop).
+template <typename T>
+void packed_product(bool trans_a, bool trans_b, int64_t M, int64_t N, int64_t K, const T* A, int64_t lda,
+                    const T* B, int64_t ldb, T* C, int64_t ldc, bool accumulate) {
+  const int64_t rsa = trans_a ? 1 : lda, csa = trans_a ? lda : 1;
+  if (!trans_b) {
+    packed_gemm<T>(M, N, K, A, rsa, csa, MatrixB<T>{B, ldb, 1, false}, C, ldc, accumulate);
+    return;
+  }
+  // (Not std::vector: its inline members compiled here with -mavx2 could be the copy the linker keeps.)
+  std::unique_ptr<T[]> packed(new T[packed_b_size<T>(K, N)]);
+  pack_b<T>(K, N, B, 1, ldb, packed.get());
+  packed_gemm<T>(M, N, K, A, rsa, csa, MatrixB<T>{packed.get(), 0, 0, true}, C, ldc, accumulate);
+}
+
+}  // namespace TRE_CPU_CAPABILITY
+}  // namespace kernels
+}  // namespace torch_rnn_ext
