@@ -14,6 +14,10 @@ inline namespace TRE_CPU_CAPABILITY {
 template <CellKind K>
 struct Cell;
 
+// forward's gi is the row's input pre-activations x W_ih^T + b_ih; for LSTM and RNN the time loop has
+// already accumulated the recurrent product h W_hh^T into it (one buffer read, no second pass over C in
+// the product), and gh is unused; GRU gets its recurrent product separately in gh (r scales part of it).
+
 // LSTM, gates (i, f, g, o):
 //   i = s(gi_i + gh_i + b_i), f = s(...), g = tanh(...), o = s(...)
 //   c' = f c + i g,  h' = o tanh(c')
@@ -21,13 +25,13 @@ struct Cell;
 template <>
 struct Cell<CellKind::LSTM> : CellTraits<CellKind::LSTM> {
   template <bool kSave, typename T>
-  static void forward(int64_t H, const T* __restrict gi, const T* __restrict gh, const T* __restrict b,
+  static void forward(int64_t H, const T* __restrict gi, const T* /*gh*/, const T* __restrict b,
                       const T* /*h_prev*/, T* __restrict c, T* __restrict out, T* __restrict saved) {
     for (int64_t j = 0; j < H; ++j) {
-      const T i = sigmoid_(gi[j] + gh[j] + b[j]);
-      const T f = sigmoid_(gi[H + j] + gh[H + j] + b[H + j]);
-      const T g = tanh_(gi[2 * H + j] + gh[2 * H + j] + b[2 * H + j]);
-      const T o = sigmoid_(gi[3 * H + j] + gh[3 * H + j] + b[3 * H + j]);
+      const T i = sigmoid_(gi[j] + b[j]);
+      const T f = sigmoid_(gi[H + j] + b[H + j]);
+      const T g = tanh_(gi[2 * H + j] + b[2 * H + j]);
+      const T o = sigmoid_(gi[3 * H + j] + b[3 * H + j]);
       const T cn = f * c[j] + i * g;
       const T hn = o * tanh_(cn);
       c[j] = cn;
@@ -120,10 +124,10 @@ struct Cell<CellKind::GRU> : CellTraits<CellKind::GRU> {
 template <bool kTanh>
 struct PlainRNNCell : PlainRNNTraits {
   template <bool kSave, typename T>
-  static void forward(int64_t H, const T* __restrict gi, const T* __restrict gh, const T* __restrict b,
+  static void forward(int64_t H, const T* __restrict gi, const T* /*gh*/, const T* __restrict b,
                       const T* /*h_prev*/, T* /*c*/, T* __restrict out, T* /*saved*/) {
     for (int64_t j = 0; j < H; ++j) {
-      const T p = gi[j] + gh[j] + b[j];
+      const T p = gi[j] + b[j];  // gi + gh + b, the recurrent product already in gi
       out[j] = kTanh ? tanh_(p) : (p > T(0) ? p : T(0));
     }
   }

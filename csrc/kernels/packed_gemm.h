@@ -22,6 +22,7 @@
 #include <memory>
 
 #include "kernels/packing.h"   // Tile, MatrixB
+#include "kernels/small_gemm.h"
 #include "kernels/vec_math.h"  // TRE_CPU_CAPABILITY
 
 namespace torch_rnn_ext {
@@ -210,11 +211,20 @@ void packed_gemm(int64_t M, int64_t N, int64_t K, const T* A, int64_t rsa, int64
 
 // C(M, N) = op(A) op(B) (+ C when accumulate), row-major as kernels::gemm takes them (gemm.h): op(A) is
 // A (M, K) with row stride lda, or A stored (K, M) when trans_a; op(B) is B (K, N) with row stride ldb,
-// or B stored (N, K) when trans_b, which is first packed into panels (a copy of B, outside any loop).
+// or B stored (N, K) when trans_b, which is first packed into panels (a copy of B, outside any loop)
+// unless A has fewer than kPackMinRows rows.
+constexpr int64_t kPackMinRows = 8;
+
 template <typename T>
 void packed_product(bool trans_a, bool trans_b, int64_t M, int64_t N, int64_t K, const T* A, int64_t lda,
                     const T* B, int64_t ldb, T* C, int64_t ldc, bool accumulate) {
   const int64_t rsa = trans_a ? 1 : lda, csa = trans_a ? lda : 1;
+  if (trans_b && !trans_a && M < kPackMinRows) {
+    // Too few rows to repay packing B (a streaming step's input projection is one row): dot products
+    // with B's rows as stored.
+    for (int64_t m = 0; m < M; ++m) small_gemv_nt<T>(N, K, A + m * lda, B, ldb, C + m * ldc, accumulate);
+    return;
+  }
   if (!trans_b) {
     packed_gemm<T>(M, N, K, A, rsa, csa, MatrixB<T>{B, ldb, 1, false}, C, ldc, accumulate);
     return;

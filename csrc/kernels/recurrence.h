@@ -38,7 +38,7 @@ int64_t packed_weight_size(int64_t K, int64_t N);
 template <typename T>
 struct ForwardArgs {
   int64_t H, P;
-  const T* gi;    // (N, G*H)  x W_ih^T + b_ih for every row
+  T* gi;          // (N, G*H)  x W_ih^T + b_ih for every row (LSTM, RNN: overwritten, + h W_hh^T)
   const T* w_hh;  // (G*H, P)
   const T* b_hh;  // (G*H)     zeros when the layer has no bias
   const T* w_hr;  // (P, H) or nullptr
@@ -46,7 +46,7 @@ struct ForwardArgs {
   T* c;           // (B, H)    likewise, LSTM only (else nullptr)
   T* out;         // (N, P)    h of every row
   T* saved;       // (N, kSaved*H) what backward needs, or nullptr (inference)
-  T* gh;          // (B, G*H)  workspace
+  T* gh;          // (B, G*H)  workspace (GRU only, else nullptr)
   T* m;           // (B, H)    workspace, with w_hr only
   T* w_hh_packed;  // packed_weight_size(P, G*H) workspace when uses_packed_weights, else nullptr
   T* w_hr_packed;  // packed_weight_size(H, P) workspace when uses_packed_weights and w_hr, else nullptr

@@ -55,17 +55,23 @@ void recurrence_forward(const SeqLayout& L, const ForwardArgs<T>& a) {
   if (a.w_hr && a.w_hr_packed) pack_b<T>(H, P, a.w_hr, 1, H, a.w_hr_packed);
   for (int64_t s = 0; s < L.T; ++s) {
     const int64_t t = L.time(s), bs = L.batch_sizes[t], off = L.offsets[t];
-    step_product<T>(true, bs, GH, P, a.h, a.w_hh, a.w_hh_packed, a.gh, false);
+    // LSTM and RNN sum the two products: the recurrent one accumulates into gi's rows of this step.
+    // GRU needs it apart (r scales its n block).
+    if constexpr (Cell::kSameGateGrads) {
+      step_product<T>(true, bs, GH, P, a.h, a.w_hh, a.w_hh_packed, a.gi + off * GH, true);
+    } else {
+      step_product<T>(true, bs, GH, P, a.h, a.w_hh, a.w_hh_packed, a.gh, false);
+    }
     for (int64_t b = 0; b < bs; ++b) {
       const int64_t row = off + b;
+      const T* gh = Cell::kSameGateGrads ? nullptr : a.gh + b * GH;
       T* c = Cell::kHasCell ? a.c + b * H : nullptr;
       // With a projection the cell writes o * tanh(c') into m; the product below makes h from it.
       T* out = a.w_hr ? a.m + b * H : a.out + row * P;
       if (a.saved) {
-        Cell::template forward<true>(H, a.gi + row * GH, a.gh + b * GH, a.b_hh, a.h + b * P, c, out,
-                                     a.saved + row * SH);
+        Cell::template forward<true>(H, a.gi + row * GH, gh, a.b_hh, a.h + b * P, c, out, a.saved + row * SH);
       } else {
-        Cell::template forward<false>(H, a.gi + row * GH, a.gh + b * GH, a.b_hh, a.h + b * P, c, out,
+        Cell::template forward<false>(H, a.gi + row * GH, gh, a.b_hh, a.h + b * P, c, out,
                                       static_cast<T*>(nullptr));
       }
     }

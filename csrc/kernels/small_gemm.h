@@ -47,22 +47,38 @@ void small_gemv(int64_t N, int64_t K, const T* a, const T* B, int64_t ldb, T* c,
 }
 
 // c(N) = W(N, K) a(K) (+ c when accumulate): W as torch stores weights (rows contiguous), so a forward
-// step needs no transposed copy of W_hh. Each output is a dot product over K, in vector lanes then a
-// fixed-order lane sum (deterministic); four outputs at a time share the loads of a.
+// step needs no transposed copy of W_hh. Each output is a dot product over K in vector lanes; the lanes
+// of four outputs are then summed together by a fixed tree of pairwise adds (deterministic), which keeps
+// the reduction off one long chain of dependent adds per output.
 #if defined(__GNUC__) || defined(__clang__)
-// Whole-vector load and lane sum (fixed order). Taking vectors by value keeps accumulator arrays in
-// registers: subscripting lanes of an array element makes GCC keep the array on the stack.
 template <typename Vec, typename T>
 inline Vec load_vec(const T* p) {
   Vec v;
   std::memcpy(&v, p, sizeof(Vec));
   return v;
 }
+
+// {sum of a's lanes, of b's, of c's, of d's} for 8-lane vectors (float): hadd-like shuffles, then the
+// two 128-bit halves added. Taking vectors by value keeps them in registers.
 template <typename T, typename Vec>
-inline T lane_sum(Vec v) {
-  T s = T(0);
-  for (int l = 0; l < static_cast<int>(sizeof(Vec) / sizeof(T)); ++l) s += v[l];
-  return s;
+inline void sum4(Vec a, Vec b, Vec c, Vec d, T* out) {
+  if constexpr (sizeof(Vec) / sizeof(T) == 8) {
+    typedef int32_t Mask __attribute__((vector_size(32)));
+    const Mask even = {0, 2, 8, 10, 4, 6, 12, 14}, odd = {1, 3, 9, 11, 5, 7, 13, 15};
+    const Vec ab = __builtin_shuffle(a, b, even) + __builtin_shuffle(a, b, odd);
+    const Vec cd = __builtin_shuffle(c, d, even) + __builtin_shuffle(c, d, odd);
+    const Vec abcd = __builtin_shuffle(ab, cd, even) + __builtin_shuffle(ab, cd, odd);
+    for (int i = 0; i < 4; ++i) out[i] = abcd[i] + abcd[i + 4];
+  } else {  // 4 lanes (double)
+    typedef int64_t Mask __attribute__((vector_size(32)));
+    const Mask lo = {0, 4, 2, 6}, hi = {1, 5, 3, 7};
+    const Vec ab = __builtin_shuffle(a, b, lo) + __builtin_shuffle(a, b, hi);  // a01 b01 a23 b23
+    const Vec cd = __builtin_shuffle(c, d, lo) + __builtin_shuffle(c, d, hi);
+    out[0] = ab[0] + ab[2];
+    out[1] = ab[1] + ab[3];
+    out[2] = cd[0] + cd[2];
+    out[3] = cd[1] + cd[3];
+  }
 }
 #endif
 
@@ -71,19 +87,23 @@ void small_gemv_nt(int64_t N, int64_t K, const T* a, const T* W, int64_t ldw, T*
   int64_t n = 0;
 #if defined(__GNUC__) || defined(__clang__)
   typedef T vec __attribute__((vector_size(32)));
-  constexpr int kLanes = 32 / sizeof(T), kOut = 4;
+  constexpr int kLanes = 32 / sizeof(T);
   const int64_t Kv = K / kLanes * kLanes;
-  for (; n + kOut <= N; n += kOut) {
-    vec acc[kOut];
-    for (int i = 0; i < kOut; ++i) acc[i] = vec{};
+  for (; n + 4 <= N; n += 4) {
+    const T *w0 = W + n * ldw, *w1 = w0 + ldw, *w2 = w1 + ldw, *w3 = w2 + ldw;
+    vec acc0 = vec{}, acc1 = vec{}, acc2 = vec{}, acc3 = vec{};
     for (int64_t k = 0; k < Kv; k += kLanes) {
       const vec x = load_vec<vec>(a + k);
-      for (int i = 0; i < kOut; ++i) acc[i] += x * load_vec<vec>(W + (n + i) * ldw + k);
+      acc0 += x * load_vec<vec>(w0 + k);
+      acc1 += x * load_vec<vec>(w1 + k);
+      acc2 += x * load_vec<vec>(w2 + k);
+      acc3 += x * load_vec<vec>(w3 + k);
     }
-    for (int i = 0; i < kOut; ++i) {
-      T s = lane_sum<T>(acc[i]);
-      for (int64_t k = Kv; k < K; ++k) s += a[k] * W[(n + i) * ldw + k];
-      c[n + i] = accumulate ? c[n + i] + s : s;
+    T s[4];
+    sum4<T>(acc0, acc1, acc2, acc3, s);
+    for (int i = 0; i < 4; ++i) {
+      for (int64_t k = Kv; k < K; ++k) s[i] += a[k] * W[(n + i) * ldw + k];
+      c[n + i] = accumulate ? c[n + i] + s[i] : s[i];
     }
   }
 #endif

@@ -236,7 +236,7 @@ std::tuple<Tensor, Tensor, Tensor, Tensor> layer_forward(const char* op, const T
   const Tensor w_hr = present(weight_hr) ? contiguous_serial(*weight_hr) : Tensor();
   Tensor out = at::empty({g.N, g.P}, opts);
   Tensor saved = save ? at::empty({g.N, Cell::kSaved * g.H}, opts) : Tensor();
-  Tensor gh = at::empty({g.B, GH}, opts);
+  Tensor gh = Cell::kSameGateGrads ? Tensor() : at::empty({g.B, GH}, opts);  // GRU's recurrent product
   Tensor m = w_hr.defined() ? at::empty({g.B, g.H}, opts) : Tensor();
   const auto L = g.layout(reverse);
   AT_DISPATCH_FLOATING_TYPES(input.scalar_type(), "recurrent_layer", [&] {
