@@ -90,7 +90,9 @@ std::tuple<Tensor, Tensor, Tensor> run_stack(const char* op, const Tensor& input
     if (dropout != 0 && train && l < num_layers - 1) x = at::dropout(x, dropout, /*train=*/true);
   }
   Tensor output = (batch_first && !packed) ? x.transpose(0, 1) : x;
-  return {output, at::stack(h_n), c_n.empty() ? Tensor() : at::stack(c_n)};
+  // One layer and direction (streaming's common case): a view, no copy.
+  auto stacked = [](const std::vector<Tensor>& v) { return v.size() == 1 ? v[0].unsqueeze(0) : at::stack(v); };
+  return {output, stacked(h_n), c_n.empty() ? Tensor() : stacked(c_n)};
 }
 
 std::tuple<Tensor, Tensor, Tensor> lstm_layer_fn(const Tensor& x, const optional<Tensor>& h0,
