@@ -452,6 +452,31 @@ def test_identical_at_one_and_two_threads(kind, threads):
         assert torch.equal(a, b)
 
 
+@pytest.mark.parametrize("module,shape", [
+    # a step product of 16 rows (16 x 1024 x 256) large enough to be split over threads
+    (lambda: torch_rnn_ext.LSTM(64, 256), (4, 16, 64)),
+    # all-timestep products below the BLAS threshold, split over threads (400 x 384 x 64, ...)
+    (lambda: torch_rnn_ext.LSTM(64, 96), (100, 4, 64)),
+    (lambda: torch_rnn_ext.GRU(64, 96), (100, 4, 64)),
+])
+def test_identical_at_one_and_two_threads_where_products_split(module, shape, threads):
+    torch.manual_seed(5)
+    m = module()
+    x = torch.randn(*shape, requires_grad=True)
+    results = []
+    for n in (1, 2):
+        torch.set_num_threads(n)
+        outs = tensors_of(m(x))
+        grads = torch.autograd.grad(sum(o.sum() for o in outs), [x] + list(m.parameters()))
+        results.append(outs + list(grads))
+    for a, b in zip(*results):
+        assert torch.equal(a, b)
+    ref = (nn.LSTM if m.mode == "LSTM" else nn.GRU)(m.input_size, m.hidden_size)
+    ref.load_state_dict(m.state_dict())
+    torch.testing.assert_close(tensors_of(ref(x.detach())), [t.detach() for t in results[0][:len(outs)]],
+                               rtol=1e-5, atol=1e-5)
+
+
 # --- bad input -------------------------------------------------------------------------------------
 
 @pytest.mark.parametrize("kind", ["gru", "rnn_tanh"])
