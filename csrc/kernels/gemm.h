@@ -17,10 +17,12 @@ void gemm(bool trans_a, bool trans_b, int64_t M, int64_t N, int64_t K, T alpha, 
 // C(M,N) = op(A) op(B) (+ C when accumulate), in the layout of gemm: the products of a layer that span
 // all timesteps. Up to kOwnProductMaxMacs multiply-adds they run on this library's packed_gemm
 // (packed_gemm.h) over torch's threads; larger ones on BLAS, whose own threads then pay off. The choice
-// depends on the sizes only, so results never depend on the thread count. (Measured, 1000 x 256 x 64:
-// packed_gemm 304 us on 1 thread, 164 us on 2; OpenBLAS 204 us on its 2 threads, and at 2 torch threads
-// its spinning threads slowed torch's next OpenMP region several-fold.)
-constexpr int64_t kOwnProductMaxMacs = int64_t{1} << 24;
+// depends on the sizes only, so results never depend on the thread count. Measured: at 2 torch threads,
+// OpenBLAS's threads spinning after these products slowed torch's next OpenMP region several-fold (RNN
+// forward+backward at T=512, B=8, H=128: 10 ms at 1 thread, 20-24 ms at 2 with BLAS; 9.1 ms with
+// packed_gemm, whose 1-thread time stayed 10.6 ms); at 1 torch thread OpenBLAS's 2 threads win on larger
+// products (4096 x 512 x 128: 2.7 ms against 4.9 ms on one core).
+constexpr int64_t kOwnProductMaxMacs = int64_t{1} << 26;
 
 template <typename T>
 void product(bool trans_a, bool trans_b, int64_t M, int64_t N, int64_t K, const T* A, int64_t lda, const T* B,

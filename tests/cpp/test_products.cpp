@@ -144,13 +144,13 @@ void check_product(int64_t M, int64_t N, int64_t K, bool trans_a, bool trans_b, 
 }
 
 TEST(Product, MatchesNaiveProductOnBothSidesOfTheBlasThreshold) {
-  static_assert(int64_t{300} * 230 * 260 > kOwnProductMaxMacs, "the large case must reach BLAS");
+  static_assert(int64_t{700} * 500 * 260 > kOwnProductMaxMacs, "the large case must reach BLAS");
   for (bool ta : {false, true})
     for (bool tb : {false, true})
       for (bool acc : {false, true}) {
         check_product<float>(37, 45, 70, ta, tb, acc);
         check_product<double>(37, 45, 70, ta, tb, acc);
-        check_product<float>(300, 230, 260, ta, tb, acc);
+        check_product<float>(700, 500, 260, ta, tb, acc);
       }
 }
 
