@@ -16,7 +16,8 @@ struct Cell;
 
 // forward's gi is the row's input pre-activations x W_ih^T + b_ih; for LSTM and RNN the time loop has
 // already accumulated the recurrent product h W_hh^T into it (one buffer read, no second pass over C in
-// the product), and gh is unused; GRU gets its recurrent product separately in gh (r scales part of it).
+// the product), gh is unused and b is b_hh; GRU gets b_hh + h W_hh^T separately in gh (r scales part of
+// it), and b is unused.
 
 // LSTM, gates (i, f, g, o):
 //   i = s(gi_i + gh_i + b_i), f = s(...), g = tanh(...), o = s(...)
@@ -75,18 +76,17 @@ struct Cell<CellKind::LSTM> : CellTraits<CellKind::LSTM> {
 };
 
 // GRU, gates (r, z, n), torch.nn's formula (r multiplies W_hn h + b_hn):
-//   r = s(gi_r + gh_r + b_r), z = s(gi_z + gh_z + b_z), a = gh_n + b_n, n = tanh(gi_n + r a)
-//   h' = (1 - z) n + z h
-// gi holds x W_ih^T + b_ih. Saved per row: r, z, n, a (4H).
+//   r = s(gi_r + gh_r), z = s(gi_z + gh_z), a = gh_n, n = tanh(gi_n + r a),  h' = (1 - z) n + z h
+// gi holds x W_ih^T + b_ih, gh holds b_hh + h W_hh^T. Saved per row: r, z, n, a (4H).
 template <>
 struct Cell<CellKind::GRU> : CellTraits<CellKind::GRU> {
   template <bool kSave, typename T>
-  static void forward(int64_t H, const T* __restrict gi, const T* __restrict gh, const T* __restrict b,
+  static void forward(int64_t H, const T* __restrict gi, const T* __restrict gh, const T* /*b*/,
                       const T* __restrict h_prev, T* /*c*/, T* __restrict out, T* __restrict saved) {
     for (int64_t j = 0; j < H; ++j) {
-      const T r = sigmoid_(gi[j] + gh[j] + b[j]);
-      const T z = sigmoid_(gi[H + j] + gh[H + j] + b[H + j]);
-      const T a = gh[2 * H + j] + b[2 * H + j];
+      const T r = sigmoid_(gi[j] + gh[j]);
+      const T z = sigmoid_(gi[H + j] + gh[H + j]);
+      const T a = gh[2 * H + j];
       const T n = tanh_(gi[2 * H + j] + r * a);
       out[j] = (T(1) - z) * n + z * h_prev[j];
       if (kSave) {

@@ -56,11 +56,14 @@ void recurrence_forward(const SeqLayout& L, const ForwardArgs<T>& a) {
   for (int64_t s = 0; s < L.T; ++s) {
     const int64_t t = L.time(s), bs = L.batch_sizes[t], off = L.offsets[t];
     // LSTM and RNN sum the two products: the recurrent one accumulates into gi's rows of this step.
-    // GRU needs it apart (r scales its n block).
+    // GRU needs it apart (r scales its n block): it accumulates onto rows of b_hh. Either way the
+    // product adds to C rather than first clearing it (OpenBLAS's separate beta = 0 pass measured 8% of
+    // a 32 x 1024 x 256 step).
     if constexpr (Cell::kSameGateGrads) {
       step_product<T>(true, bs, GH, P, a.h, a.w_hh, a.w_hh_packed, a.gi + off * GH, true);
     } else {
-      step_product<T>(true, bs, GH, P, a.h, a.w_hh, a.w_hh_packed, a.gh, false);
+      for (int64_t b = 0; b < bs; ++b) std::memcpy(a.gh + b * GH, a.b_hh, sizeof(T) * GH);
+      step_product<T>(true, bs, GH, P, a.h, a.w_hh, a.w_hh_packed, a.gh, true);
     }
     for (int64_t b = 0; b < bs; ++b) {
       const int64_t row = off + b;
