@@ -65,6 +65,12 @@ void recurrence_forward(const SeqLayout& L, const ForwardArgs<T>& a) {
       for (int64_t b = 0; b < bs; ++b) std::memcpy(a.gh + b * GH, a.b_hh, sizeof(T) * GH);
       step_product<T>(true, bs, GH, P, a.h, a.w_hh, a.w_hh_packed, a.gh, true);
     }
+    if (s + 1 < L.T) {  // next step's rows of gi, written long ago by the input projection: fetch them now
+      const int64_t tn = L.time(s + 1);
+      const char* p = reinterpret_cast<const char*>(a.gi + L.offsets[tn] * GH);
+      const int64_t bytes = L.batch_sizes[tn] * GH * static_cast<int64_t>(sizeof(T));
+      for (int64_t i = 0; i < bytes; i += 64) __builtin_prefetch(p + i, 1);
+    }
     for (int64_t b = 0; b < bs; ++b) {
       const int64_t row = off + b;
       const T* gh = Cell::kSameGateGrads ? nullptr : a.gh + b * GH;
