@@ -23,7 +23,7 @@
 #include <memory>
 
 #include "kernels/packing.h"   // Tile, MatrixB
-#include "kernels/small_gemm.h"
+#include "kernels/small_gemm.h"  // Vec, vload, small_gemv_nt
 #include "kernels/vec_math.h"  // TRE_CPU_CAPABILITY
 
 namespace torch_rnn_ext {
@@ -54,21 +54,6 @@ void pack_b(int64_t K, int64_t N, const T* B, int64_t rs, int64_t cs, T* out) {
 }
 
 #if defined(__GNUC__) || defined(__clang__)
-// (An alias template would drop the vector_size attribute; a member typedef keeps it.)
-template <typename T>
-struct VecOf {
-  typedef T type __attribute__((vector_size(32)));
-};
-template <typename T>
-using Vec = typename VecOf<T>::type;
-
-template <typename T>
-inline Vec<T> vload(const T* p) {
-  Vec<T> v;
-  std::memcpy(&v, p, sizeof(v));
-  return v;
-}
-
 // Writes (or adds) the first `cols` lanes of a pair of vectors to c.
 template <typename T>
 inline void store_pair(Vec<T> v0, Vec<T> v1, T* c, int64_t cols, bool accumulate) {

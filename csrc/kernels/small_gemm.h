@@ -9,11 +9,32 @@
 #include <cstdint>
 #include <cstring>
 
+#include "kernels/packing.h"   // Tile
 #include "kernels/vec_math.h"  // TRE_CPU_CAPABILITY
 
 namespace torch_rnn_ext {
 namespace kernels {
 inline namespace TRE_CPU_CAPABILITY {
+
+#if defined(__GNUC__) || defined(__clang__)
+// One 32-byte vector of T (GCC vector extensions: AVX in the avx2 build, SSE pairs in the base build),
+// shared with packed_gemm.h. (An alias template would drop the vector_size attribute; a member typedef
+// keeps it.)
+template <typename T>
+struct VecOf {
+  typedef T type __attribute__((vector_size(32)));
+};
+template <typename T>
+using Vec = typename VecOf<T>::type;
+
+// Whole-vector load from any alignment.
+template <typename T>
+inline Vec<T> vload(const T* p) {
+  Vec<T> v;
+  std::memcpy(&v, p, sizeof(v));
+  return v;
+}
+#endif
 
 // Single row (batch 1): c(N) = a(K) B(K, N).
 
@@ -51,29 +72,22 @@ void small_gemv(int64_t N, int64_t K, const T* a, const T* B, int64_t ldb, T* c,
 // of four outputs are then summed together by a fixed tree of pairwise adds (deterministic), which keeps
 // the reduction off one long chain of dependent adds per output.
 #if defined(__GNUC__) || defined(__clang__)
-template <typename Vec, typename T>
-inline Vec load_vec(const T* p) {
-  Vec v;
-  std::memcpy(&v, p, sizeof(Vec));
-  return v;
-}
-
 // {sum of a's lanes, of b's, of c's, of d's} for 8-lane vectors (float): hadd-like shuffles, then the
 // two 128-bit halves added. Taking vectors by value keeps them in registers.
-template <typename T, typename Vec>
-inline void sum4(Vec a, Vec b, Vec c, Vec d, T* out) {
-  if constexpr (sizeof(Vec) / sizeof(T) == 8) {
+template <typename T>
+inline void sum4(Vec<T> a, Vec<T> b, Vec<T> c, Vec<T> d, T* out) {
+  if constexpr (Tile<T>::kLanes == 8) {
     typedef int32_t Mask __attribute__((vector_size(32)));
     const Mask even = {0, 2, 8, 10, 4, 6, 12, 14}, odd = {1, 3, 9, 11, 5, 7, 13, 15};
-    const Vec ab = __builtin_shuffle(a, b, even) + __builtin_shuffle(a, b, odd);
-    const Vec cd = __builtin_shuffle(c, d, even) + __builtin_shuffle(c, d, odd);
-    const Vec abcd = __builtin_shuffle(ab, cd, even) + __builtin_shuffle(ab, cd, odd);
+    const Vec<T> ab = __builtin_shuffle(a, b, even) + __builtin_shuffle(a, b, odd);
+    const Vec<T> cd = __builtin_shuffle(c, d, even) + __builtin_shuffle(c, d, odd);
+    const Vec<T> abcd = __builtin_shuffle(ab, cd, even) + __builtin_shuffle(ab, cd, odd);
     for (int i = 0; i < 4; ++i) out[i] = abcd[i] + abcd[i + 4];
   } else {  // 4 lanes (double)
     typedef int64_t Mask __attribute__((vector_size(32)));
     const Mask lo = {0, 4, 2, 6}, hi = {1, 5, 3, 7};
-    const Vec ab = __builtin_shuffle(a, b, lo) + __builtin_shuffle(a, b, hi);  // a01 b01 a23 b23
-    const Vec cd = __builtin_shuffle(c, d, lo) + __builtin_shuffle(c, d, hi);
+    const Vec<T> ab = __builtin_shuffle(a, b, lo) + __builtin_shuffle(a, b, hi);  // a01 b01 a23 b23
+    const Vec<T> cd = __builtin_shuffle(c, d, lo) + __builtin_shuffle(c, d, hi);
     out[0] = ab[0] + ab[2];
     out[1] = ab[1] + ab[3];
     out[2] = cd[0] + cd[2];
@@ -86,18 +100,17 @@ template <typename T>
 void small_gemv_nt(int64_t N, int64_t K, const T* a, const T* W, int64_t ldw, T* c, bool accumulate) {
   int64_t n = 0;
 #if defined(__GNUC__) || defined(__clang__)
-  typedef T vec __attribute__((vector_size(32)));
-  constexpr int kLanes = 32 / sizeof(T);
+  constexpr int64_t kLanes = Tile<T>::kLanes;
   const int64_t Kv = K / kLanes * kLanes;
   for (; n + 4 <= N; n += 4) {
     const T *w0 = W + n * ldw, *w1 = w0 + ldw, *w2 = w1 + ldw, *w3 = w2 + ldw;
-    vec acc0 = vec{}, acc1 = vec{}, acc2 = vec{}, acc3 = vec{};
+    Vec<T> acc0 = Vec<T>{}, acc1 = Vec<T>{}, acc2 = Vec<T>{}, acc3 = Vec<T>{};
     for (int64_t k = 0; k < Kv; k += kLanes) {
-      const vec x = load_vec<vec>(a + k);
-      acc0 += x * load_vec<vec>(w0 + k);
-      acc1 += x * load_vec<vec>(w1 + k);
-      acc2 += x * load_vec<vec>(w2 + k);
-      acc3 += x * load_vec<vec>(w3 + k);
+      const Vec<T> x = vload(a + k);
+      acc0 += x * vload(w0 + k);
+      acc1 += x * vload(w1 + k);
+      acc2 += x * vload(w2 + k);
+      acc3 += x * vload(w3 + k);
     }
     T s[4];
     sum4<T>(acc0, acc1, acc2, acc3, s);
