@@ -114,6 +114,12 @@ void gemm(bool trans_a, bool trans_b, int64_t M, int64_t N, int64_t K, T alpha, 
 }
 
 template <typename T>
+int64_t packed_b_size(int64_t K, int64_t N) {
+  constexpr int64_t W = Tile<T>::kPanel;
+  return (N + W - 1) / W * W * K;
+}
+
+template <typename T>
 void product(bool trans_a, bool trans_b, int64_t M, int64_t N, int64_t K, const T* A, int64_t lda, const T* B,
              int64_t ldb, T* C, int64_t ldc, bool accumulate) {
   if (M * N * K <= kOwnProductMaxMacs) {
@@ -135,6 +141,8 @@ template void gemm<float>(bool, bool, int64_t, int64_t, int64_t, float, const fl
                           const float*, int64_t, float, float*, int64_t);
 template void gemm<double>(bool, bool, int64_t, int64_t, int64_t, double, const double*, int64_t,
                            const double*, int64_t, double, double*, int64_t);
+template int64_t packed_b_size<float>(int64_t, int64_t);
+template int64_t packed_b_size<double>(int64_t, int64_t);
 template void product<float>(bool, bool, int64_t, int64_t, int64_t, const float*, int64_t, const float*,
                              int64_t, float*, int64_t, bool);
 template void product<double>(bool, bool, int64_t, int64_t, int64_t, const double*, int64_t, const double*,

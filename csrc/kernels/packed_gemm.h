@@ -22,20 +22,13 @@
 #include <cstring>
 #include <memory>
 
-#include "kernels/packing.h"   // Tile, MatrixB
+#include "kernels/packing.h"   // Tile, MatrixB, packed_b_size
 #include "kernels/small_gemm.h"  // Vec, vload, small_gemv_nt
 #include "kernels/vec_math.h"  // TRE_CPU_CAPABILITY
 
 namespace torch_rnn_ext {
 namespace kernels {
 inline namespace TRE_CPU_CAPABILITY {
-
-// Elements of pack_b's output for a (K, N) op(B): N rounded up to whole panels, times K.
-template <typename T>
-inline int64_t packed_b_size(int64_t K, int64_t N) {
-  constexpr int64_t W = Tile<T>::kPanel;
-  return (N + W - 1) / W * W * K;
-}
 
 // Copies op(B)(k, n) = B[k * rs + n * cs] into panels of kPanel columns: panel p holds columns
 // [p * kPanel, (p + 1) * kPanel), its row k at out + p * kPanel * K + k * kPanel, zero-padded past N.

@@ -1,7 +1,8 @@
 #pragma once
 // The layout packed_gemm (packed_gemm.h) reads B in: the same for every CPU capability (all variants use
-// 32-byte vectors). Only constants and plain structs here: functions compiled into an -mavx2 translation
-// unit must live in its capability namespace, or the linker may hand AVX code to a CPU without it.
+// 32-byte vectors). No inline functions here: one compiled into an -mavx2 translation unit must live in
+// its capability namespace, or the linker may hand AVX code to a CPU without it; the one function is
+// declared here and defined out of line.
 #include <cstdint>
 
 namespace torch_rnn_ext {
@@ -14,6 +15,11 @@ struct Tile {
   static constexpr int64_t kPanel = 2 * kLanes;
   static constexpr int64_t kKc = 256;
 };
+
+// Elements of pack_b's output (packed_gemm.h) for a (K, N) op(B): N rounded up to whole panels, times K.
+// Defined once, in gemm.cpp (a translation unit without -mavx2), for float and double.
+template <typename T>
+int64_t packed_b_size(int64_t K, int64_t N);
 
 // op(B), (K, N): element (k, n) is data[k * rs + n * cs]; or, when packed, pack_b's layout (rs, cs unused).
 template <typename T>

@@ -2,7 +2,6 @@
 #include "kernels/recurrence.h"
 
 #include "kernels/cpu_capability.h"
-#include "kernels/packing.h"
 
 #include <algorithm>
 
@@ -40,12 +39,6 @@ bool uses_packed_weights(const SeqLayout& L) {
 }
 
 template <typename T>
-int64_t packed_weight_size(int64_t K, int64_t N) {
-  constexpr int64_t W = Tile<T>::kPanel;
-  return (N + W - 1) / W * W * K;
-}
-
-template <typename T>
 void column_sum(const T* X, int64_t rows, int64_t cols, T* out) {
   std::fill(out, out + cols, T(0));
   for (int64_t r = 0; r < rows; ++r) {
@@ -60,8 +53,6 @@ void column_sum(const T* X, int64_t rows, int64_t cols, T* out) {
 TRE_FOR_EACH_CELL_DTYPE(TRE_INSTANTIATE)
 #undef TRE_INSTANTIATE
 
-template int64_t packed_weight_size<float>(int64_t, int64_t);
-template int64_t packed_weight_size<double>(int64_t, int64_t);
 template void column_sum<float>(const float*, int64_t, int64_t, float*);
 template void column_sum<double>(const double*, int64_t, int64_t, double*);
 

@@ -26,12 +26,9 @@ struct SeqLayout {
 // threads). One row uses the single-row kernels of small_gemm.h, more rows BLAS.
 constexpr int64_t kPackedStepMaxRows = 16;
 
-// Whether some step of L has 2..kPackedStepMaxRows rows (then pass the packed buffers).
+// Whether some step of L has 2..kPackedStepMaxRows rows (then pass the packed buffers, of
+// packed_b_size elements: packing.h).
 bool uses_packed_weights(const SeqLayout& L);
-
-// Elements of a packed copy of a (K, N) operand (the buffers below).
-template <typename T>
-int64_t packed_weight_size(int64_t K, int64_t N);
 
 // Sizes: H hidden units, G = kGates, P the size of h (P == H, or the projection size when w_hr is given;
 // only LSTM has a projection: h = (o * tanh(c)) W_hr^T).
@@ -48,8 +45,8 @@ struct ForwardArgs {
   T* saved;       // (N, kSaved*H) what backward needs, or nullptr (inference)
   T* gh;          // (B, G*H)  workspace (GRU only, else nullptr)
   T* m;           // (B, H)    workspace, with w_hr only
-  T* w_hh_packed;  // packed_weight_size(P, G*H) workspace when uses_packed_weights, else nullptr
-  T* w_hr_packed;  // packed_weight_size(H, P) workspace when uses_packed_weights and w_hr, else nullptr
+  T* w_hh_packed;  // packed_b_size(P, G*H) workspace when uses_packed_weights, else nullptr
+  T* w_hr_packed;  // packed_b_size(H, P) workspace when uses_packed_weights and w_hr, else nullptr
 };
 
 template <typename T>
@@ -73,8 +70,8 @@ struct BackwardArgs {
   T* dh_all;          // (N, P) each row's total dh, for dW_hr (w_hr only)
   T* m_all;           // (N, H) each row's o * tanh(c'), for dW_hr (w_hr only)
   T* dm;              // (B, H) workspace (w_hr only)
-  T* w_hh_packed;     // packed_weight_size(G*H, P) workspace when uses_packed_weights, else nullptr
-  T* w_hr_packed;     // packed_weight_size(P, H) workspace when uses_packed_weights and w_hr, else nullptr
+  T* w_hh_packed;     // packed_b_size(G*H, P) workspace when uses_packed_weights, else nullptr
+  T* w_hr_packed;     // packed_b_size(P, H) workspace when uses_packed_weights and w_hr, else nullptr
 };
 
 template <CellKind K, typename T>

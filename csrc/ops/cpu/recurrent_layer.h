@@ -15,6 +15,7 @@
 #include "checks.h"
 #include "kernels/cell_traits.h"
 #include "kernels/gemm.h"
+#include "kernels/packing.h"  // packed_b_size
 #include "kernels/recurrence.h"
 
 namespace torch_rnn_ext {
@@ -201,7 +202,7 @@ inline Tensor initial_state(const optional<Tensor>& state, const Tensor& input, 
 template <typename T>
 Tensor packed_buffer(const kernels::SeqLayout& L, int64_t K, int64_t N, const at::TensorOptions& opts) {
   if (!kernels::uses_packed_weights(L)) return Tensor();
-  return at::empty({kernels::packed_weight_size<T>(K, N)}, opts);
+  return at::empty({kernels::packed_b_size<T>(K, N)}, opts);
 }
 
 inline Tensor rows(const Tensor& t, const LayerGeometry& g, int64_t width) {
