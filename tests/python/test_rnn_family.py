@@ -438,18 +438,24 @@ def test_cells_script(name, kw):
         assert torch.equal(a, b)
 
 
-@pytest.mark.parametrize("kind", ["gru", "rnn_tanh", "lstm_proj"])
-def test_identical_at_one_and_two_threads(kind, threads):
-    _, ours = make_pair(kind, torch.float32, num_layers=2, bidirectional=True)
-    x = torch.randn(12, 5, I, requires_grad=True)
+def assert_identical_at_one_and_two_threads(module, x):
+    """Runs module(x) and the gradients of its outputs' sum at 1 and at 2 torch threads, asserts every
+    tensor is bitwise equal, and returns the outputs (of the 1-thread run)."""
     results = []
     for n in (1, 2):
         torch.set_num_threads(n)
-        outs = tensors_of(ours(x))
-        grads = torch.autograd.grad(sum(o.sum() for o in outs), [x] + list(ours.parameters()))
+        outs = tensors_of(module(x))
+        grads = torch.autograd.grad(sum(o.sum() for o in outs), [x] + list(module.parameters()))
         results.append(outs + list(grads))
     for a, b in zip(*results):
         assert torch.equal(a, b)
+    return results[0][:len(outs)]
+
+
+@pytest.mark.parametrize("kind", ["gru", "rnn_tanh", "lstm_proj"])
+def test_identical_at_one_and_two_threads(kind, threads):
+    _, ours = make_pair(kind, torch.float32, num_layers=2, bidirectional=True)
+    assert_identical_at_one_and_two_threads(ours, torch.randn(12, 5, I, requires_grad=True))
 
 
 @pytest.mark.parametrize("module,shape", [
@@ -463,18 +469,10 @@ def test_identical_at_one_and_two_threads_where_products_split(module, shape, th
     torch.manual_seed(5)
     m = module()
     x = torch.randn(*shape, requires_grad=True)
-    results = []
-    for n in (1, 2):
-        torch.set_num_threads(n)
-        outs = tensors_of(m(x))
-        grads = torch.autograd.grad(sum(o.sum() for o in outs), [x] + list(m.parameters()))
-        results.append(outs + list(grads))
-    for a, b in zip(*results):
-        assert torch.equal(a, b)
+    outs = assert_identical_at_one_and_two_threads(m, x)
     ref = (nn.LSTM if m.mode == "LSTM" else nn.GRU)(m.input_size, m.hidden_size)
     ref.load_state_dict(m.state_dict())
-    torch.testing.assert_close(tensors_of(ref(x.detach())), [t.detach() for t in results[0][:len(outs)]],
-                               rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(tensors_of(ref(x.detach())), [t.detach() for t in outs], rtol=1e-5, atol=1e-5)
 
 
 # --- bad input -------------------------------------------------------------------------------------
