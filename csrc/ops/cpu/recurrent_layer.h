@@ -1,7 +1,8 @@
 #pragma once
 // The ATen side of one recurrent layer on CPU, shared by every cell type: validates the arguments,
 // lays out the sequence, does the products that span all timesteps (input projection, input and weight
-// gradients) with one BLAS call each, and hands raw pointers to the time loop in kernels/recurrence.h.
+// gradients) with one kernels::product call each, and hands raw pointers to the time loop in
+// kernels/recurrence.h.
 #include <ATen/ATen.h>
 
 #include <algorithm>
@@ -160,7 +161,7 @@ inline Tensor clone_serial(const Tensor& t) {
 inline Tensor contiguous_serial(const Tensor& t) { return t.is_contiguous() ? t : clone_serial(t); }
 
 // c = op(A) op(B) (+ c when accumulate) for 2-D A, B, c with unit column stride (row slices and column
-// slices of contiguous matrices): one BLAS call.
+// slices of contiguous matrices): one kernels::product call.
 inline void gemm_into(const Tensor& c, const Tensor& A, bool trans_a, const Tensor& B, bool trans_b,
                       bool accumulate) {
   TORCH_INTERNAL_ASSERT(A.stride(1) == 1 && B.stride(1) == 1 && c.stride(1) == 1);
@@ -171,7 +172,8 @@ inline void gemm_into(const Tensor& c, const Tensor& A, bool trans_a, const Tens
   });
 }
 
-// op(A) op(B) (+ bias on every row) for contiguous 2-D A, B: one BLAS call, bias rows filled serially.
+// op(A) op(B) (+ bias on every row) for contiguous 2-D A, B: one kernels::product call, bias rows
+// filled serially.
 inline Tensor matmul(const Tensor& A, bool trans_a, const Tensor& B, bool trans_b, const Tensor& bias = Tensor()) {
   const Tensor a = contiguous_serial(A), b = contiguous_serial(B);
   const int64_t M = trans_a ? a.size(1) : a.size(0), K = trans_a ? a.size(0) : a.size(1);
