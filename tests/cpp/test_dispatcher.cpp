@@ -27,7 +27,7 @@ using Kwargs = std::unordered_map<std::string, IValue>;
 
 // The ops this file tests: all that the library registers.
 const std::set<std::string> kExpectedOps = {
-    "_kernel_info",
+    "_kernel_info", "_parallel_threads",
     "lstm_layer", "gru_layer", "rnn_tanh_layer", "rnn_relu_layer",
     "_recurrent_layer_forward", "_recurrent_layer_backward",
     "lstm", "gru", "rnn_tanh", "rnn_relu",
@@ -156,6 +156,18 @@ TEST(Dispatcher, KernelInfo) {
   auto r = call_boxed("_kernel_info", {});
   ASSERT_TRUE(r[0].isString());
   EXPECT_NE(r[0].toStringRef(), "");
+}
+
+// The library's at::parallel_for really runs on torch's threads (built with torch's threading flags; a
+// build without them ran every parallel_for on the calling thread, with no error anywhere).
+TEST(Dispatcher, ParallelForUsesTorchThreads) {
+  const int saved = at::get_num_threads();
+  for (int n : {1, 2, 3}) {
+    at::set_num_threads(n);
+    auto r = call_boxed("_parallel_threads", {});
+    EXPECT_EQ(r[0].toInt(), n) << "at::set_num_threads(" << n << ")";
+  }
+  at::set_num_threads(saved);
 }
 
 // --- single layers --------------------------------------------------------------------------------------
