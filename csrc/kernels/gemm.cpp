@@ -4,6 +4,7 @@
 #include "kernels/packing.h"
 
 #include <ATen/ATen.h>
+#include <ATen/Parallel.h>
 #include <c10/util/Exception.h>
 
 #include <limits>
@@ -122,12 +123,14 @@ int64_t packed_b_size(int64_t K, int64_t N) {
 template <typename T>
 void product(bool trans_a, bool trans_b, int64_t M, int64_t N, int64_t K, const T* A, int64_t lda, const T* B,
              int64_t ldb, T* C, int64_t ldc, bool accumulate) {
-  if (M * N * K <= kOwnProductMaxMacs) {
+  if (M * N * K <= kOwnProductMaxMacs || !large_products_on_blas()) {
     TRE_CALL_BEST(packed_product<T>(trans_a, trans_b, M, N, K, A, lda, B, ldb, C, ldc, accumulate));
   } else {
     gemm<T>(trans_a, trans_b, M, N, K, T(1), A, lda, B, ldb, accumulate ? T(1) : T(0), C, ldc);
   }
 }
+
+bool large_products_on_blas() { return gemm_uses_blas() && at::get_num_threads() == 1; }
 
 bool gemm_uses_blas() {
 #ifdef TRE_HAVE_BLAS

@@ -14,14 +14,23 @@ template <typename T>
 void gemm(bool trans_a, bool trans_b, int64_t M, int64_t N, int64_t K, T alpha, const T* A,
           int64_t lda, const T* B, int64_t ldb, T beta, T* C, int64_t ldc);
 
+// Whether products larger than this library's kernels take (kOwnProductMaxMacs below, and time steps of
+// more than kPackedStepMaxRows rows: recurrence.h) go to BLAS: only when BLAS is linked and torch runs one
+// thread. Then OpenBLAS's own threads are the only ones and its 2-thread products beat our 1-thread ones
+// (4096 x 512 x 128: 2.7 ms against 4.9 ms). At more torch threads every product runs on our kernels over
+// torch's threads: libgomp's workers spin for milliseconds after each OpenMP region (anyone's: autograd's
+// gradient sums, a loss), and an OpenBLAS product that starts then shares the cores with them (measured,
+// 1024^3 sgemm at 2 torch threads: 18-19 ms right after a 256K-element add_, 10.6-11.5 ms with
+// OMP_WAIT_POLICY=PASSIVE). Results are therefore bitwise identical across all thread counts from 2 up,
+// and at 1 thread can differ from those in the last bits where a product is larger than our sizes.
+bool large_products_on_blas();
+
 // C(M,N) = op(A) op(B) (+ C when accumulate), in the layout of gemm: the products of a layer that span
-// all timesteps. Up to kOwnProductMaxMacs multiply-adds they run on this library's packed_gemm
-// (packed_gemm.h) over torch's threads; larger ones on BLAS, whose own threads then pay off. The choice
-// depends on the sizes only, so results never depend on the thread count. Measured: at 2 torch threads,
-// OpenBLAS's threads spinning after these products slowed torch's next OpenMP region several-fold (RNN
-// forward+backward at T=512, B=8, H=128: 10 ms at 1 thread, 20-24 ms at 2 with BLAS; 9.1 ms with
-// packed_gemm, whose 1-thread time stayed 10.6 ms); at 1 torch thread OpenBLAS's 2 threads win on larger
-// products (4096 x 512 x 128: 2.7 ms against 4.9 ms on one core).
+// all timesteps. Up to kOwnProductMaxMacs multiply-adds, or at any size when !large_products_on_blas(),
+// they run on this library's packed_gemm (packed_gemm.h) over torch's threads; larger ones on BLAS.
+// Measured: at 2 torch threads, OpenBLAS's threads spinning after these products slowed torch's next
+// OpenMP region several-fold (RNN forward+backward at T=512, B=8, H=128: 10 ms at 1 thread, 20-24 ms at
+// 2 with BLAS; 9.1 ms with packed_gemm, whose 1-thread time stayed 10.6 ms).
 constexpr int64_t kOwnProductMaxMacs = int64_t{1} << 26;
 
 template <typename T>

@@ -40,6 +40,10 @@ void pack_b(int64_t K, int64_t N, const T* B, int64_t rs, int64_t cs, T* out) {
     T* p = out + n0 * K;
     for (int64_t k = 0; k < K; ++k) {
       const T* b = B + k * rs + n0 * cs;
+      if (cs == 1 && w == W) {
+        std::memcpy(p + k * W, b, sizeof(T) * W);
+        continue;
+      }
       for (int64_t j = 0; j < w; ++j) p[k * W + j] = b[j * cs];
       for (int64_t j = w; j < W; ++j) p[k * W + j] = T(0);
     }
@@ -86,40 +90,49 @@ inline void tile(int64_t K, const T* A, int64_t rsa, int64_t csa, const T* Bp, i
 }
 #endif
 
-// Rows [m0, m1) of one panel over one K block, in tiles of 6 rows (4 + 4 for 8, then 4, 2, 1): the
-// split depends only on the row count, never on threads.
+// The height of the next register tile of a row range with `left` rows: 6 (4 + 4 for 8, then 4, 2, 1).
+// The split depends only on the row count, never on threads.
+inline int64_t tile_height(int64_t left) { return left >= 6 && left != 8 ? 6 : left >= 4 ? 4 : left >= 2 ? 2 : 1; }
+
+// Copies rows [m0, m1) x k [0, kc) of A (A(m, k) = A[m * rsa + k * csa]) tile by tile as panel_rows
+// splits them: the tile of rows [m, m + h) at out + (m - m0) * kc, its k-th column of h values contiguous.
 template <typename T>
-inline void panel_rows(int64_t m0, int64_t m1, int64_t K, const T* A, int64_t rsa, int64_t csa, const T* Bp,
-                       int64_t ldb, T* C, int64_t ldc, int64_t cols, bool accumulate) {
-#if defined(__GNUC__) || defined(__clang__)
-  int64_t m = m0;
-  while (m < m1) {
-    const int64_t left = m1 - m;
-    const T* a = A + m * rsa;
+void pack_a(int64_t m0, int64_t m1, int64_t kc, const T* A, int64_t rsa, int64_t csa, T* out) {
+  for (int64_t m = m0, h; m < m1; m += h) {
+    h = tile_height(m1 - m);
+    T* o = out + (m - m0) * kc;
+    for (int64_t k = 0; k < kc; ++k)
+      for (int64_t r = 0; r < h; ++r) o[k * h + r] = A[(m + r) * rsa + k * csa];
+  }
+}
+
+// Rows [m0, m1) of one panel over one K block, in tiles of tile_height rows. A is read in place, or when
+// a_packed from pack_a's layout of these rows (A then points at its start).
+template <typename T>
+inline void panel_rows(int64_t m0, int64_t m1, int64_t K, const T* A, int64_t rsa, int64_t csa, bool a_packed,
+                       const T* Bp, int64_t ldb, T* C, int64_t ldc, int64_t cols, bool accumulate) {
+  for (int64_t m = m0, h; m < m1; m += h) {
+    h = tile_height(m1 - m);
+    const T* a = a_packed ? A + (m - m0) * K : A + m * rsa;
+    const int64_t rs = a_packed ? 1 : rsa, cs = a_packed ? h : csa;
     T* c = C + m * ldc;
-    if (left >= 6 && left != 8) {
-      tile<T, 6>(K, a, rsa, csa, Bp, ldb, c, ldc, cols, accumulate);
-      m += 6;
-    } else if (left >= 4) {
-      tile<T, 4>(K, a, rsa, csa, Bp, ldb, c, ldc, cols, accumulate);
-      m += 4;
-    } else if (left >= 2) {
-      tile<T, 2>(K, a, rsa, csa, Bp, ldb, c, ldc, cols, accumulate);
-      m += 2;
-    } else {
-      tile<T, 1>(K, a, rsa, csa, Bp, ldb, c, ldc, cols, accumulate);
-      m += 1;
+#if defined(__GNUC__) || defined(__clang__)
+    switch (h) {
+      case 6: tile<T, 6>(K, a, rs, cs, Bp, ldb, c, ldc, cols, accumulate); break;
+      case 4: tile<T, 4>(K, a, rs, cs, Bp, ldb, c, ldc, cols, accumulate); break;
+      case 2: tile<T, 2>(K, a, rs, cs, Bp, ldb, c, ldc, cols, accumulate); break;
+      default: tile<T, 1>(K, a, rs, cs, Bp, ldb, c, ldc, cols, accumulate); break;
     }
-  }
 #else
-  for (int64_t m = m0; m < m1; ++m) {
-    for (int64_t j = 0; j < cols; ++j) {
-      T s = T(0);
-      for (int64_t k = 0; k < K; ++k) s += A[m * rsa + k * csa] * Bp[k * ldb + j];
-      C[m * ldc + j] = accumulate ? C[m * ldc + j] + s : s;
+    for (int64_t r = 0; r < h; ++r) {
+      for (int64_t j = 0; j < cols; ++j) {
+        T sum = T(0);
+        for (int64_t k = 0; k < K; ++k) sum += a[r * rs + k * cs] * Bp[k * ldb + j];
+        c[r * ldc + j] = accumulate ? c[r * ldc + j] + sum : sum;
+      }
     }
-  }
 #endif
+  }
 }
 
 // Rows [m0, m1) x panels [p0, p1) of C, over all of K in blocks of kKc (in order). B panels that are
@@ -129,9 +142,15 @@ void gemm_block(int64_t m0, int64_t m1, int64_t p0, int64_t p1, int64_t N, int64
                 int64_t csa, const MatrixB<T>& B, T* C, int64_t ldc, bool accumulate) {
   constexpr int64_t W = Tile<T>::kPanel, Kc = Tile<T>::kKc;
   alignas(64) T buf[Kc * W];
+  // A read down its columns (csa != 1: the transposed operand of a weight gradient) is copied block by
+  // block (pack_a) first. Read in place, a tile's k-th values sit csa apart, and at a power-of-two csa
+  // (1024 floats) they all fall in one L1 set: a 1024 x 256 x 3200 product ran at 156 GF/s on 2 threads
+  // against 194 for OpenBLAS. The tiles then read the same values, so results do not change.
+  std::unique_ptr<T[]> a_packed(csa != 1 ? new T[(m1 - m0) * std::min(Kc, K)] : nullptr);
   for (int64_t k0 = 0; k0 < K; k0 += Kc) {
     const int64_t kc = std::min(Kc, K - k0);
     const bool acc = accumulate || k0 > 0;
+    if (a_packed) pack_a<T>(m0, m1, kc, A + k0 * csa, rsa, csa, a_packed.get());
     for (int64_t p = p0; p < p1; ++p) {
       const int64_t n0 = p * W, cols = std::min(W, N - n0);
       const T* bp;
@@ -147,7 +166,8 @@ void gemm_block(int64_t m0, int64_t m1, int64_t p0, int64_t p1, int64_t N, int64
         bp = buf;
         ldb = W;
       }
-      panel_rows(m0, m1, kc, A + k0 * csa, rsa, csa, bp, ldb, C + n0, ldc, cols, acc);
+      const T* a = a_packed ? a_packed.get() : A + k0 * csa;
+      panel_rows<T>(m0, m1, kc, a, rsa, csa, a_packed != nullptr, bp, ldb, C + n0, ldc, cols, acc);
     }
   }
 }

@@ -2,8 +2,10 @@
 #include "kernels/recurrence.h"
 
 #include "kernels/cpu_capability.h"
+#include "kernels/gemm.h"
 
 #include <algorithm>
+#include <limits>
 
 namespace torch_rnn_ext {
 namespace kernels {
@@ -32,9 +34,13 @@ void backward(const SeqLayout& L, const BackwardArgs<T>& a) {
   TRE_CALL_BEST(backward_kernel<K, T>(L, a));
 }
 
-bool uses_packed_weights(const SeqLayout& L) {
+int64_t packed_step_max_rows() {
+  return large_products_on_blas() ? kPackedStepMaxRows : std::numeric_limits<int64_t>::max();
+}
+
+bool uses_packed_weights(const SeqLayout& L, int64_t max_rows) {
   for (int64_t t = 0; t < L.T; ++t)
-    if (L.batch_sizes[t] >= 2 && L.batch_sizes[t] <= kPackedStepMaxRows) return true;
+    if (L.batch_sizes[t] >= 2 && L.batch_sizes[t] <= max_rows) return true;
   return false;
 }
 

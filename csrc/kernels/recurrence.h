@@ -23,12 +23,17 @@ struct SeqLayout {
 // packs them into the w_*_packed buffers the caller provides): one-thread packed_gemm tiles there beat
 // BLAS, whose thread wake-ups cost more than such a product (measured, 8 x 512 x 128: 9.9 us against
 // OpenBLAS's 15.9 us on 2 threads; 16 x 1024 x 256: 77 us against 72 us, and 40 us against 72 at 2 torch
-// threads). One row uses the single-row kernels of small_gemm.h, more rows BLAS.
+// threads). One row uses the single-row kernels of small_gemm.h, more rows BLAS while
+// large_products_on_blas() (gemm.h), else packed_gemm as well.
 constexpr int64_t kPackedStepMaxRows = 16;
 
-// Whether some step of L has 2..kPackedStepMaxRows rows (then pass the packed buffers, of
-// packed_b_size elements: packing.h).
-bool uses_packed_weights(const SeqLayout& L);
+// The most rows a step multiplies by packed weights: kPackedStepMaxRows, or all when
+// !large_products_on_blas(). Read once per layer call, so one call never mixes the two.
+int64_t packed_step_max_rows();
+
+// Whether some step of L has 2..max_rows rows (then pass the packed buffers, of packed_b_size elements:
+// packing.h).
+bool uses_packed_weights(const SeqLayout& L, int64_t max_rows);
 
 // Sizes: H hidden units, G = kGates, P the size of h (P == H, or the projection size when w_hr is given;
 // only LSTM has a projection: h = (o * tanh(c)) W_hr^T).
@@ -47,6 +52,7 @@ struct ForwardArgs {
   T* m;           // (B, H)    workspace, with w_hr only
   T* w_hh_packed;  // packed_b_size(P, G*H) workspace when uses_packed_weights, else nullptr
   T* w_hr_packed;  // packed_b_size(H, P) workspace when uses_packed_weights and w_hr, else nullptr
+  int64_t packed_max_rows;  // packed_step_max_rows() of this call
 };
 
 template <typename T>
@@ -72,6 +78,7 @@ struct BackwardArgs {
   T* dm;              // (B, H) workspace (w_hr only)
   T* w_hh_packed;     // packed_b_size(G*H, P) workspace when uses_packed_weights, else nullptr
   T* w_hr_packed;     // packed_b_size(P, H) workspace when uses_packed_weights and w_hr, else nullptr
+  int64_t packed_max_rows;  // packed_step_max_rows() of this call
 };
 
 template <CellKind K, typename T>

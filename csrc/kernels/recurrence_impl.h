@@ -30,16 +30,16 @@ inline namespace TRE_CPU_CAPABILITY {
 
 // C(M, N) = A(M, K) op(B)(K, N) (+ C when accumulate), A and C row-major: a time step's product. op(B) is
 // B (K, N) row-major, or B stored (N, K) when trans_b (a weight as torch stores it, in the forward step).
-// One row goes to the single-row kernels of small_gemm.h; up to kPackedStepMaxRows rows to packed_gemm
-// on a packed copy of op(B) (when the layer made one); more to BLAS. All chosen by sizes alone.
+// One row goes to the single-row kernels of small_gemm.h; up to max_rows rows (packed_step_max_rows) to
+// packed_gemm on a packed copy of op(B) (when the layer made one); more to BLAS.
 template <typename T>
 inline void step_product(bool trans_b, int64_t M, int64_t N, int64_t K, const T* A, const T* B,
-                         const T* B_packed, T* C, bool accumulate) {
+                         const T* B_packed, int64_t max_rows, T* C, bool accumulate) {
   if (M == 1 && trans_b) {
     small_gemv_nt<T>(N, K, A, B, K, C, accumulate);
   } else if (M == 1 && !trans_b) {
     small_gemv<T>(N, K, A, B, N, C, accumulate);
-  } else if (B_packed && M <= kPackedStepMaxRows) {
+  } else if (B_packed && M <= max_rows) {
     packed_gemm<T>(M, N, K, A, K, 1, MatrixB<T>{B_packed, 0, 0, true}, C, N, accumulate);
   } else {
     gemm<T>(false, trans_b, M, N, K, T(1), A, K, B, trans_b ? K : N, accumulate ? T(1) : T(0), C, N);
@@ -60,10 +60,10 @@ void recurrence_forward(const SeqLayout& L, const ForwardArgs<T>& a) {
     // product adds to C rather than first clearing it (OpenBLAS's separate beta = 0 pass measured 8% of
     // a 32 x 1024 x 256 step).
     if constexpr (Cell::kSameGateGrads) {
-      step_product<T>(true, bs, GH, P, a.h, a.w_hh, a.w_hh_packed, a.gi + off * GH, true);
+      step_product<T>(true, bs, GH, P, a.h, a.w_hh, a.w_hh_packed, a.packed_max_rows, a.gi + off * GH, true);
     } else {
       for (int64_t b = 0; b < bs; ++b) std::memcpy(a.gh + b * GH, a.b_hh, sizeof(T) * GH);
-      step_product<T>(true, bs, GH, P, a.h, a.w_hh, a.w_hh_packed, a.gh, true);
+      step_product<T>(true, bs, GH, P, a.h, a.w_hh, a.w_hh_packed, a.packed_max_rows, a.gh, true);
     }
     if (s + 1 < L.T) {  // next step's rows of gi, written long ago by the input projection: fetch them now
       const int64_t tn = L.time(s + 1);
@@ -84,7 +84,7 @@ void recurrence_forward(const SeqLayout& L, const ForwardArgs<T>& a) {
                                       static_cast<T*>(nullptr));
       }
     }
-    if (a.w_hr) step_product<T>(true, bs, P, H, a.m, a.w_hr, a.w_hr_packed, a.out + off * P, false);
+    if (a.w_hr) step_product<T>(true, bs, P, H, a.m, a.w_hr, a.w_hr_packed, a.packed_max_rows, a.out + off * P, false);
     std::memcpy(a.h, a.out + off * P, sizeof(T) * bs * P);  // the new state of the active rows
   }
 }
@@ -111,7 +111,7 @@ void recurrence_backward(const SeqLayout& L, const BackwardArgs<T>& a) {
     }
     if (a.w_hr) {  // through the projection: dm = dh W_hr
       std::memcpy(a.dh_all + off * P, a.dh, sizeof(T) * bs * P);
-      step_product<T>(false, bs, H, P, a.dh, a.w_hr, a.w_hr_packed, a.dm, false);
+      step_product<T>(false, bs, H, P, a.dh, a.w_hr, a.w_hr_packed, a.packed_max_rows, a.dm, false);
     }
     const int64_t from_prev = std::min(bs, bs_prev);  // rows whose previous state is the previous step's
     for (int64_t b = 0; b < bs; ++b) {
@@ -135,7 +135,7 @@ void recurrence_backward(const SeqLayout& L, const BackwardArgs<T>& a) {
     }
     // dh_{t-1} = (direct term the cell left in dh) + dgates_h W_hh
     step_product<T>(false, bs, P, GH, Cell::kSameGateGrads ? a.dgi + off * GH : a.dgh_step, a.w_hh,
-                    a.w_hh_packed, a.dh, Cell::kDirectDh);
+                    a.w_hh_packed, a.packed_max_rows, a.dh, Cell::kDirectDh);
   }
 }
 

@@ -438,24 +438,25 @@ def test_cells_script(name, kw):
         assert torch.equal(a, b)
 
 
-def assert_identical_at_one_and_two_threads(module, x):
-    """Runs module(x) and the gradients of its outputs' sum at 1 and at 2 torch threads, asserts every
-    tensor is bitwise equal, and returns the outputs (of the 1-thread run)."""
+def assert_identical_across_threads(module, x, counts=(1, 2)):
+    """Runs module(x) and the gradients of its outputs' sum at each torch thread count, asserts every
+    tensor is bitwise equal across them, and returns the outputs (of the first run)."""
     results = []
-    for n in (1, 2):
+    for n in counts:
         torch.set_num_threads(n)
         outs = tensors_of(module(x))
         grads = torch.autograd.grad(sum(o.sum() for o in outs), [x] + list(module.parameters()))
         results.append(outs + list(grads))
-    for a, b in zip(*results):
-        assert torch.equal(a, b)
+    for other in results[1:]:
+        for a, b in zip(results[0], other):
+            assert torch.equal(a, b)
     return results[0][:len(outs)]
 
 
 @pytest.mark.parametrize("kind", ["gru", "rnn_tanh", "lstm_proj"])
 def test_identical_at_one_and_two_threads(kind, threads):
     _, ours = make_pair(kind, torch.float32, num_layers=2, bidirectional=True)
-    assert_identical_at_one_and_two_threads(ours, torch.randn(12, 5, I, requires_grad=True))
+    assert_identical_across_threads(ours, torch.randn(12, 5, I, requires_grad=True))
 
 
 @pytest.mark.parametrize("module,shape", [
@@ -469,10 +470,26 @@ def test_identical_at_one_and_two_threads_where_products_split(module, shape, th
     torch.manual_seed(5)
     m = module()
     x = torch.randn(*shape, requires_grad=True)
-    outs = assert_identical_at_one_and_two_threads(m, x)
+    outs = assert_identical_across_threads(m, x)
     ref = (nn.LSTM if m.mode == "LSTM" else nn.GRU)(m.input_size, m.hidden_size)
     ref.load_state_dict(m.state_dict())
     torch.testing.assert_close(tensors_of(ref(x.detach())), [t.detach() for t in outs], rtol=1e-5, atol=1e-5)
+
+
+def test_identical_across_thread_counts_above_one_where_products_are_large(threads):
+    """Products above kOwnProductMaxMacs (the input projection, 3200 x 1024 x 256) and steps of more than
+    16 rows go to BLAS at 1 torch thread only; from 2 threads up they run on our kernels over torch's
+    threads, bitwise identical for every count, and within float tolerance of the 1-thread result and nn."""
+    torch.manual_seed(6)
+    m = torch_rnn_ext.LSTM(256, 256)
+    x = torch.randn(100, 32, 256, requires_grad=True)
+    outs = assert_identical_across_threads(m, x, counts=(2, 3))
+    torch.set_num_threads(1)
+    one = tensors_of(m(x))
+    ref = nn.LSTM(256, 256)
+    ref.load_state_dict(m.state_dict())
+    for got in (one, outs):
+        torch.testing.assert_close(tensors_of(ref(x.detach())), [t.detach() for t in got], rtol=1e-5, atol=1e-5)
 
 
 # --- bad input -------------------------------------------------------------------------------------

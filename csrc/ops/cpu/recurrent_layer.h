@@ -200,10 +200,11 @@ inline Tensor initial_state(const optional<Tensor>& state, const Tensor& input, 
 }
 
 // A buffer for the time loop's packed copy of a (K, N) step operand, or undefined when no step of L uses
-// one (kernels::uses_packed_weights).
+// one (kernels::uses_packed_weights with max_rows = kernels::packed_step_max_rows() of this call).
 template <typename T>
-Tensor packed_buffer(const kernels::SeqLayout& L, int64_t K, int64_t N, const at::TensorOptions& opts) {
-  if (!kernels::uses_packed_weights(L)) return Tensor();
+Tensor packed_buffer(const kernels::SeqLayout& L, int64_t max_rows, int64_t K, int64_t N,
+                     const at::TensorOptions& opts) {
+  if (!kernels::uses_packed_weights(L, max_rows)) return Tensor();
   return at::empty({kernels::packed_b_size<T>(K, N)}, opts);
 }
 
@@ -243,12 +244,13 @@ std::tuple<Tensor, Tensor, Tensor, Tensor> layer_forward(const char* op, const T
   Tensor m = w_hr.defined() ? at::empty({g.B, g.H}, opts) : Tensor();
   const auto L = g.layout(reverse);
   AT_DISPATCH_FLOATING_TYPES(input.scalar_type(), "recurrent_layer", [&] {
-    const Tensor w_hh_packed = packed_buffer<scalar_t>(L, g.P, GH, opts);
-    const Tensor w_hr_packed = w_hr.defined() ? packed_buffer<scalar_t>(L, g.H, g.P, opts) : Tensor();
+    const int64_t max_rows = kernels::packed_step_max_rows();
+    const Tensor w_hh_packed = packed_buffer<scalar_t>(L, max_rows, g.P, GH, opts);
+    const Tensor w_hr_packed = w_hr.defined() ? packed_buffer<scalar_t>(L, max_rows, g.H, g.P, opts) : Tensor();
     kernels::forward<K, scalar_t>(
         L, {g.H, g.P, ptr<scalar_t>(gi), ptr<scalar_t>(w_hh), ptr<scalar_t>(b_hh), ptr<scalar_t>(w_hr),
             ptr<scalar_t>(h), ptr<scalar_t>(c), ptr<scalar_t>(out), ptr<scalar_t>(saved), ptr<scalar_t>(gh),
-            ptr<scalar_t>(m), ptr<scalar_t>(w_hh_packed), ptr<scalar_t>(w_hr_packed)});
+            ptr<scalar_t>(m), ptr<scalar_t>(w_hh_packed), ptr<scalar_t>(w_hr_packed), max_rows});
   });
   Tensor output = g.packed ? out : out.view({g.T, g.B, g.P});
   return {output, h, c, saved};
@@ -311,14 +313,15 @@ std::vector<Tensor> layer_backward(const char* op, const Tensor& grad_output, co
   Tensor dm = proj ? at::empty({g.B, g.H}, opts) : Tensor();
   const auto L = g.layout(reverse);
   AT_DISPATCH_FLOATING_TYPES(input.scalar_type(), "recurrent_layer", [&] {
-    const Tensor w_hh_packed = packed_buffer<scalar_t>(L, GH, g.P, opts);
-    const Tensor w_hr_packed = proj ? packed_buffer<scalar_t>(L, g.P, g.H, opts) : Tensor();
+    const int64_t max_rows = kernels::packed_step_max_rows();
+    const Tensor w_hh_packed = packed_buffer<scalar_t>(L, max_rows, GH, g.P, opts);
+    const Tensor w_hr_packed = proj ? packed_buffer<scalar_t>(L, max_rows, g.P, g.H, opts) : Tensor();
     kernels::backward<K, scalar_t>(
         L, {g.H, g.P, ptr<scalar_t>(w_hh), ptr<scalar_t>(w_hr), ptr<scalar_t>(ws), ptr<scalar_t>(out),
             ptr<scalar_t>(h0), ptr<scalar_t>(c0), ptr<scalar_t>(zeros), ptr<scalar_t>(go), ptr<scalar_t>(dh),
             ptr<scalar_t>(dc), ptr<scalar_t>(dgi), ptr<scalar_t>(dgh_step), ptr<scalar_t>(dgh_own),
             ptr<scalar_t>(h_prev), ptr<scalar_t>(dh_all), ptr<scalar_t>(m_all), ptr<scalar_t>(dm),
-            ptr<scalar_t>(w_hh_packed), ptr<scalar_t>(w_hr_packed)});
+            ptr<scalar_t>(w_hh_packed), ptr<scalar_t>(w_hr_packed), max_rows});
   });
 
   std::vector<Tensor> grads(8);
