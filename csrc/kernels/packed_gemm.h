@@ -190,9 +190,9 @@ void packed_gemm(int64_t M, int64_t N, int64_t K, const T* A, int64_t rsa, int64
   const int64_t row_tasks = (M + kRowsPerTask - 1) / kRowsPerTask;
   const int64_t col_tasks = (panels + kPanelsPerTask - 1) / kPanelsPerTask;
   const int64_t tasks = row_tasks * col_tasks;
-  // About 2^21 multiply-adds per task before a thread is worth waking.
+  // About 2^18 multiply-adds per task before a thread is worth waking.
   const int64_t task_macs = std::min(M, kRowsPerTask) * std::min(N, kPanelsPerTask * W) * K;
-  const int64_t grain = std::max<int64_t>(1, (int64_t{1} << 21) / std::max<int64_t>(task_macs, 1));
+  const int64_t grain = std::max<int64_t>(1, (int64_t{1} << 18) / std::max<int64_t>(task_macs, 1));
   auto run = [&](int64_t t0, int64_t t1) {
     for (int64_t t = t0; t < t1; ++t) {
       const int64_t rt = t / col_tasks, ct = t % col_tasks;

@@ -4,6 +4,8 @@
 #include "kernels/cpu_capability.h"
 #include "kernels/gemm.h"
 
+#include <ATen/Parallel.h>
+
 #include <algorithm>
 #include <limits>
 
@@ -37,6 +39,8 @@ void backward(const SeqLayout& L, const BackwardArgs<T>& a) {
 int64_t packed_step_max_rows() {
   return large_products_on_blas() ? kPackedStepMaxRows : std::numeric_limits<int64_t>::max();
 }
+
+bool split_batch_rows() { return at::get_num_threads() > 1; }
 
 bool uses_packed_weights(const SeqLayout& L, int64_t max_rows) {
   for (int64_t t = 0; t < L.T; ++t)

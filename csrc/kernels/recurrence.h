@@ -35,6 +35,10 @@ int64_t packed_step_max_rows();
 // packing.h).
 bool uses_packed_weights(const SeqLayout& L, int64_t max_rows);
 
+// Whether the time loop shares the batch rows out over torch's threads, each share running every step on
+// its own (recurrence_impl.h: for_row_shares): from 2 torch threads up. Read once per layer call.
+bool split_batch_rows();
+
 // Sizes: H hidden units, G = kGates, P the size of h (P == H, or the projection size when w_hr is given;
 // only LSTM has a projection: h = (o * tanh(c)) W_hr^T).
 template <typename T>
@@ -53,6 +57,7 @@ struct ForwardArgs {
   T* w_hh_packed;  // packed_b_size(P, G*H) workspace when uses_packed_weights, else nullptr
   T* w_hr_packed;  // packed_b_size(H, P) workspace when uses_packed_weights and w_hr, else nullptr
   int64_t packed_max_rows;  // packed_step_max_rows() of this call
+  bool split_rows;          // split_batch_rows() of this call
 };
 
 template <typename T>
@@ -79,6 +84,7 @@ struct BackwardArgs {
   T* w_hh_packed;     // packed_b_size(G*H, P) workspace when uses_packed_weights, else nullptr
   T* w_hr_packed;     // packed_b_size(P, H) workspace when uses_packed_weights and w_hr, else nullptr
   int64_t packed_max_rows;  // packed_step_max_rows() of this call
+  bool split_rows;          // split_batch_rows() of this call
 };
 
 template <CellKind K, typename T>

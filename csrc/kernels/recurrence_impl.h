@@ -28,21 +28,35 @@ namespace torch_rnn_ext {
 namespace kernels {
 inline namespace TRE_CPU_CAPABILITY {
 
-// C(M, N) = A(M, K) op(B)(K, N) (+ C when accumulate), A and C row-major: a time step's product. op(B) is
-// B (K, N) row-major, or B stored (N, K) when trans_b (a weight as torch stores it, in the forward step).
-// One row goes to the single-row kernels of small_gemm.h; up to max_rows rows (packed_step_max_rows) to
-// packed_gemm on a packed copy of op(B) (when the layer made one); more to BLAS.
+// C(M, N) = A(M, K) op(B)(K, N) (+ C when accumulate), A and C row-major: M of a time step's `rows`
+// active rows. op(B) is B (K, N) row-major, or B stored (N, K) when trans_b (a weight as torch stores it,
+// in the forward step). The kernel is chosen by the step's row count, never by M (a share of them), so
+// a row's result is the same however the rows are shared out: one row goes to the single-row kernels of
+// small_gemm.h; up to max_rows rows (packed_step_max_rows) to packed_gemm on a packed copy of op(B) (when
+// the layer made one), whose outputs do not depend on the other rows; more to BLAS.
 template <typename T>
-inline void step_product(bool trans_b, int64_t M, int64_t N, int64_t K, const T* A, const T* B,
+inline void step_product(bool trans_b, int64_t rows, int64_t M, int64_t N, int64_t K, const T* A, const T* B,
                          const T* B_packed, int64_t max_rows, T* C, bool accumulate) {
-  if (M == 1 && trans_b) {
+  if (rows == 1 && trans_b) {
     small_gemv_nt<T>(N, K, A, B, K, C, accumulate);
-  } else if (M == 1 && !trans_b) {
+  } else if (rows == 1 && !trans_b) {
     small_gemv<T>(N, K, A, B, N, C, accumulate);
-  } else if (B_packed && M <= max_rows) {
+  } else if (B_packed && rows <= max_rows) {
     packed_gemm<T>(M, N, K, A, K, 1, MatrixB<T>{B_packed, 0, 0, true}, C, N, accumulate);
   } else {
     gemm<T>(false, trans_b, M, N, K, T(1), A, K, B, trans_b ? K : N, accumulate ? T(1) : T(0), C, N);
+  }
+}
+
+// Runs f(r0, r1) over batch rows [0, B): split over torch's threads when `split`, else once. A row's
+// recurrence reads only its own state, so each share runs every time step on its own, with no
+// synchronisation between steps (only its products' inner parallel_for, which then runs inline).
+template <typename F>
+inline void for_row_shares(int64_t B, bool split, const F& f) {
+  if (split && B > 1) {
+    at::parallel_for(0, B, 1, f);
+  } else {
+    f(0, B);
   }
 }
 
@@ -53,40 +67,50 @@ void recurrence_forward(const SeqLayout& L, const ForwardArgs<T>& a) {
   // op(B) of the steps' products: W_hh^T (P, GH) and W_hr^T (H, P).
   if (a.w_hh_packed) pack_b<T>(P, GH, a.w_hh, 1, P, a.w_hh_packed);
   if (a.w_hr && a.w_hr_packed) pack_b<T>(H, P, a.w_hr, 1, H, a.w_hr_packed);
-  for (int64_t s = 0; s < L.T; ++s) {
-    const int64_t t = L.time(s), bs = L.batch_sizes[t], off = L.offsets[t];
-    // LSTM and RNN sum the two products: the recurrent one accumulates into gi's rows of this step.
-    // GRU needs it apart (r scales its n block): it accumulates onto rows of b_hh. Either way the
-    // product adds to C rather than first clearing it (OpenBLAS's separate beta = 0 pass measured 8% of
-    // a 32 x 1024 x 256 step).
-    if constexpr (Cell::kSameGateGrads) {
-      step_product<T>(true, bs, GH, P, a.h, a.w_hh, a.w_hh_packed, a.packed_max_rows, a.gi + off * GH, true);
-    } else {
-      for (int64_t b = 0; b < bs; ++b) std::memcpy(a.gh + b * GH, a.b_hh, sizeof(T) * GH);
-      step_product<T>(true, bs, GH, P, a.h, a.w_hh, a.w_hh_packed, a.packed_max_rows, a.gh, true);
-    }
-    if (s + 1 < L.T) {  // next step's rows of gi, written long ago by the input projection: fetch them now
-      const int64_t tn = L.time(s + 1);
-      const char* p = reinterpret_cast<const char*>(a.gi + L.offsets[tn] * GH);
-      const int64_t bytes = L.batch_sizes[tn] * GH * static_cast<int64_t>(sizeof(T));
-      for (int64_t i = 0; i < bytes; i += 64) __builtin_prefetch(p + i, 1);
-    }
-    for (int64_t b = 0; b < bs; ++b) {
-      const int64_t row = off + b;
-      const T* gh = Cell::kSameGateGrads ? nullptr : a.gh + b * GH;
-      T* c = Cell::kHasCell ? a.c + b * H : nullptr;
-      // With a projection the cell writes o * tanh(c') into m; the product below makes h from it.
-      T* out = a.w_hr ? a.m + b * H : a.out + row * P;
-      if (a.saved) {
-        Cell::template forward<true>(H, a.gi + row * GH, gh, a.b_hh, a.h + b * P, c, out, a.saved + row * SH);
+  const int64_t batch = L.T > 0 ? L.batch_sizes[0] : 0;  // the first step's, the most
+  for_row_shares(batch, a.split_rows, [&](int64_t r0, int64_t r1) {
+    for (int64_t s = 0; s < L.T; ++s) {
+      const int64_t t = L.time(s), bs = L.batch_sizes[t];
+      const int64_t n = std::min(bs, r1) - r0;  // this share's active rows: r0 .. r0 + n
+      if (n <= 0) continue;
+      const int64_t off = L.offsets[t] + r0;  // the share's first row
+      T* h = a.h + r0 * P;
+      // LSTM and RNN sum the two products: the recurrent one accumulates into gi's rows of this step.
+      // GRU needs it apart (r scales its n block): it accumulates onto rows of b_hh. Either way the
+      // product adds to C rather than first clearing it (OpenBLAS's separate beta = 0 pass measured 8%
+      // of a 32 x 1024 x 256 step).
+      if constexpr (Cell::kSameGateGrads) {
+        step_product<T>(true, bs, n, GH, P, h, a.w_hh, a.w_hh_packed, a.packed_max_rows, a.gi + off * GH, true);
       } else {
-        Cell::template forward<false>(H, a.gi + row * GH, gh, a.b_hh, a.h + b * P, c, out,
-                                      static_cast<T*>(nullptr));
+        for (int64_t b = 0; b < n; ++b) std::memcpy(a.gh + (r0 + b) * GH, a.b_hh, sizeof(T) * GH);
+        step_product<T>(true, bs, n, GH, P, h, a.w_hh, a.w_hh_packed, a.packed_max_rows, a.gh + r0 * GH, true);
       }
+      if (s + 1 < L.T) {  // next step's rows of gi, written long ago by the input projection: fetch them now
+        const int64_t tn = L.time(s + 1), nn = std::min(L.batch_sizes[tn], r1) - r0;
+        const char* p = reinterpret_cast<const char*>(a.gi + (L.offsets[tn] + r0) * GH);
+        const int64_t bytes = std::max<int64_t>(nn, 0) * GH * static_cast<int64_t>(sizeof(T));
+        for (int64_t i = 0; i < bytes; i += 64) __builtin_prefetch(p + i, 1);
+      }
+      for (int64_t b = r0; b < r0 + n; ++b) {
+        const int64_t row = L.offsets[t] + b;
+        const T* gh = Cell::kSameGateGrads ? nullptr : a.gh + b * GH;
+        T* c = Cell::kHasCell ? a.c + b * H : nullptr;
+        // With a projection the cell writes o * tanh(c') into m; the product below makes h from it.
+        T* out = a.w_hr ? a.m + b * H : a.out + row * P;
+        if (a.saved) {
+          Cell::template forward<true>(H, a.gi + row * GH, gh, a.b_hh, a.h + b * P, c, out, a.saved + row * SH);
+        } else {
+          Cell::template forward<false>(H, a.gi + row * GH, gh, a.b_hh, a.h + b * P, c, out,
+                                        static_cast<T*>(nullptr));
+        }
+      }
+      if (a.w_hr) {
+        step_product<T>(true, bs, n, P, H, a.m + r0 * H, a.w_hr, a.w_hr_packed, a.packed_max_rows,
+                        a.out + off * P, false);
+      }
+      std::memcpy(h, a.out + off * P, sizeof(T) * n * P);  // the new state of the active rows
     }
-    if (a.w_hr) step_product<T>(true, bs, P, H, a.m, a.w_hr, a.w_hr_packed, a.packed_max_rows, a.out + off * P, false);
-    std::memcpy(a.h, a.out + off * P, sizeof(T) * bs * P);  // the new state of the active rows
-  }
+  });
 }
 
 // Backward over all steps, in the reverse of the forward's order (arguments: BackwardArgs).
@@ -96,47 +120,55 @@ void recurrence_backward(const SeqLayout& L, const BackwardArgs<T>& a) {
   // op(B) of the steps' products: W_hh (GH, P) and W_hr (P, H), as stored.
   if (a.w_hh_packed) pack_b<T>(GH, P, a.w_hh, P, 1, a.w_hh_packed);
   if (a.w_hr && a.w_hr_packed) pack_b<T>(P, H, a.w_hr, H, 1, a.w_hr_packed);
-  for (int64_t s = L.T - 1; s >= 0; --s) {
-    const int64_t t = L.time(s), bs = L.batch_sizes[t], off = L.offsets[t];
-    int64_t bs_prev = 0, off_prev = 0;
-    if (s > 0) {
-      const int64_t tp = L.time(s - 1);
-      bs_prev = L.batch_sizes[tp];
-      off_prev = L.offsets[tp];
-    }
-    for (int64_t b = 0; b < bs; ++b) {  // total gradient of each active row's h
-      T* dh = a.dh + b * P;
-      const T* go = a.grad_out + (off + b) * P;
-      for (int64_t j = 0; j < P; ++j) dh[j] += go[j];
-    }
-    if (a.w_hr) {  // through the projection: dm = dh W_hr
-      std::memcpy(a.dh_all + off * P, a.dh, sizeof(T) * bs * P);
-      step_product<T>(false, bs, H, P, a.dh, a.w_hr, a.w_hr_packed, a.packed_max_rows, a.dm, false);
-    }
-    const int64_t from_prev = std::min(bs, bs_prev);  // rows whose previous state is the previous step's
-    for (int64_t b = 0; b < bs; ++b) {
-      const int64_t row = off + b;
-      const bool has_prev = b < from_prev;
-      const T* hp = has_prev ? a.out + (off_prev + b) * P : (a.h0 ? a.h0 + b * P : a.zeros);
-      const T* prev_saved = has_prev ? a.saved + (off_prev + b) * SH : nullptr;
-      const T* c_init = a.c0 ? a.c0 + b * H : a.zeros;
-      if (a.h_prev) std::memcpy(a.h_prev + row * P, hp, sizeof(T) * P);
-      T* dh = a.w_hr ? a.dm + b * H : a.dh + b * P;
-      T* dgh = Cell::kSameGateGrads ? nullptr : a.dgh_step + b * GH;
-      Cell::backward(H, a.saved + row * SH, a.out + row * P, hp, prev_saved, c_init, dh,
-                     Cell::kHasCell ? a.dc + b * H : nullptr, a.dgi + row * GH, dgh);
-      if constexpr (!Cell::kSameGateGrads) {  // keep the block that differs from dgi, for dW_hh and b_hh
-        constexpr int64_t kOwn = Cell::kOwnGates;
-        std::memcpy(a.dgh_own + row * kOwn * H, dgh + GH - kOwn * H, sizeof(T) * kOwn * H);
+  const int64_t batch = L.T > 0 ? L.batch_sizes[0] : 0;  // the first step's, the most
+  for_row_shares(batch, a.split_rows, [&](int64_t r0, int64_t r1) {
+    for (int64_t s = L.T - 1; s >= 0; --s) {
+      const int64_t t = L.time(s), bs = L.batch_sizes[t];
+      const int64_t n = std::min(bs, r1) - r0;  // this share's active rows: r0 .. r0 + n
+      if (n <= 0) continue;
+      const int64_t off = L.offsets[t];
+      int64_t bs_prev = 0, off_prev = 0;
+      if (s > 0) {
+        const int64_t tp = L.time(s - 1);
+        bs_prev = L.batch_sizes[tp];
+        off_prev = L.offsets[tp];
       }
-      if constexpr (Cell::kHasCell) {
-        if (a.w_hr) Cell::projected(H, a.saved + row * SH, a.m_all + row * H);
+      for (int64_t b = r0; b < r0 + n; ++b) {  // total gradient of each active row's h
+        T* dh = a.dh + b * P;
+        const T* go = a.grad_out + (off + b) * P;
+        for (int64_t j = 0; j < P; ++j) dh[j] += go[j];
       }
+      if (a.w_hr) {  // through the projection: dm = dh W_hr
+        std::memcpy(a.dh_all + (off + r0) * P, a.dh + r0 * P, sizeof(T) * n * P);
+        step_product<T>(false, bs, n, H, P, a.dh + r0 * P, a.w_hr, a.w_hr_packed, a.packed_max_rows,
+                        a.dm + r0 * H, false);
+      }
+      const int64_t from_prev = std::min(bs, bs_prev);  // rows whose previous state is the previous step's
+      for (int64_t b = r0; b < r0 + n; ++b) {
+        const int64_t row = off + b;
+        const bool has_prev = b < from_prev;
+        const T* hp = has_prev ? a.out + (off_prev + b) * P : (a.h0 ? a.h0 + b * P : a.zeros);
+        const T* prev_saved = has_prev ? a.saved + (off_prev + b) * SH : nullptr;
+        const T* c_init = a.c0 ? a.c0 + b * H : a.zeros;
+        if (a.h_prev) std::memcpy(a.h_prev + row * P, hp, sizeof(T) * P);
+        T* dh = a.w_hr ? a.dm + b * H : a.dh + b * P;
+        T* dgh = Cell::kSameGateGrads ? nullptr : a.dgh_step + b * GH;
+        Cell::backward(H, a.saved + row * SH, a.out + row * P, hp, prev_saved, c_init, dh,
+                       Cell::kHasCell ? a.dc + b * H : nullptr, a.dgi + row * GH, dgh);
+        if constexpr (!Cell::kSameGateGrads) {  // keep the block that differs from dgi, for dW_hh and b_hh
+          constexpr int64_t kOwn = Cell::kOwnGates;
+          std::memcpy(a.dgh_own + row * kOwn * H, dgh + GH - kOwn * H, sizeof(T) * kOwn * H);
+        }
+        if constexpr (Cell::kHasCell) {
+          if (a.w_hr) Cell::projected(H, a.saved + row * SH, a.m_all + row * H);
+        }
+      }
+      // dh_{t-1} = (direct term the cell left in dh) + dgates_h W_hh
+      const T* dgates = Cell::kSameGateGrads ? a.dgi + (off + r0) * GH : a.dgh_step + r0 * GH;
+      step_product<T>(false, bs, n, P, GH, dgates, a.w_hh, a.w_hh_packed, a.packed_max_rows, a.dh + r0 * P,
+                      Cell::kDirectDh);
     }
-    // dh_{t-1} = (direct term the cell left in dh) + dgates_h W_hh
-    step_product<T>(false, bs, P, GH, Cell::kSameGateGrads ? a.dgi + off * GH : a.dgh_step, a.w_hh,
-                    a.w_hh_packed, a.packed_max_rows, a.dh, Cell::kDirectDh);
-  }
+  });
 }
 
 }  // namespace TRE_CPU_CAPABILITY

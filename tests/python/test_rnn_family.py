@@ -476,6 +476,27 @@ def test_identical_at_one_and_two_threads_where_products_split(module, shape, th
     torch.testing.assert_close(tensors_of(ref(x.detach())), [t.detach() for t in outs], rtol=1e-5, atol=1e-5)
 
 
+@pytest.mark.parametrize("kind", ["lstm_proj", "gru"])
+def test_identical_across_threads_for_packed_sequences(kind, threads):
+    """From 2 threads up the time loop shares out the batch rows; with a PackedSequence the shares have
+    different lengths and the last steps have one active row (the single-row kernel)."""
+    torch.manual_seed(7)
+    ref, ours = make_pair(kind, torch.float32, bidirectional=True)
+    x = torch.randn(9, 5, I, requires_grad=True)
+    lengths = [9, 6, 6, 2, 1]
+    results = []
+    for n in (1, 2, 3):
+        torch.set_num_threads(n)
+        outs = tensors_of(ours(pack_padded_sequence(x, lengths)))
+        grads = torch.autograd.grad(sum(o.sum() for o in outs), [x] + list(ours.parameters()))
+        results.append(outs + list(grads))
+    for other in results[1:]:
+        for a, b in zip(results[0], other):
+            assert torch.equal(a, b)
+    expected = tensors_of(ref(pack_padded_sequence(x, lengths)))
+    torch.testing.assert_close(expected, results[0][:len(expected)], rtol=1e-5, atol=1e-5)
+
+
 def test_identical_across_thread_counts_above_one_where_products_are_large(threads):
     """Products above kOwnProductMaxMacs (the input projection, 3200 x 1024 x 256) and steps of more than
     16 rows go to BLAS at 1 torch thread only; from 2 threads up they run on our kernels over torch's

@@ -250,7 +250,8 @@ std::tuple<Tensor, Tensor, Tensor, Tensor> layer_forward(const char* op, const T
     kernels::forward<K, scalar_t>(
         L, {g.H, g.P, ptr<scalar_t>(gi), ptr<scalar_t>(w_hh), ptr<scalar_t>(b_hh), ptr<scalar_t>(w_hr),
             ptr<scalar_t>(h), ptr<scalar_t>(c), ptr<scalar_t>(out), ptr<scalar_t>(saved), ptr<scalar_t>(gh),
-            ptr<scalar_t>(m), ptr<scalar_t>(w_hh_packed), ptr<scalar_t>(w_hr_packed), max_rows});
+            ptr<scalar_t>(m), ptr<scalar_t>(w_hh_packed), ptr<scalar_t>(w_hr_packed), max_rows,
+            kernels::split_batch_rows()});
   });
   Tensor output = g.packed ? out : out.view({g.T, g.B, g.P});
   return {output, h, c, saved};
@@ -321,7 +322,8 @@ std::vector<Tensor> layer_backward(const char* op, const Tensor& grad_output, co
             ptr<scalar_t>(h0), ptr<scalar_t>(c0), ptr<scalar_t>(zeros), ptr<scalar_t>(go), ptr<scalar_t>(dh),
             ptr<scalar_t>(dc), ptr<scalar_t>(dgi), ptr<scalar_t>(dgh_step), ptr<scalar_t>(dgh_own),
             ptr<scalar_t>(h_prev), ptr<scalar_t>(dh_all), ptr<scalar_t>(m_all), ptr<scalar_t>(dm),
-            ptr<scalar_t>(w_hh_packed), ptr<scalar_t>(w_hr_packed), max_rows});
+            ptr<scalar_t>(w_hh_packed), ptr<scalar_t>(w_hr_packed), max_rows,
+            kernels::split_batch_rows()});
   });
 
   std::vector<Tensor> grads(8);
