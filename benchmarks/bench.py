@@ -6,12 +6,17 @@
 Each row: median time of torch.nn and of ours, forward (inference, under no_grad) and forward+backward
 (training step without the optimizer), the ratio nn/ours (> 1 means we are faster), and our GFLOP/s with
 its fraction of the sgemm rate measured in the same run. Results go to benchmarks/results/.
+
+Each timed block (one module, one mode) starts after a pause of SETTLE_S: the worker threads of the
+previous block (OpenBLAS's spin up to ~0.1 s after a product, libgomp's a few ms after a parallel region)
+go idle first, so neither module is timed while the other's threads still occupy a core.
 """
 import argparse
 import datetime
 import os
 import subprocess
 import sys
+import time
 
 import torch
 from torch import nn
@@ -32,6 +37,7 @@ HERE = os.path.dirname(os.path.abspath(__file__))
 RESULTS = os.path.join(HERE, "results")
 
 GATES = {"LSTM": 4, "GRU": 3, "RNN_TANH": 1}
+SETTLE_S = 0.3
 # (module kind, (T, B, I, H), layers, bidirectional)
 REGIMES = [(1000, 1, 64, 64), (512, 8, 128, 128), (100, 32, 256, 256), (50, 64, 512, 512)]
 QUICK_CASES = ([("LSTM", s, 1, False) for s in (REGIMES[0], REGIMES[2], REGIMES[3])]
@@ -77,9 +83,13 @@ def bench_pair(ref, ours, x, repeats, flops):
         sum(o.sum() for o in _outputs(m(xg))).backward()
 
     row = {}
+    def timed(fn, m):
+        time.sleep(SETTLE_S)
+        return median_time(lambda: fn(m), repeats=repeats)
+
     for mode, fn, fl in (("forward", fwd, flops), ("forward+backward", fwd_bwd, 3 * flops)):
-        t_ref = median_time(lambda: fn(ref), repeats=repeats)
-        t_ours = median_time(lambda: fn(ours), repeats=repeats)
+        t_ref = timed(fn, ref)
+        t_ours = timed(fn, ours)
         row[mode] = {"nn_ms": t_ref * 1e3, "ours_ms": t_ours * 1e3, "speedup": t_ref / t_ours,
                      "ours_gflops": fl / t_ours / 1e9}
     return row
