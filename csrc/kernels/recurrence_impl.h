@@ -73,14 +73,15 @@ void recurrence_forward(const SeqLayout& L, const ForwardArgs<T>& a) {
       const int64_t t = L.time(s), bs = L.batch_sizes[t];
       const int64_t n = std::min(bs, r1) - r0;  // this share's active rows: r0 .. r0 + n
       if (n <= 0) continue;
-      const int64_t off = L.offsets[t] + r0;  // the share's first row
+      const int64_t off = L.offsets[t];
       T* h = a.h + r0 * P;
       // LSTM and RNN sum the two products: the recurrent one accumulates into gi's rows of this step.
       // GRU needs it apart (r scales its n block): it accumulates onto rows of b_hh. Either way the
       // product adds to C rather than first clearing it (OpenBLAS's separate beta = 0 pass measured 8%
       // of a 32 x 1024 x 256 step).
       if constexpr (Cell::kSameGateGrads) {
-        step_product<T>(true, bs, n, GH, P, h, a.w_hh, a.w_hh_packed, a.packed_max_rows, a.gi + off * GH, true);
+        step_product<T>(true, bs, n, GH, P, h, a.w_hh, a.w_hh_packed, a.packed_max_rows, a.gi + (off + r0) * GH,
+                        true);
       } else {
         for (int64_t b = 0; b < n; ++b) std::memcpy(a.gh + (r0 + b) * GH, a.b_hh, sizeof(T) * GH);
         step_product<T>(true, bs, n, GH, P, h, a.w_hh, a.w_hh_packed, a.packed_max_rows, a.gh + r0 * GH, true);
@@ -92,7 +93,7 @@ void recurrence_forward(const SeqLayout& L, const ForwardArgs<T>& a) {
         for (int64_t i = 0; i < bytes; i += 64) __builtin_prefetch(p + i, 1);
       }
       for (int64_t b = r0; b < r0 + n; ++b) {
-        const int64_t row = L.offsets[t] + b;
+        const int64_t row = off + b;
         const T* gh = Cell::kSameGateGrads ? nullptr : a.gh + b * GH;
         T* c = Cell::kHasCell ? a.c + b * H : nullptr;
         // With a projection the cell writes o * tanh(c') into m; the product below makes h from it.
@@ -106,9 +107,9 @@ void recurrence_forward(const SeqLayout& L, const ForwardArgs<T>& a) {
       }
       if (a.w_hr) {
         step_product<T>(true, bs, n, P, H, a.m + r0 * H, a.w_hr, a.w_hr_packed, a.packed_max_rows,
-                        a.out + off * P, false);
+                        a.out + (off + r0) * P, false);
       }
-      std::memcpy(h, a.out + off * P, sizeof(T) * n * P);  // the new state of the active rows
+      std::memcpy(h, a.out + (off + r0) * P, sizeof(T) * n * P);  // the new state of the active rows
     }
   });
 }

@@ -438,13 +438,14 @@ def test_cells_script(name, kw):
         assert torch.equal(a, b)
 
 
-def assert_identical_across_threads(module, x, counts=(1, 2)):
-    """Runs module(x) and the gradients of its outputs' sum at each torch thread count, asserts every
-    tensor is bitwise equal across them, and returns the outputs (of the first run)."""
+def assert_identical_across_threads(module, x, counts=(1, 2), lengths=None):
+    """Runs module(x) (x packed with `lengths` when given) and the gradients of its outputs' sum at each
+    torch thread count, asserts every tensor is bitwise equal across them, and returns the outputs (of the
+    first run)."""
     results = []
     for n in counts:
         torch.set_num_threads(n)
-        outs = tensors_of(module(x))
+        outs = tensors_of(module(x if lengths is None else pack_padded_sequence(x, lengths)))
         grads = torch.autograd.grad(sum(o.sum() for o in outs), [x] + list(module.parameters()))
         results.append(outs + list(grads))
     for other in results[1:]:
@@ -484,17 +485,8 @@ def test_identical_across_threads_for_packed_sequences(kind, threads):
     ref, ours = make_pair(kind, torch.float32, bidirectional=True)
     x = torch.randn(9, 5, I, requires_grad=True)
     lengths = [9, 6, 6, 2, 1]
-    results = []
-    for n in (1, 2, 3):
-        torch.set_num_threads(n)
-        outs = tensors_of(ours(pack_padded_sequence(x, lengths)))
-        grads = torch.autograd.grad(sum(o.sum() for o in outs), [x] + list(ours.parameters()))
-        results.append(outs + list(grads))
-    for other in results[1:]:
-        for a, b in zip(results[0], other):
-            assert torch.equal(a, b)
-    expected = tensors_of(ref(pack_padded_sequence(x, lengths)))
-    torch.testing.assert_close(expected, results[0][:len(expected)], rtol=1e-5, atol=1e-5)
+    outs = assert_identical_across_threads(ours, x, counts=(1, 2, 3), lengths=lengths)
+    torch.testing.assert_close(tensors_of(ref(pack_padded_sequence(x, lengths))), outs, rtol=1e-5, atol=1e-5)
 
 
 def test_identical_across_thread_counts_above_one_where_products_are_large(threads):
