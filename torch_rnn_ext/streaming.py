@@ -9,15 +9,10 @@ from typing import Any, Callable, Dict, List, Tuple
 import torch
 from torch import Tensor, nn
 
-from .modules.rnn import LSTM, _single_state_forward
 from .modules.scans import MambaMixer, RWKV4TimeMix
 
 __all__ = ["Streamer"]
 
-_OPS = torch.ops.torch_rnn_ext
-# Layer forwards (LSTM's; GRU's and RNN's) whose Tensor path is exactly one stack-op call: the fast path may call that op itself.
-_OUR_FORWARDS = {LSTM.forward, _single_state_forward}
-_STACK_OPS = {"LSTM": _OPS.lstm, "GRU": _OPS.gru, "RNN_TANH": _OPS.rnn_tanh, "RNN_RELU": _OPS.rnn_relu}
 _STREAMED_NAMES = {"LSTM", "GRU", "RNN", "MambaMixer", "RWKV4TimeMix"}
 
 
@@ -88,7 +83,8 @@ class Streamer:
             raise TypeError("Streamer needs an eager model, got a TorchScript module; stream a scripted "
                             "model by passing the states explicitly (hx, forward_with_state)")
         self.model = model
-        self._layers: List[Tuple[str, nn.Module]] = []
+        # (name, layer, the forward installed on it during a call: made once, not per call)
+        self._layers: List[Tuple[str, nn.Module, Callable]] = []
         for name, m in model.named_modules():
             label = f"'{name}' ({type(m).__name__})" if name else f"the model itself ({type(m).__name__})"
             if isinstance(m, torch.jit.ScriptModule):
@@ -100,12 +96,11 @@ class Streamer:
                 if m.bidirectional:
                     raise ValueError(f"Streamer: {label} is bidirectional; a bidirectional layer needs the "
                                      "whole sequence and cannot stream")
-                self._layers.append((name, m))
+                self._layers.append((name, m, self._wrap(name, m)))
             elif isinstance(m, (MambaMixer, RWKV4TimeMix)):
-                self._layers.append((name, m))
+                self._layers.append((name, m, self._wrap(name, m)))
         self._state: Dict[str, Any] = {}
         self._calls: Dict[str, int] = {}
-        self._input_dims: Dict[str, int] = {}
 
     # --- public API ---------------------------------------------------------------------------------
 
@@ -113,13 +108,12 @@ class Streamer:
         installed: List[Tuple[nn.Module, Any]] = []
         self._calls = {}
         try:
-            for name, m in self._layers:
+            for name, m, wrapper in self._layers:
                 previous = m.__dict__.get("forward")
                 if getattr(previous, "_torch_rnn_ext_streamer", False):
                     raise RuntimeError(f"Streamer: '{name}' is already being streamed (a nested call, or "
                                        "another thread: Streamers are not thread-safe)")
-                wrapper = self._wrap(name, m, m.forward)
-                wrapper._torch_rnn_ext_streamer = True  # type: ignore[attr-defined]
+                wrapper.inner = m.forward  # what the layer would run: an instance forward, or its class's
                 m.__dict__["forward"] = wrapper
                 installed.append((m, previous))
             return self.model(*args, **kwargs)
@@ -133,7 +127,6 @@ class Streamer:
     def reset(self) -> None:
         """Forgets the carried states: the next call starts a new stream."""
         self._state = {}
-        self._input_dims = {}
 
     def detach(self) -> None:
         """Cuts the autograd history of the carried states, keeping their values (truncated BPTT)."""
@@ -147,10 +140,9 @@ class Streamer:
     @state.setter
     def state(self, value: Dict[str, Any]) -> None:
         self._state = dict(value)
-        self._input_dims = {}
 
     def __repr__(self) -> str:
-        names = ", ".join(repr(n) for n, _ in self._layers)
+        names = ", ".join(repr(n) for n, _, _ in self._layers)
         return f"Streamer(layers=[{names}], carried={sorted(self._state)})"
 
     # --- per-layer forwards installed during a call --------------------------------------------------
@@ -160,53 +152,27 @@ class Streamer:
         self._calls[name] = n + 1
         return name if n == 0 else f"{name}#{n}"
 
-    def _wrap(self, name: str, m: nn.Module, forward: Callable) -> Callable:
+    def _wrap(self, name: str, m: nn.Module) -> Callable:
+        """The forward installed on layer ``m`` during a call; ``__call__`` sets its ``inner`` (the
+        forward the layer had) before each call."""
         if isinstance(m, nn.RNNBase):
-            fast = type(m).forward in _OUR_FORWARDS and m.__dict__.get("forward") is None
-
             def rnn_forward(input, hx=None):
                 if hx is not None:
-                    return forward(input, hx)  # the model's own state: not ours to carry
+                    return rnn_forward.inner(input, hx)  # the model's own state: not ours to carry
                 key = self._key(name)
-                carried = self._state.get(key)
-                if fast and carried is not None and isinstance(input, Tensor) \
-                        and self._input_dims.get(key) == input.dim():
-                    output, hidden = _stack_op_call(m, input, carried)
-                else:
-                    output, hidden = forward(input, carried)
-                    if isinstance(input, Tensor):
-                        self._input_dims[key] = input.dim()
+                output, hidden = rnn_forward.inner(input, self._state.get(key))
                 self._state[key] = hidden
                 return output, hidden
-            return rnn_forward
-
-        def scan_forward(x: Tensor) -> Tensor:
-            key = self._key(name)
-            carried = self._state.get(key)
-            if carried is None:
-                carried = m.allocate_state(x.size(0))
-            out, s0, s1 = m.forward_with_state(x, carried[0], carried[1])
-            self._state[key] = (s0, s1)
-            return out
-        return scan_forward
-
-
-def _stack_op_call(m: nn.RNNBase, input: Tensor, hx: Any) -> Tuple[Tensor, Any]:
-    """What our LSTM/GRU/RNN forward computes for a Tensor input and the state it returned last time,
-    as one op call: the arguments were validated by the module's forward on the first chunk, and the op
-    checks shapes and dtypes itself."""
-    batched = input.dim() == 3
-    if not batched:
-        input = input.unsqueeze(0 if m.batch_first else 1)
-        hx = _map_state(hx, lambda t: t.unsqueeze(1))
-    args = (m._flat_weights, m.bias, m.num_layers, float(m.dropout), m.training, False, m.batch_first)
-    op = _STACK_OPS[m.mode]
-    if m.mode == "LSTM":
-        output, h, c = op(input, [hx[0], hx[1]], *args)
-        hidden: Any = (h, c)
-    else:
-        output, hidden = op(input, hx, *args)
-    if not batched:
-        output = output.squeeze(0 if m.batch_first else 1)
-        hidden = _map_state(hidden, lambda t: t.squeeze(1))
-    return output, hidden
+            wrapper = rnn_forward
+        else:
+            def scan_forward(x: Tensor) -> Tensor:
+                key = self._key(name)
+                carried = self._state.get(key)
+                if carried is None:
+                    carried = m.allocate_state(x.size(0))
+                out, s0, s1 = m.forward_with_state(x, carried[0], carried[1])
+                self._state[key] = (s0, s1)
+                return out
+            wrapper = scan_forward
+        wrapper._torch_rnn_ext_streamer = True  # type: ignore[attr-defined]
+        return wrapper

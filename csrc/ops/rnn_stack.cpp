@@ -7,6 +7,8 @@
 #include <torch/library.h>
 
 #include <functional>
+#include <initializer_list>
+#include <string>
 #include <vector>
 
 #include "checks.h"
@@ -19,6 +21,7 @@ using at::Tensor;
 using c10::optional;
 
 c10::optional<Tensor> maybe(bool cond, const Tensor& t) { return cond ? c10::optional<Tensor>(t) : c10::nullopt; }
+Tensor value(const optional<Tensor>& t) { return t.value_or(Tensor()); }
 
 // One layer in one direction: (x, h0, c0, params of this layer/direction, reverse) -> (out, h_n, c_n).
 struct LayerParams {
@@ -29,16 +32,48 @@ using LayerFn = std::function<std::tuple<Tensor, Tensor, Tensor>(
     const Tensor&, const optional<Tensor>&, const optional<Tensor>&, const LayerParams&, const optional<Tensor>&,
     bool)>;
 
-// Checks a stacked initial state the way torch.nn words it.
+// Checks a stacked initial state the way torch.nn words it ("Expected hidden[0] size (2, 3, 6), got [1, 3, 6]").
 void check_hidden(const Tensor& h, at::IntArrayRef expected, const char* name) {
-  TORCH_CHECK(h.sizes().equals(expected), "Expected ", name, " size ", expected, ", got ", h.sizes());
+  if (h.sizes().equals(expected)) return;
+  std::string tuple = "(";
+  for (size_t i = 0; i < expected.size(); ++i) tuple += (i ? ", " : "") + std::to_string(expected[i]);
+  TORCH_CHECK(false, "Expected ", name, " size ", tuple, "), got ", h.sizes());
 }
 
-std::tuple<Tensor, Tensor, Tensor> run_stack(const char* op, const Tensor& input, const Tensor& h0, const Tensor& c0,
-                                             at::TensorList params, bool has_biases, bool can_project,
-                                             int64_t num_layers, double dropout, bool train, bool bidirectional,
-                                             bool batch_first, const optional<Tensor>& batch_sizes,
-                                             const LayerFn& layer) {
+// The initial states' ranks against the input's, in torch.nn's words: 2-D for unbatched (2-D) input,
+// 3-D for batched.
+void check_hidden_ranks(const Tensor& h0, const Tensor& c0, bool has_cell, bool unbatched) {
+  if (!h0.defined()) return;
+  const int64_t want = unbatched ? 2 : 3;
+  const char* input = unbatched ? "unbatched 2-D" : "batched 3-D";
+  if (has_cell) {
+    TORCH_CHECK(h0.dim() == want && c0.dim() == want, "For ", input, " input, hx and cx should also be ", want,
+                "-D but got (", h0.dim(), "-D, ", c0.dim(), "-D) tensors");
+  } else {
+    TORCH_CHECK(h0.dim() == want, "For ", input, " input, hx should also be ", want, "-D but got ", h0.dim(),
+                "-D tensor");
+  }
+}
+
+// Whether the call records a graph: grad mode on and some tensor argument requires grad. Without one
+// (inference, streaming) the stacks and cells run below autograd: the layer ops go straight to their CPU
+// kernels and the views made on the way (states per layer, one-step inputs, outputs) carry no autograd
+// metadata. Only tensors made here escape and none aliases an argument, so nothing needs that tracking.
+bool records_graph(std::initializer_list<at::Tensor> ts, at::TensorList more = {}) {
+  if (!at::GradMode::is_enabled()) return false;
+  for (const Tensor& t : ts)
+    if (t.defined() && t.requires_grad()) return true;
+  for (const Tensor& t : more)
+    if (t.requires_grad()) return true;
+  return false;
+}
+using BelowAutograd = c10::optional<at::AutoDispatchBelowADInplaceOrView>;
+
+std::tuple<Tensor, Tensor, Tensor> run_stack(const char* op, const Tensor& input, const Tensor& h0_arg,
+                                             const Tensor& c0_arg, at::TensorList params, bool has_biases,
+                                             bool can_project, int64_t num_layers, double dropout, bool train,
+                                             bool bidirectional, bool batch_first,
+                                             const optional<Tensor>& batch_sizes, const LayerFn& layer) {
   TORCH_CHECK(num_layers >= 1, op, ": num_layers: expected at least 1, got ", num_layers);
   TORCH_CHECK(dropout >= 0 && dropout <= 1, op, ": dropout: expected a probability in [0, 1], got ", dropout);
   const int64_t D = bidirectional ? 2 : 1, base = has_biases ? 4 : 2;
@@ -49,15 +84,24 @@ std::tuple<Tensor, Tensor, Tensor> run_stack(const char* op, const Tensor& input
               can_project ? " (or, with projections, " + std::to_string(num_layers * D * (base + 1)) + ")" : "",
               " tensors for num_layers=", num_layers, ", directions=", D, ", has_biases=", has_biases, ", got ", n);
   for (const Tensor& p : params) check_cpu(p, "params");
+  BelowAutograd below;
+  if (!records_graph({input, h0_arg, c0_arg}, params)) below.emplace();
   const bool packed = present(batch_sizes);
+  bool unbatched = false;
   if (packed) {
     TORCH_CHECK(input.dim() == 2, op, ": input: with batch_sizes expected a 2-D tensor of packed rows, got a ",
                 input.dim(), "-D tensor of size ", input.sizes());
   } else {
-    TORCH_CHECK(input.dim() == 3, op, ": input: expected a 3-D tensor, got a ", input.dim(), "-D tensor of size ",
-                input.sizes());
+    TORCH_CHECK(input.dim() == 3 || input.dim() == 2, op,
+                ": input: expected a 3-D tensor (seq_len, batch, input_size) or, unbatched, a 2-D tensor "
+                "(seq_len, input_size), got a ", input.dim(), "-D tensor of size ", input.sizes());
+    unbatched = input.dim() == 2;
   }
-  Tensor x = (batch_first && !packed) ? input.transpose(0, 1) : input;
+  check_hidden_ranks(h0_arg, c0_arg, c0_arg.defined(), unbatched);
+  // Unbatched input is a batch of one: (T, I) -> (T, 1, I), states (L*D, P) -> (L*D, 1, P).
+  const Tensor h0 = unbatched && h0_arg.defined() ? h0_arg.unsqueeze(1) : h0_arg;
+  const Tensor c0 = unbatched && c0_arg.defined() ? c0_arg.unsqueeze(1) : c0_arg;
+  Tensor x = unbatched ? input.unsqueeze(1) : (batch_first && !packed) ? input.transpose(0, 1) : input;
   int64_t B = packed ? 0 : x.size(1);
   if (packed) {
     check_cpu(*batch_sizes, "batch_sizes");
@@ -88,6 +132,11 @@ std::tuple<Tensor, Tensor, Tensor> run_stack(const char* op, const Tensor& input
     }
     x = D == 2 ? at::cat(outs, -1) : outs[0];
     if (dropout != 0 && train && l < num_layers - 1) x = at::dropout(x, dropout, /*train=*/true);
+  }
+  if (unbatched) {
+    // (1, P) per layer and direction is already a row of (L*D, P): one layer and direction needs no copy.
+    auto stacked = [](const std::vector<Tensor>& v) { return v.size() == 1 ? v[0] : at::stack(v).squeeze(1); };
+    return {x.squeeze(1), stacked(h_n), c_n.empty() ? Tensor() : stacked(c_n)};
   }
   Tensor output = (batch_first && !packed) ? x.transpose(0, 1) : x;
   // One layer and direction (streaming's common case): a view, no copy.
@@ -146,6 +195,9 @@ TRE_SINGLE_STATE_STACK(rnn_relu)
 std::tuple<Tensor, Tensor> lstm_cell(const Tensor& input, const optional<Tensor>& hx, const optional<Tensor>& cx,
                                      const Tensor& weight_ih, const Tensor& weight_hh,
                                      const optional<Tensor>& bias_ih, const optional<Tensor>& bias_hh) {
+  BelowAutograd below;
+  if (!records_graph({input, value(hx), value(cx), weight_ih, weight_hh, value(bias_ih), value(bias_hh)}))
+    below.emplace();
   auto [out, h, c] = lstm_layer(as_one_step("lstm_cell", input), hx, cx, weight_ih, weight_hh, bias_ih, bias_hh);
   return {h, c};
 }
@@ -153,6 +205,9 @@ std::tuple<Tensor, Tensor> lstm_cell(const Tensor& input, const optional<Tensor>
 #define TRE_SINGLE_STATE_CELL(NAME)                                                                          \
   Tensor NAME##_cell(const Tensor& input, const optional<Tensor>& hx, const Tensor& weight_ih,              \
                      const Tensor& weight_hh, const optional<Tensor>& bias_ih, const optional<Tensor>& bias_hh) { \
+    BelowAutograd below;                                                                                     \
+    if (!records_graph({input, value(hx), weight_ih, weight_hh, value(bias_ih), value(bias_hh)}))           \
+      below.emplace();                                                                                       \
     return std::get<1>(NAME##_layer(as_one_step(#NAME "_cell", input), hx, weight_ih, weight_hh, bias_ih,   \
                                     bias_hh));                                                               \
   }

@@ -1,7 +1,9 @@
 #pragma once
 // C++ API of the multi-layer, optionally bidirectional recurrent stacks (at::lstm / at::gru signatures).
 //
-// input (T, B, I) ((B, T, I) when batch_first), or packed rows (N, I) with batch_sizes.
+// input (T, B, I) ((B, T, I) when batch_first), unbatched (T, I) (states then (num_layers * D, H) and
+// outputs without the batch dimension, as torch.nn's modules take them), or packed rows (N, I) with
+// batch_sizes.
 // params: per layer, per direction: weight_ih, weight_hh[, bias_ih, bias_hh][, weight_hr] (torch.nn's
 // _flat_weights order); an LSTM has a projection when the count says so (as at::lstm infers it).
 // Initial states (num_layers * D, B, P) and (num_layers * D, B, H); zeros when absent.

@@ -3,6 +3,7 @@ values, final states and every gradient over the whole configuration matrix; dro
 chunked state carrying; TorchScript; bad input."""
 import io
 import itertools
+import re
 
 import pytest
 import torch
@@ -505,6 +506,62 @@ def test_identical_across_thread_counts_above_one_where_products_are_large(threa
         torch.testing.assert_close(tensors_of(ref(x.detach())), [t.detach() for t in got], rtol=1e-5, atol=1e-5)
 
 
+# --- inference: no graph to record ----------------------------------------------------------------
+
+@pytest.mark.parametrize("input_kind", INPUTS)
+@pytest.mark.parametrize("bidirectional", [False, True], ids=["uni", "bi"])
+@pytest.mark.parametrize("kind", KINDS)
+def test_inference_runs_below_autograd_with_the_training_values(kind, bidirectional, input_kind):
+    """Under no_grad, or with nothing requiring grad, the stack records nothing and makes no tracked views
+    (its outputs are plain tensors, not views); the values are bitwise those of the forward that records
+    a graph, and torch.nn's."""
+    dtype = torch.float64
+    gen = torch.Generator().manual_seed(11)
+    ref, ours = make_pair(kind, dtype, num_layers=2, bidirectional=bidirectional,
+                          batch_first=input_kind == "batch_first")
+    x, packing = make_input(input_kind, dtype, gen)
+    hx = make_hx(kind, ref, input_kind, dtype, gen)
+
+    def run(module):
+        inp = x if packing is None else pack_padded_sequence(x, packing[0], enforce_sorted=packing[1])
+        return tensors_of(module(inp, hx))
+    recorded = run(ours)
+    assert all(t.grad_fn is not None for t in recorded)
+    with torch.no_grad():
+        no_grad, expected = run(ours), run(ref)
+    ours.requires_grad_(False)
+    frozen = run(ours)
+    for r, n, f, e in zip(recorded, no_grad, frozen, expected):
+        for t in (n, f):
+            assert t.grad_fn is None and not t.requires_grad and not t._is_view()
+            assert torch.equal(t, r.detach())
+        torch.testing.assert_close(n, e, atol=TOL[dtype], rtol=RTOL[dtype])
+
+
+@pytest.mark.parametrize("kind", ["lstm", "gru", "rnn_tanh"])
+def test_state_rank_must_match_the_input_like_nn(kind):
+    ref, ours = make_pair(kind, torch.float64)
+    for batched in (True, False):
+        x = torch.randn(T, 3, I, dtype=torch.float64) if batched else torch.randn(T, I, dtype=torch.float64)
+        lead = (1,) if batched else (1, 3)  # the other rank's states
+        h = torch.zeros(*lead, H, dtype=torch.float64)
+        hx = (h, h.clone()) if kind == "lstm" else h
+        with pytest.raises(RuntimeError) as from_nn:
+            ref(x, hx)
+        with pytest.raises(RuntimeError, match=re.escape(str(from_nn.value))):
+            ours(x, hx)
+        with torch.no_grad(), pytest.raises(RuntimeError, match=re.escape(str(from_nn.value))):
+            ours(x, hx)
+
+
+def test_stack_op_rejects_input_of_other_ranks():
+    _, ours = make_pair("lstm", torch.float64)
+    for shape in [(I,), (2, T, 3, I)]:
+        with pytest.raises(RuntimeError, match=r"input: expected a 3-D tensor \(seq_len, batch, input_size\) "
+                                               r"or, unbatched, a 2-D tensor"):
+            ours(torch.randn(*shape, dtype=torch.float64))
+
+
 # --- bad input -------------------------------------------------------------------------------------
 
 @pytest.mark.parametrize("kind", ["gru", "rnn_tanh"])
@@ -528,7 +585,7 @@ def test_constructor_arguments_checked_like_nn():
 def test_stack_op_checks_hidden_and_params():
     w = [torch.randn(18, I), torch.randn(18, H)]
     x = torch.randn(4, 3, I)
-    with pytest.raises(RuntimeError, match=r"Expected hidden size \[1, 3, 6\], got \[1, 2, 6\]"):
+    with pytest.raises(RuntimeError, match=r"Expected hidden size \(1, 3, 6\), got \[1, 2, 6\]"):
         torch_rnn_ext.gru(x, torch.zeros(1, 2, H), w, False, 1, 0.0, False, False, False)
     with pytest.raises(RuntimeError, match=r"params: expected 2 tensors"):
         torch_rnn_ext.gru(x, None, w + w, False, 1, 0.0, False, False, False)

@@ -1,14 +1,15 @@
 """Drop-in replacements for torch.nn's recurrent layers, computed by torch_rnn_ext's C++ ops.
 
 Each class subclasses its torch.nn twin, so the constructor, its argument checks, the parameter names,
-shapes, registration order and initialisation, ``state_dict``, ``all_weights``, ``flatten_parameters``
-and the input checks are torch.nn's own; only the computation is replaced, by one op call per forward.
+shapes, registration order and initialisation, ``state_dict``, ``all_weights`` and ``flatten_parameters``
+are torch.nn's own; the computation is replaced by one op call per forward, which also takes unbatched
+input and checks the inputs and states (with torch.nn's messages for the states' ranks and sizes).
 
 ``forward`` is annotated for Tensor input, so a scripted module is callable on its own (torch.nn's
 overloads make a top-level scripted nn.LSTM uncallable). Eager calls also take a PackedSequence:
 TorchScript resolves the isinstance() branch statically and compiles only the Tensor path.
 """
-from typing import Optional, Tuple
+from typing import Any, Optional, Tuple
 
 import torch
 from torch import Tensor, nn
@@ -41,106 +42,47 @@ class LSTM(nn.LSTM):
 
     def forward(self, input: Tensor, hx: Optional[Tuple[Tensor, Tensor]] = None
                 ) -> Tuple[Tensor, Tuple[Tensor, Tensor]]:  # type: ignore[override]
-        orig_input = input
-        batch_sizes = None
-        is_batched = True
-        batch_dim = 0 if self.batch_first else 1
-        if isinstance(orig_input, PackedSequence):
-            input, batch_sizes, sorted_indices, unsorted_indices = input
-            max_batch_size = int(batch_sizes[0])
-        else:
-            is_batched = input.dim() == 3
-            if not is_batched:
-                input = input.unsqueeze(batch_dim)
-            max_batch_size = input.size(0) if self.batch_first else input.size(1)
-            sorted_indices = None
-            unsorted_indices = None
-
-        if hx is None:
-            num_directions = 2 if self.bidirectional else 1
-            real_hidden_size = self.proj_size if self.proj_size > 0 else self.hidden_size
-            h_zeros = torch.zeros(self.num_layers * num_directions, max_batch_size, real_hidden_size,
-                                  dtype=input.dtype, device=input.device)
-            c_zeros = torch.zeros(self.num_layers * num_directions, max_batch_size, self.hidden_size,
-                                  dtype=input.dtype, device=input.device)
-            hx = (h_zeros, c_zeros)
-        else:
-            if batch_sizes is None:
-                if is_batched:
-                    if hx[0].dim() != 3 or hx[1].dim() != 3:
-                        raise RuntimeError("For batched 3-D input, hx and cx should also be 3-D but got "
-                                           f"({hx[0].dim()}-D, {hx[1].dim()}-D) tensors")
-                else:
-                    if hx[0].dim() != 2 or hx[1].dim() != 2:
-                        raise RuntimeError("For unbatched 2-D input, hx and cx should also be 2-D but got "
-                                           f"({hx[0].dim()}-D, {hx[1].dim()}-D) tensors")
-                    hx = (hx[0].unsqueeze(1), hx[1].unsqueeze(1))
-            hx = self.permute_hidden(hx, sorted_indices)
-
-        self.check_forward_args(input, hx, batch_sizes)
+        if isinstance(input, PackedSequence):
+            return _packed_forward(self, input, hx)
+        # One op call: it takes batched and unbatched input and checks every argument (torch.nn's
+        # messages for the states), which keeps a streaming step's Python short.
         output, h_n, c_n = torch.ops.torch_rnn_ext.lstm(
-            input, [hx[0], hx[1]], self._flat_weights, self.bias, self.num_layers, float(self.dropout),
-            self.training, self.bidirectional, self.batch_first, batch_sizes)
-        hidden = (h_n, c_n)
-        if isinstance(orig_input, PackedSequence):
-            output_packed = PackedSequence(output, batch_sizes, sorted_indices, unsorted_indices)
-            return output_packed, self.permute_hidden(hidden, unsorted_indices)
-        else:
-            if not is_batched:
-                output = output.squeeze(batch_dim)
-                hidden = (hidden[0].squeeze(1), hidden[1].squeeze(1))
-            return output, self.permute_hidden(hidden, unsorted_indices)
+            input, [] if hx is None else [hx[0], hx[1]], self._flat_weights, self.bias, self.num_layers,
+            self.dropout, self.training, self.bidirectional, self.batch_first, None)
+        return output, (h_n, c_n)
 
 
 def _single_state_forward(self, input: Tensor, hx: Optional[Tensor] = None) -> Tuple[Tensor, Tensor]:
     """forward of GRU and RNN (one state tensor); the op is chosen by torch.nn's ``mode``."""
-    orig_input = input
-    batch_sizes = None
-    is_batched = True
-    batch_dim = 0 if self.batch_first else 1
-    if isinstance(orig_input, PackedSequence):
-        input, batch_sizes, sorted_indices, unsorted_indices = input
-        max_batch_size = int(batch_sizes[0])
-    else:
-        is_batched = input.dim() == 3
-        if not is_batched:
-            input = input.unsqueeze(batch_dim)
-            if hx is not None:
-                if hx.dim() != 2:
-                    raise RuntimeError(f"For unbatched 2-D input, hx should also be 2-D but got {hx.dim()}-D tensor")
-                hx = hx.unsqueeze(1)
-        else:
-            if hx is not None and hx.dim() != 3:
-                raise RuntimeError(f"For batched 3-D input, hx should also be 3-D but got {hx.dim()}-D tensor")
-        max_batch_size = input.size(0) if self.batch_first else input.size(1)
-        sorted_indices = None
-        unsorted_indices = None
-
-    if hx is None:
-        num_directions = 2 if self.bidirectional else 1
-        hx = torch.zeros(self.num_layers * num_directions, max_batch_size, self.hidden_size,
-                         dtype=input.dtype, device=input.device)
-    else:
-        hx = self.permute_hidden(hx, sorted_indices)
-
-    self.check_forward_args(input, hx, batch_sizes)
-    args = (input, hx, self._flat_weights, self.bias, self.num_layers, float(self.dropout), self.training,
-            self.bidirectional, self.batch_first, batch_sizes)
+    if isinstance(input, PackedSequence):
+        return _packed_forward(self, input, hx)
+    args = (input, hx, self._flat_weights, self.bias, self.num_layers, self.dropout, self.training,
+            self.bidirectional, self.batch_first, None)
     if self.mode == "GRU":
-        output, hidden = torch.ops.torch_rnn_ext.gru(*args)
-    elif self.mode == "RNN_TANH":
-        output, hidden = torch.ops.torch_rnn_ext.rnn_tanh(*args)
-    else:
-        output, hidden = torch.ops.torch_rnn_ext.rnn_relu(*args)
+        return torch.ops.torch_rnn_ext.gru(*args)
+    if self.mode == "RNN_TANH":
+        return torch.ops.torch_rnn_ext.rnn_tanh(*args)
+    return torch.ops.torch_rnn_ext.rnn_relu(*args)
 
-    if isinstance(orig_input, PackedSequence):
-        output_packed = PackedSequence(output, batch_sizes, sorted_indices, unsorted_indices)
-        return output_packed, self.permute_hidden(hidden, unsorted_indices)
+
+def _packed_forward(self, input: PackedSequence, hx: Any) -> Tuple[PackedSequence, Any]:
+    """forward of any of the three on a PackedSequence (eager only): the states are in the caller's batch
+    order and the op's in the packed (sorted) order, as torch.nn permutes them."""
+    data, batch_sizes, sorted_indices, unsorted_indices = input
+    if hx is not None:
+        hx = self.permute_hidden(hx, sorted_indices)
+    if self.mode == "LSTM":
+        output, h_n, c_n = torch.ops.torch_rnn_ext.lstm(
+            data, [] if hx is None else [hx[0], hx[1]], self._flat_weights, self.bias, self.num_layers,
+            self.dropout, self.training, self.bidirectional, self.batch_first, batch_sizes)
+        hidden: Any = (h_n, c_n)
     else:
-        if not is_batched:
-            output = output.squeeze(batch_dim)
-            hidden = hidden.squeeze(1)
-        return output, self.permute_hidden(hidden, unsorted_indices)
+        op = {"GRU": torch.ops.torch_rnn_ext.gru, "RNN_TANH": torch.ops.torch_rnn_ext.rnn_tanh,
+              "RNN_RELU": torch.ops.torch_rnn_ext.rnn_relu}[self.mode]
+        output, hidden = op(data, hx, self._flat_weights, self.bias, self.num_layers, self.dropout,
+                            self.training, self.bidirectional, self.batch_first, batch_sizes)
+    return PackedSequence(output, batch_sizes, sorted_indices, unsorted_indices), \
+        self.permute_hidden(hidden, unsorted_indices)
 
 
 class GRU(nn.GRU):

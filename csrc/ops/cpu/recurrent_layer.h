@@ -4,6 +4,7 @@
 // gradients) with one kernels::product call each, and hands raw pointers to the time loop in
 // kernels/recurrence.h.
 #include <ATen/ATen.h>
+#include <c10/util/accumulate.h>
 
 #include <algorithm>
 #include <array>
@@ -172,11 +173,13 @@ inline void gemm_into(const Tensor& c, const Tensor& A, bool trans_a, const Tens
   });
 }
 
-// op(A) op(B) (+ bias on every row) for contiguous 2-D A, B: one kernels::product call, bias rows
-// filled serially.
+// op(A) op(B) (+ bias on every row) for 2-D A, B: one kernels::product call, bias rows filled serially.
+// An untransposed A may have leading dimensions (the rows of a (T, B, I) input), taken as its rows.
 inline Tensor matmul(const Tensor& A, bool trans_a, const Tensor& B, bool trans_b, const Tensor& bias = Tensor()) {
   const Tensor a = contiguous_serial(A), b = contiguous_serial(B);
-  const int64_t M = trans_a ? a.size(1) : a.size(0), K = trans_a ? a.size(0) : a.size(1);
+  TORCH_INTERNAL_ASSERT(trans_a ? a.dim() == 2 : a.dim() >= 2);
+  const int64_t a_rows = c10::multiply_integers(a.sizes().begin(), a.sizes().end() - 1), a_cols = a.size(-1);
+  const int64_t M = trans_a ? a_cols : a_rows, K = trans_a ? a_rows : a_cols;
   const int64_t N = trans_b ? b.size(0) : b.size(1);
   Tensor c = at::empty({M, N}, a.options());
   AT_DISPATCH_FLOATING_TYPES(a.scalar_type(), "matmul", [&] {
@@ -185,7 +188,7 @@ inline Tensor matmul(const Tensor& A, bool trans_a, const Tensor& B, bool trans_
       const scalar_t* bp = bias.data_ptr<scalar_t>();
       for (int64_t i = 0; i < M; ++i) std::memcpy(cp + i * N, bp, sizeof(scalar_t) * N);
     }
-    kernels::product<scalar_t>(trans_a, trans_b, M, N, K, a.data_ptr<scalar_t>(), a.size(1),
+    kernels::product<scalar_t>(trans_a, trans_b, M, N, K, a.data_ptr<scalar_t>(), a_cols,
                                b.data_ptr<scalar_t>(), b.size(1), cp, N, bias.defined());
   });
   return c;
@@ -232,13 +235,12 @@ std::tuple<Tensor, Tensor, Tensor, Tensor> layer_forward(const char* op, const T
   const int64_t GH = Cell::kGates * g.H;
   Tensor h = initial_state(hx, input, g.B, g.P, "hx");
   Tensor c = Cell::kHasCell ? initial_state(cx, input, g.B, g.H, "cx") : Tensor();
-  const Tensor x = rows(input, g, g.I);
-  // The input projection of every timestep: one product.
-  const Tensor gi = matmul(x, false, weight_ih, true, present(bias_ih) ? contiguous_serial(*bias_ih) : Tensor());
+  // The input projection of every timestep: one product over input's rows ((T, B, I) or packed (N, I)).
+  const Tensor gi = matmul(input, false, weight_ih, true, present(bias_ih) ? contiguous_serial(*bias_ih) : Tensor());
   const Tensor w_hh = contiguous_serial(weight_hh);
   const Tensor b_hh = present(bias_hh) ? contiguous_serial(*bias_hh) : zeros_serial({GH}, opts);
   const Tensor w_hr = present(weight_hr) ? contiguous_serial(*weight_hr) : Tensor();
-  Tensor out = at::empty({g.N, g.P}, opts);
+  Tensor out = g.packed ? at::empty({g.N, g.P}, opts) : at::empty({g.T, g.B, g.P}, opts);
   Tensor saved = save ? at::empty({g.N, Cell::kSaved * g.H}, opts) : Tensor();
   Tensor gh = Cell::kSameGateGrads ? Tensor() : at::empty({g.B, GH}, opts);  // GRU's recurrent product
   Tensor m = w_hr.defined() ? at::empty({g.B, g.H}, opts) : Tensor();
@@ -253,8 +255,7 @@ std::tuple<Tensor, Tensor, Tensor, Tensor> layer_forward(const char* op, const T
             ptr<scalar_t>(m), ptr<scalar_t>(w_hh_packed), ptr<scalar_t>(w_hr_packed), max_rows,
             kernels::split_batch_rows()});
   });
-  Tensor output = g.packed ? out : out.view({g.T, g.B, g.P});
-  return {output, h, c, saved};
+  return {out, h, c, saved};
 }
 
 // Gradients of one layer, in the order (input, hx, cx, weight_ih, weight_hh, bias_ih, bias_hh, weight_hr);
