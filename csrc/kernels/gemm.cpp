@@ -5,6 +5,7 @@
 
 #include <ATen/ATen.h>
 #include <ATen/Parallel.h>
+#include <c10/core/CPUAllocator.h>
 #include <c10/util/Exception.h>
 
 #include <limits>
@@ -72,6 +73,14 @@ inline void blas_gemv(const char* t, const int* m, const int* n, const double* a
 #endif
 
 }  // namespace
+
+void* scratch_allocate(int64_t bytes) {
+  return bytes > 0 ? c10::GetCPUAllocator()->raw_allocate(static_cast<size_t>(bytes)) : nullptr;
+}
+
+void scratch_free(void* p) {
+  if (p) c10::GetCPUAllocator()->raw_deallocate(p);
+}
 
 template <typename T>
 void gemm(bool trans_a, bool trans_b, int64_t M, int64_t N, int64_t K, T alpha, const T* A,

@@ -21,6 +21,12 @@ struct Tile {
 template <typename T>
 int64_t packed_b_size(int64_t K, int64_t N);
 
+// Scratch memory of the kernels (packed copies of operands) from torch's CPU allocator, so that its
+// accounting (the profiler's memory events, the benchmark's peak memory) sees it like any tensor.
+// Defined once, in gemm.cpp; scratch_free(nullptr) does nothing.
+void* scratch_allocate(int64_t bytes);
+void scratch_free(void* p);
+
 // op(B), (K, N): element (k, n) is data[k * rs + n * cs]; or, when packed, pack_b's layout (rs, cs unused).
 template <typename T>
 struct MatrixB {

@@ -70,7 +70,11 @@ struct BackwardArgs {
   const T* h0;        // (B, P) or nullptr for zeros
   const T* c0;        // (B, H) or nullptr for zeros (LSTM)
   const T* zeros;     // (H) zeros
-  const T* grad_out;  // (N, P)
+  // grad of the output, read where it lies: row b of the step whose rows start at off (time t) at
+  // grad_out + off * go_row + t * go_time + b * go_batch, its column j j * go_col further (a padded
+  // (T, B, P) grad: go_row 0; packed (N, P): go_time 0; an expanded .sum() grad or none: all 0).
+  const T* grad_out;
+  int64_t go_row, go_time, go_batch, go_col;
   T* dh;              // (B, P) grad of h_n on entry, of h0 on exit
   T* dc;              // (B, H) grad of c_n on entry, of c0 on exit (LSTM)
   T* dgi;             // (N, G*H) grad of the input pre-activations

@@ -136,8 +136,12 @@ void recurrence_backward(const SeqLayout& L, const BackwardArgs<T>& a) {
       }
       for (int64_t b = r0; b < r0 + n; ++b) {  // total gradient of each active row's h
         T* dh = a.dh + b * P;
-        const T* go = a.grad_out + (off + b) * P;
-        for (int64_t j = 0; j < P; ++j) dh[j] += go[j];
+        const T* go = a.grad_out + off * a.go_row + t * a.go_time + b * a.go_batch;
+        if (a.go_col == 1) {
+          for (int64_t j = 0; j < P; ++j) dh[j] += go[j];
+        } else {
+          for (int64_t j = 0; j < P; ++j) dh[j] += go[j * a.go_col];
+        }
       }
       if (a.w_hr) {  // through the projection: dm = dh W_hr
         std::memcpy(a.dh_all + (off + r0) * P, a.dh + r0 * P, sizeof(T) * n * P);

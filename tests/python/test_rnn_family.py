@@ -202,6 +202,55 @@ def test_gradcheck_single_state_layers(op, gates, reverse, packed):
     assert torch.autograd.gradcheck(lambda *a: fn(*a, batch_sizes, reverse), args, atol=1e-7)
 
 
+@pytest.mark.parametrize("layer", ["lstm_layer", "gru_layer", "rnn_tanh_layer"])
+@pytest.mark.parametrize("packed", [False, True], ids=["padded", "packed"])
+def test_backward_reads_strided_output_grads_in_place(layer, packed):
+    """The output grad is read with its strides, not copied: an expanded grad (a .sum() loss), a transposed
+    one (batch_first), a column slice (one direction of a bidirectional output) and a contiguous one with
+    the same values give bitwise the same gradients."""
+    gen = torch.Generator().manual_seed(14)
+    g = {"lstm_layer": 4, "gru_layer": 3, "rnn_tanh_layer": 1}[layer]
+    batch_sizes = torch.tensor([3, 2, 2, 1]) if packed else None
+    x = _leaf(8, I, gen=gen) if packed else _leaf(4, 3, I, gen=gen)
+    weights = [_leaf(g * H, I, gen=gen), _leaf(g * H, H, gen=gen), _leaf(g * H, gen=gen), _leaf(g * H, gen=gen)]
+    states = [_leaf(3, H, gen=gen)] * (2 if layer == "lstm_layer" else 1)
+    out = getattr(torch.ops.torch_rnn_ext, layer)(x, *states, *weights, batch_sizes, False)[0]
+    leaves = [x, *weights]
+    base = torch.randn(out.shape, generator=gen, dtype=out.dtype)
+    if packed:
+        strided = [torch.randn(2 * out.size(1), out.size(0), generator=gen, dtype=out.dtype).t()[:, ::2]]
+    else:
+        strided = [torch.randn(out.size(1), out.size(0), 2 * out.size(2), generator=gen,
+                               dtype=out.dtype)[..., ::2].transpose(0, 1)]
+    cases = [torch.ones(1, dtype=out.dtype).expand(out.shape), base] + strided
+    for i, grad in enumerate(cases):
+        assert grad.shape == out.shape and grad.is_contiguous() == (i == 1)
+        got = torch.autograd.grad(out, leaves, grad, retain_graph=True)
+        want = torch.autograd.grad(out, leaves, grad.contiguous(), retain_graph=True)
+        for a, b in zip(got, want):
+            assert torch.equal(a, b)
+
+
+@pytest.mark.parametrize("num_layers", [1, 2])
+def test_rnn_input_grad_written_over_its_buffer_matches_nn(num_layers):
+    """An RNN layer whose input is as wide as its hidden state writes dx over the pre-activation grads,
+    a block of rows at a time: its gradients equal torch.nn's (float64), for N rows not a multiple of the
+    block and at 1 and 2 threads."""
+    ref, ours = nn.RNN(H, H, num_layers=num_layers).double(), torch_rnn_ext.RNN(H, H, num_layers=num_layers).double()
+    ours.load_state_dict(ref.state_dict())
+    x = torch.randn(37, 3, H, dtype=torch.float64)  # N = 111 rows: blocks of 28, the last of 27
+    want = forward_and_grads(ref, x, None, None, 3)
+    threads = torch.get_num_threads()
+    try:
+        for n in (1, 2):
+            torch.set_num_threads(n)
+            got = forward_and_grads(ours, x, None, None, 3)
+            for a, b in zip(got[0] + list(got[1]), want[0] + list(want[1])):
+                torch.testing.assert_close(a, b, atol=1e-10, rtol=0)
+    finally:
+        torch.set_num_threads(threads)
+
+
 @pytest.mark.parametrize("reverse", [False, True])
 def test_gradcheck_lstm_layer_with_projection(reverse):
     gen = torch.Generator().manual_seed(12)
