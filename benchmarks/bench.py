@@ -232,7 +232,8 @@ def markdown(rows, sgemm, info, command, memory, scans):
         lines += ["", f"Scans against the sequential PyTorch loop ({r0['threads']} torch thread(s); torch.exp "
                   f"{r0['machine_exp_per_s'] / 1e9:.2f} G elements/s, copy {r0['machine_copy_GB_per_s']:.1f} GB/s "
                   "measured in the same run):", "",
-                  "| op | shape | ours ms | loop ms | speedup | forward vs machine limit |", "|---|---|---|---|---|---|"]
+                  "| op | shape | ours ms | loop ms | speedup | forward vs machine limit |",
+                  "|---|---|---|---|---|---|"]
         for r in scans:
             lim = ""
             if "exp_fraction" in r:
