@@ -134,8 +134,6 @@ inline void panel_rows(int64_t m0, int64_t m1, int64_t K, const T* A, int64_t rs
   }
 }
 
-// Rows [m0, m1) x panels [p0, p1) of C, over all of K in blocks of kKc (in order). B panels that are
-// neither packed nor plain row-major full panels are packed block by block into a buffer on the stack.
 // n elements of T from scratch_allocate (packing.h), freed on scope exit; empty when n == 0. (Defined in
 // the capability namespace, as every inline function compiled here must be.)
 template <typename T>
@@ -151,6 +149,8 @@ class Scratch {
   T* p_;
 };
 
+// Rows [m0, m1) x panels [p0, p1) of C, over all of K in blocks of kKc (in order). B panels that are
+// neither packed nor plain row-major full panels are packed block by block into a buffer on the stack.
 template <typename T>
 void gemm_block(int64_t m0, int64_t m1, int64_t p0, int64_t p1, int64_t N, int64_t K, const T* A, int64_t rsa,
                 int64_t csa, const MatrixB<T>& B, T* C, int64_t ldc, bool accumulate) {

@@ -1,8 +1,8 @@
 #pragma once
 // The layout packed_gemm (packed_gemm.h) reads B in: the same for every CPU capability (all variants use
 // 32-byte vectors). No inline functions here: one compiled into an -mavx2 translation unit must live in
-// its capability namespace, or the linker may hand AVX code to a CPU without it; the one function is
-// declared here and defined out of line.
+// its capability namespace, or the linker may hand AVX code to a CPU without it; the functions are
+// declared here and defined out of line (gemm.cpp).
 #include <cstdint>
 
 namespace torch_rnn_ext {

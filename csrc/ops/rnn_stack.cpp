@@ -7,21 +7,22 @@
 #include <torch/library.h>
 
 #include <functional>
-#include <initializer_list>
 #include <string>
 #include <vector>
 
 #include "checks.h"
+#include "ops/autograd/common.h"  // needs_graph, value
 #include "ops/recurrent_layers.h"
 
 namespace torch_rnn_ext {
 namespace {
 
 using at::Tensor;
+using autograd::needs_graph;
+using autograd::value;
 using c10::optional;
 
 c10::optional<Tensor> maybe(bool cond, const Tensor& t) { return cond ? c10::optional<Tensor>(t) : c10::nullopt; }
-Tensor value(const optional<Tensor>& t) { return t.value_or(Tensor()); }
 
 // One layer in one direction: (x, h0, c0, params of this layer/direction, reverse) -> (out, h_n, c_n).
 struct LayerParams {
@@ -55,18 +56,10 @@ void check_hidden_ranks(const Tensor& h0, const Tensor& c0, bool has_cell, bool 
   }
 }
 
-// Whether the call records a graph: grad mode on and some tensor argument requires grad. Without one
-// (inference, streaming) the stacks and cells run below autograd: the layer ops go straight to their CPU
-// kernels and the views made on the way (states per layer, one-step inputs, outputs) carry no autograd
-// metadata. Only tensors made here escape and none aliases an argument, so nothing needs that tracking.
-bool records_graph(std::initializer_list<at::Tensor> ts, at::TensorList more = {}) {
-  if (!at::GradMode::is_enabled()) return false;
-  for (const Tensor& t : ts)
-    if (t.defined() && t.requires_grad()) return true;
-  for (const Tensor& t : more)
-    if (t.requires_grad()) return true;
-  return false;
-}
+// Without a graph to record (autograd::needs_graph false: inference, streaming) the stacks and cells run
+// below autograd: the layer ops go straight to their CPU kernels and the views made on the way (states
+// per layer, one-step inputs, outputs) carry no autograd metadata. Only tensors made here escape and none
+// aliases an argument, so nothing needs that tracking.
 using BelowAutograd = c10::optional<at::AutoDispatchBelowADInplaceOrView>;
 
 std::tuple<Tensor, Tensor, Tensor> run_stack(const char* op, const Tensor& input, const Tensor& h0_arg,
@@ -85,7 +78,7 @@ std::tuple<Tensor, Tensor, Tensor> run_stack(const char* op, const Tensor& input
               " tensors for num_layers=", num_layers, ", directions=", D, ", has_biases=", has_biases, ", got ", n);
   for (const Tensor& p : params) check_cpu(p, "params");
   BelowAutograd below;
-  if (!records_graph({input, h0_arg, c0_arg}, params)) below.emplace();
+  if (!needs_graph({input, h0_arg, c0_arg}, params)) below.emplace();
   const bool packed = present(batch_sizes);
   bool unbatched = false;
   if (packed) {
@@ -196,7 +189,7 @@ std::tuple<Tensor, Tensor> lstm_cell(const Tensor& input, const optional<Tensor>
                                      const Tensor& weight_ih, const Tensor& weight_hh,
                                      const optional<Tensor>& bias_ih, const optional<Tensor>& bias_hh) {
   BelowAutograd below;
-  if (!records_graph({input, value(hx), value(cx), weight_ih, weight_hh, value(bias_ih), value(bias_hh)}))
+  if (!needs_graph({input, value(hx), value(cx), weight_ih, weight_hh, value(bias_ih), value(bias_hh)}))
     below.emplace();
   auto [out, h, c] = lstm_layer(as_one_step("lstm_cell", input), hx, cx, weight_ih, weight_hh, bias_ih, bias_hh);
   return {h, c};
@@ -206,7 +199,7 @@ std::tuple<Tensor, Tensor> lstm_cell(const Tensor& input, const optional<Tensor>
   Tensor NAME##_cell(const Tensor& input, const optional<Tensor>& hx, const Tensor& weight_ih,              \
                      const Tensor& weight_hh, const optional<Tensor>& bias_ih, const optional<Tensor>& bias_hh) { \
     BelowAutograd below;                                                                                     \
-    if (!records_graph({input, value(hx), weight_ih, weight_hh, value(bias_ih), value(bias_hh)}))           \
+    if (!needs_graph({input, value(hx), weight_ih, weight_hh, value(bias_ih), value(bias_hh)}))             \
       below.emplace();                                                                                       \
     return std::get<1>(NAME##_layer(as_one_step(#NAME "_cell", input), hx, weight_ih, weight_hh, bias_ih,   \
                                     bias_hh));                                                               \

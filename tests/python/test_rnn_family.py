@@ -232,7 +232,7 @@ def test_backward_reads_strided_output_grads_in_place(layer, packed):
 
 
 @pytest.mark.parametrize("num_layers", [1, 2])
-def test_rnn_input_grad_written_over_its_buffer_matches_nn(num_layers):
+def test_rnn_input_grad_written_over_its_buffer_matches_nn(num_layers, threads):
     """An RNN layer whose input is as wide as its hidden state writes dx over the pre-activation grads,
     a block of rows at a time: its gradients equal torch.nn's (float64), for N rows not a multiple of the
     block and at 1 and 2 threads."""
@@ -240,15 +240,11 @@ def test_rnn_input_grad_written_over_its_buffer_matches_nn(num_layers):
     ours.load_state_dict(ref.state_dict())
     x = torch.randn(37, 3, H, dtype=torch.float64)  # N = 111 rows: blocks of 28, the last of 27
     want = forward_and_grads(ref, x, None, None, 3)
-    threads = torch.get_num_threads()
-    try:
-        for n in (1, 2):
-            torch.set_num_threads(n)
-            got = forward_and_grads(ours, x, None, None, 3)
-            for a, b in zip(got[0] + list(got[1]), want[0] + list(want[1])):
-                torch.testing.assert_close(a, b, atol=1e-10, rtol=0)
-    finally:
-        torch.set_num_threads(threads)
+    for n in (1, 2):
+        torch.set_num_threads(n)
+        got = forward_and_grads(ours, x, None, None, 3)
+        for a, b in zip(got[0] + list(got[1]), want[0] + list(want[1])):
+            torch.testing.assert_close(a, b, atol=1e-10, rtol=0)
 
 
 @pytest.mark.parametrize("reverse", [False, True])

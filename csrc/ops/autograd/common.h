@@ -16,14 +16,22 @@ inline bool any_requires_grad(std::initializer_list<at::Tensor> ts) {
   return false;
 }
 
-// Whether a forward must record a graph: grad mode on and some input requires grad.
-inline bool needs_graph(std::initializer_list<at::Tensor> ts) {
-  return torch::autograd::GradMode::is_enabled() && any_requires_grad(ts);
+// Whether a forward must record a graph: grad mode on and some input (of ts, or of the list more)
+// requires grad.
+inline bool needs_graph(std::initializer_list<at::Tensor> ts, at::TensorList more = {}) {
+  if (!torch::autograd::GradMode::is_enabled()) return false;
+  if (any_requires_grad(ts)) return true;
+  for (const auto& t : more)
+    if (t.requires_grad()) return true;
+  return false;
 }
 
 inline c10::optional<at::Tensor> opt(const at::Tensor& t) {
   return t.defined() ? c10::optional<at::Tensor>(t) : c10::nullopt;
 }
+
+// opt's inverse: the tensor, or an undefined one.
+inline at::Tensor value(const c10::optional<at::Tensor>& t) { return t.value_or(at::Tensor()); }
 
 // Which of a Function's tensor arguments need a gradient. present[i] says whether argument slot i was
 // given (absent optionals are not graph inputs, so edges count only the present ones).

@@ -40,8 +40,6 @@ const auto& backward_op() {
   return op;
 }
 
-Tensor value(const optional<Tensor>& t) { return t.value_or(Tensor()); }
-
 class RecurrentLayerFunction : public torch::autograd::Function<RecurrentLayerFunction> {
  public:
   // Absent tensors are passed as nullopt, so they are not graph inputs; the saved presence flags map

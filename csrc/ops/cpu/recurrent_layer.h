@@ -349,8 +349,8 @@ std::vector<Tensor> layer_backward(const char* op, const Tensor& grad_output, co
             ptr<scalar_t>(h0), ptr<scalar_t>(c0), ptr<scalar_t>(zeros),
             go_defined ? grad_output.data_ptr<scalar_t>() : ptr<scalar_t>(zeros), go_row, go_time, go_batch,
             go_col, ptr<scalar_t>(dh), ptr<scalar_t>(dc), ptr<scalar_t>(dgi), ptr<scalar_t>(dgh_step),
-            ptr<scalar_t>(dgh_own), ptr<scalar_t>(h_prev), ptr<scalar_t>(dh_all), ptr<scalar_t>(m_all), ptr<scalar_t>(dm),
-            ptr<scalar_t>(w_hh_packed), ptr<scalar_t>(w_hr_packed), max_rows,
+            ptr<scalar_t>(dgh_own), ptr<scalar_t>(h_prev), ptr<scalar_t>(dh_all), ptr<scalar_t>(m_all),
+            ptr<scalar_t>(dm), ptr<scalar_t>(w_hh_packed), ptr<scalar_t>(w_hr_packed), max_rows,
             kernels::split_batch_rows()});
   });
 
