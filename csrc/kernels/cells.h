@@ -120,12 +120,13 @@ struct Cell<CellKind::GRU> : CellTraits<CellKind::GRU> {
   }
 };
 
-// Vanilla RNN with tanh or relu: h' = act(gi + gh + b).
+// Vanilla RNN with tanh or relu: h' = act(gi + gh + b). gi and out may be the same row (the layer makes
+// the input projection in its output): each element is read before it is written.
 template <bool kTanh>
 struct PlainRNNCell : PlainRNNTraits {
   template <bool kSave, typename T>
-  static void forward(int64_t H, const T* __restrict gi, const T* /*gh*/, const T* __restrict b,
-                      const T* /*h_prev*/, T* /*c*/, T* __restrict out, T* /*saved*/) {
+  static void forward(int64_t H, const T* gi, const T* /*gh*/, const T* __restrict b,
+                      const T* /*h_prev*/, T* /*c*/, T* out, T* /*saved*/) {
     for (int64_t j = 0; j < H; ++j) {
       const T p = gi[j] + b[j];  // gi + gh + b, the recurrent product already in gi
       out[j] = kTanh ? tanh_(p) : (p > T(0) ? p : T(0));

@@ -44,7 +44,7 @@ bool split_batch_rows();
 template <typename T>
 struct ForwardArgs {
   int64_t H, P;
-  T* gi;          // (N, G*H)  x W_ih^T + b_ih for every row (LSTM, RNN: overwritten, + h W_hh^T)
+  T* gi;          // (N, G*H)  x W_ih^T + b_ih for every row (LSTM, RNN: overwritten, + h W_hh^T; RNN: may be out)
   const T* w_hh;  // (G*H, P)
   const T* b_hh;  // (G*H)     zeros when the layer has no bias
   const T* w_hr;  // (P, H) or nullptr
