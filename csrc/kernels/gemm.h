@@ -28,10 +28,11 @@ bool large_products_on_blas();
 // C(M,N) = op(A) op(B) (+ C when accumulate), in the layout of gemm: the products of a layer that span
 // all timesteps. Up to kOwnProductMaxMacs multiply-adds, or at any size when !large_products_on_blas(),
 // they run on this library's packed_gemm (packed_gemm.h) over torch's threads; larger ones on BLAS.
-// Measured: at 2 torch threads, OpenBLAS's threads spinning after these products slowed torch's next
-// OpenMP region several-fold (RNN forward+backward at T=512, B=8, H=128: 10 ms at 1 thread, 20-24 ms at
-// 2 with BLAS; 9.1 ms with packed_gemm, whose 1-thread time stayed 10.6 ms).
-constexpr int64_t kOwnProductMaxMacs = int64_t{1} << 26;
+// At one torch thread that is our kernel on one core against OpenBLAS on all: they break even near 2^22
+// (16 x 1024 x 256: 77 us against 72 us, recurrence.h); at 2^26 OpenBLAS's two threads win (an RNN layer
+// at T=512, B=8, I=H=128, whose input projection is 2^26: forward 3.1 -> 2.5 ms, forward+backward
+// 9.9 -> 8.1 ms when its products moved from our kernel to OpenBLAS).
+constexpr int64_t kOwnProductMaxMacs = int64_t{1} << 22;
 
 template <typename T>
 void product(bool trans_a, bool trans_b, int64_t M, int64_t N, int64_t K, const T* A, int64_t lda, const T* B,

@@ -509,9 +509,10 @@ def test_identical_at_one_and_two_threads(kind, threads):
 @pytest.mark.parametrize("module,shape", [
     # a step product of 16 rows (16 x 1024 x 256) large enough to be split over threads
     (lambda: torch_rnn_ext.LSTM(64, 256), (4, 16, 64)),
-    # all-timestep products below the BLAS threshold, split over threads (400 x 384 x 64, ...)
-    (lambda: torch_rnn_ext.LSTM(64, 96), (100, 4, 64)),
-    (lambda: torch_rnn_ext.GRU(64, 96), (100, 4, 64)),
+    # all-timestep products below the BLAS threshold (2^22 multiply-adds), split over threads
+    # (240 x 256 x 64, 256 x 64 x 240, ...)
+    (lambda: torch_rnn_ext.LSTM(64, 64), (60, 4, 64)),
+    (lambda: torch_rnn_ext.GRU(64, 64), (60, 4, 64)),
 ])
 def test_identical_at_one_and_two_threads_where_products_split(module, shape, threads):
     torch.manual_seed(5)
