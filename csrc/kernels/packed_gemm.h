@@ -20,6 +20,7 @@
 #include <algorithm>
 #include <cstdint>
 #include <cstring>
+#include <numeric>
 
 #include "kernels/packing.h"   // Tile, MatrixB, packed_b_size
 #include "kernels/small_gemm.h"  // Vec, vload, small_gemv_nt
@@ -187,32 +188,42 @@ void gemm_block(int64_t m0, int64_t m1, int64_t p0, int64_t p1, int64_t N, int64
 }
 
 // C(M, N) = A(M, K) op(B)(K, N) (+ C when accumulate); A(m, k) = A[m * rsa + k * csa], C row-major with
-// row stride ldc. Splits C into tiles of up to 96 rows x 8 panels over torch's threads (at::parallel_for;
-// a product too small to split runs on the calling thread). The tiles are fixed by the sizes, and each
-// output's sum runs over k in order, so results do not depend on the thread count.
+// row stride ldc. Splits C into tasks of up to 96 rows x 8 panels over torch's threads (at::parallel_for;
+// a product too small to split runs on the calling thread). The rows are cut into equal shares (whole
+// 6-row tiles), as many as it takes for the task count to be a multiple of the thread count where the
+// shares stay at least 24 rows: a 128-row weight gradient is two tasks of 60 and 68 rows on 2 threads, not
+// 96 and 32, which left one thread idle for half of it. Each output's sum runs over k in order whichever
+// task computes it, so results do not depend on the split or the thread count.
 template <typename T>
 void packed_gemm(int64_t M, int64_t N, int64_t K, const T* A, int64_t rsa, int64_t csa, const MatrixB<T>& B,
                  T* C, int64_t ldc, bool accumulate) {
   if (M == 0 || N == 0) return;
-  constexpr int64_t W = Tile<T>::kPanel, kRowsPerTask = 96, kPanelsPerTask = 8;
+  constexpr int64_t W = Tile<T>::kPanel, kRowsPerTask = 96, kMinRowsPerTask = 24, kPanelsPerTask = 8;
   if (K == 0) {
     if (!accumulate)
       for (int64_t m = 0; m < M; ++m) std::fill(C + m * ldc, C + m * ldc + N, T(0));
     return;
   }
   const int64_t panels = (N + W - 1) / W;
-  const int64_t row_tasks = (M + kRowsPerTask - 1) / kRowsPerTask;
   const int64_t col_tasks = (panels + kPanelsPerTask - 1) / kPanelsPerTask;
+  int64_t row_tasks = (M + kRowsPerTask - 1) / kRowsPerTask;
+  const int64_t threads = at::get_num_threads();
+  if (threads > 1) {
+    const int64_t step = threads / std::gcd(col_tasks, threads);  // row_tasks * col_tasks % threads == 0
+    const int64_t balanced = (row_tasks + step - 1) / step * step;
+    if (M >= balanced * kMinRowsPerTask) row_tasks = balanced;
+  }
   const int64_t tasks = row_tasks * col_tasks;
+  // Row task r covers [row_start(r), row_start(r + 1)): M / row_tasks rounded down to whole 6-row tiles.
+  auto row_start = [&](int64_t r) { return r == row_tasks ? M : r * M / row_tasks / 6 * 6; };
   // About 2^18 multiply-adds per task before a thread is worth waking.
-  const int64_t task_macs = std::min(M, kRowsPerTask) * std::min(N, kPanelsPerTask * W) * K;
+  const int64_t task_macs = (M + row_tasks - 1) / row_tasks * std::min(N, kPanelsPerTask * W) * K;
   const int64_t grain = std::max<int64_t>(1, (int64_t{1} << 18) / std::max<int64_t>(task_macs, 1));
   auto run = [&](int64_t t0, int64_t t1) {
     for (int64_t t = t0; t < t1; ++t) {
-      const int64_t rt = t / col_tasks, ct = t % col_tasks;
-      const int64_t m0 = rt * kRowsPerTask, p0 = ct * kPanelsPerTask;
-      gemm_block(m0, std::min(M, m0 + kRowsPerTask), p0, std::min(panels, p0 + kPanelsPerTask), N, K, A, rsa,
-                 csa, B, C, ldc, accumulate);
+      const int64_t rt = t / col_tasks, ct = t % col_tasks, p0 = ct * kPanelsPerTask;
+      gemm_block(row_start(rt), row_start(rt + 1), p0, std::min(panels, p0 + kPanelsPerTask), N, K, A, rsa, csa,
+                 B, C, ldc, accumulate);
     }
   };
   if (tasks <= grain) {

@@ -1,6 +1,6 @@
 // The matrix products of the time loops and layers against a naive triple loop: the single-row kernels
 // (small_gemm.h), packed_gemm in every operand layout (packed_gemm.h: row tails 1..13, column tails, K
-// past one block), its results bitwise equal at 1 and 2 threads, and kernels::product on both sides of
+// past one block), its results bitwise equal at 1, 2 and 3 threads, and kernels::product on both sides of
 // its BLAS threshold, float and double.
 #include <ATen/Parallel.h>
 #include <gtest/gtest.h>
@@ -90,8 +90,8 @@ void check_packed(int64_t M, int64_t N, int64_t K, bool trans_a, BLayout layout,
     mb = MatrixB<T>{packed.data(), 0, 0, true};
   }
   const auto ref = naive<T>(M, N, K, A, rsa, csa, B, rsb, csb, accumulate ? &C0 : nullptr);
-  std::vector<T> results[2];
-  for (int threads : {1, 2}) {
+  std::vector<T> results[3];
+  for (int threads : {1, 2, 3}) {
     at::set_num_threads(threads);
     std::vector<T> C = C0;
     packed_gemm<T>(M, N, K, A.data(), rsa, csa, mb, C.data(), N, accumulate);
@@ -99,8 +99,9 @@ void check_packed(int64_t M, int64_t N, int64_t K, bool trans_a, BLayout layout,
     results[threads - 1] = C;
   }
   at::set_num_threads(1);
-  EXPECT_EQ(results[0], results[1]) << "packed_gemm differs between 1 and 2 threads at " << M << "x" << N << "x"
-                                    << K;
+  for (int threads : {2, 3})
+    EXPECT_EQ(results[0], results[threads - 1])
+        << "packed_gemm differs between 1 and " << threads << " threads at " << M << "x" << N << "x" << K;
 }
 
 TEST(PackedGemm, MatchesNaiveProductInEveryLayout) {
@@ -115,10 +116,14 @@ TEST(PackedGemm, MatchesNaiveProductInEveryLayout) {
 }
 
 TEST(PackedGemm, SplitsOverThreadsWithoutChangingBits) {
-  // Large enough for several tasks of 96 rows x 8 panels, with tails in every dimension.
+  // Large enough for several tasks of up to 96 rows x 8 panels, with tails in every dimension; the rows
+  // cut into equal shares (a multiple of 2 and of 3 threads where each keeps 24 rows: 128 rows into two
+  // tasks of 60 + 68, or three of 42 + 42 + 44; 300 rows of 2 column tasks into 6 at 3 threads; 40 rows stay one).
   check_packed<float>(300, 300, 520, false, BLayout::kPacked, false);
   check_packed<float>(300, 150, 700, true, BLayout::kRowMajor, true);
   check_packed<double>(200, 270, 300, false, BLayout::kStrided, false);
+  check_packed<float>(128, 128, 1100, true, BLayout::kRowMajor, false);  // a weight gradient's shape
+  check_packed<float>(40, 300, 400, false, BLayout::kPacked, true);
 }
 
 TEST(PackedGemm, EmptySumZeroesOrKeepsC) {
