@@ -7,6 +7,11 @@ Each row: median time of torch.nn and of ours, forward (inference, under no_grad
 (training step without the optimizer), the ratio nn/ours (> 1 means we are faster), and our GFLOP/s with
 its fraction of the sgemm rate measured in the same run. Results go to benchmarks/results/.
 
+Each ratio has a bound beside it: nn's time over the time of the layers' matrix products alone
+(torch_rnn_ext::_layer_products: the input projection, every step's recurrent product and, for
+forward+backward, the backward's, each by the kernel call our layer makes at that thread count, with no
+pointwise work). No implementation that makes those products can beat nn by more than that.
+
 Each timed block (one module, one mode) starts after a pause of SETTLE_S: the worker threads of the
 previous block (OpenBLAS's spin up to ~0.1 s after a product, libgomp's a few ms after a parallel region)
 go idle first, so neither module is timed while the other's threads still occupy a core.
@@ -95,6 +100,28 @@ def bench_pair(ref, ours, x, repeats, flops):
     return row
 
 
+def products_floor(kind, T, B, I, H, layers, directions, repeats):
+    """Median ms of the matrix products alone of every layer and direction (see the module docstring),
+    forward and forward+backward."""
+    g = GATES[kind]
+    operands, width = [], I
+    for _ in range(layers):
+        operands += [(torch.randn(T, B, width), torch.randn(g * H, width) / width ** 0.5,
+                      torch.randn(g * H, H) / H ** 0.5)] * directions
+        width = H * directions
+    products = torch.ops.torch_rnn_ext._layer_products
+
+    def run_all(backward):
+        for x, w_ih, w_hh in operands:
+            products(x, w_ih, w_hh, backward)
+    floor = {}
+    for mode, backward in (("forward", False), ("forward+backward", True)):
+        time.sleep(SETTLE_S)
+        # at least 0.3 s of runs: a few calls of a 1 ms floor right after the pause time the wake-up
+        floor[mode] = median_time(lambda: run_all(backward), repeats=repeats, min_seconds=0.3) * 1e3
+    return floor
+
+
 def run(full: bool, torch_threads, repeats: int):
     rows = []
     cases = [(n, *c) for n in torch_threads for c in (FULL_CASES if full else QUICK_CASES)]
@@ -107,8 +134,11 @@ def run(full: bool, torch_threads, repeats: int):
         ref, ours = make_modules(kind, I, H, layers, bidir)
         x = torch.randn(T, B, I)
         r = bench_pair(ref, ours, x, repeats, rnn_flops(kind, T, B, I, H, layers, 2 if bidir else 1))
-        for v in r.values():
+        floor = products_floor(kind, T, B, I, H, layers, 2 if bidir else 1, repeats)
+        for mode, v in r.items():
             v["sgemm_fraction"] = v["ours_gflops"] / sgemm[threads]
+            v["products_ms"] = floor[mode]
+            v["bound"] = v["nn_ms"] / floor[mode]
         name = kind if layers == 1 and not bidir else f"{kind} {layers}-layer{' bidirectional' if bidir else ''}"
         rows.append({"module": name, "T": T, "B": B, "I": I, "H": H, "torch_threads": threads, **r})
     return rows, sgemm
@@ -206,16 +236,19 @@ def markdown(rows, sgemm, info, command, memory, scans):
              f"with {info['blas_threads']} BLAS threads; time loops: {info['kernels']}; sgemm (1024^3, float32) "
              + ", ".join(f"{v:.0f} GFLOP/s at {k} torch thread(s)" for k, v in sgemm.items()) + ".",
              "",
-             "| module | T, B, I, H | torch threads | fwd nn ms | fwd ours ms | fwd speedup | "
-             "fwd+bwd nn ms | fwd+bwd ours ms | fwd+bwd speedup | ours fwd GFLOP/s (of sgemm) |",
-             "|---|---|---|---|---|---|---|---|---|---|"]
+             "Bound: nn's time over that of the same layers' matrix products alone (our kernels, this thread "
+             "count, no pointwise work), the most any implementation making those products could reach.",
+             "",
+             "| module | T, B, I, H | torch threads | fwd nn ms | fwd ours ms | fwd speedup | fwd bound | "
+             "fwd+bwd nn ms | fwd+bwd ours ms | fwd+bwd speedup | fwd+bwd bound | ours fwd GFLOP/s (of sgemm) |",
+             "|---|---|---|---|---|---|---|---|---|---|---|---|"]
     for r in rows:
         f, b = r["forward"], r["forward+backward"]
         lines.append(
             f"| {r['module']} | {r['T']}, {r['B']}, {r['I']}, {r['H']} | {r['torch_threads']} | "
-            f"{f['nn_ms']:.2f} | {f['ours_ms']:.2f} | **{f['speedup']:.2f}x** | {b['nn_ms']:.2f} | "
-            f"{b['ours_ms']:.2f} | **{b['speedup']:.2f}x** | {f['ours_gflops']:.1f} "
-            f"({100 * f['sgemm_fraction']:.0f}%) |")
+            f"{f['nn_ms']:.2f} | {f['ours_ms']:.2f} | **{f['speedup']:.2f}x** | {f['bound']:.2f}x | "
+            f"{b['nn_ms']:.2f} | {b['ours_ms']:.2f} | **{b['speedup']:.2f}x** | {b['bound']:.2f}x | "
+            f"{f['ours_gflops']:.1f} ({100 * f['sgemm_fraction']:.0f}%) |")
     if memory:
         lines += ["", "Peak memory of one forward+backward (fresh process, 1 torch thread): the most bytes of torch's "
                   "CPU allocator live at once (profiler memory events; our kernels' scratch included), and the "

@@ -19,6 +19,10 @@ namespace kernels {
   void forward_kernel(const SeqLayout&, const ForwardArgs<T>&);       \
   template <CellKind K, typename T>                                   \
   void backward_kernel(const SeqLayout&, const BackwardArgs<T>&);     \
+  template <typename T>                                               \
+  void step_products_kernel(int64_t, int64_t, int64_t, int64_t,      \
+                            const T*, int64_t, const T*, bool, T*,    \
+                            int64_t);                                 \
   }
 TRE_DECLARE_KERNELS(base)
 #ifdef TRE_HAVE_AVX2_KERNELS
@@ -34,6 +38,12 @@ void forward(const SeqLayout& L, const ForwardArgs<T>& a) {
 template <CellKind K, typename T>
 void backward(const SeqLayout& L, const BackwardArgs<T>& a) {
   TRE_CALL_BEST(backward_kernel<K, T>(L, a));
+}
+
+template <typename T>
+void step_products(int64_t B, int64_t steps, int64_t N, int64_t K, const T* A, int64_t a_step, const T* W,
+                   bool trans_b, T* C, int64_t c_step) {
+  TRE_CALL_BEST(step_products_kernel<T>(B, steps, N, K, A, a_step, W, trans_b, C, c_step));
 }
 
 int64_t packed_step_max_rows() {
@@ -63,6 +73,10 @@ void column_sum(const T* X, int64_t rows, int64_t cols, T* out) {
 TRE_FOR_EACH_CELL_DTYPE(TRE_INSTANTIATE)
 #undef TRE_INSTANTIATE
 
+template void step_products<float>(int64_t, int64_t, int64_t, int64_t, const float*, int64_t, const float*, bool,
+                                   float*, int64_t);
+template void step_products<double>(int64_t, int64_t, int64_t, int64_t, const double*, int64_t, const double*, bool,
+                                    double*, int64_t);
 template void column_sum<float>(const float*, int64_t, int64_t, float*);
 template void column_sum<double>(const double*, int64_t, int64_t, double*);
 

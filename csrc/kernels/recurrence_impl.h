@@ -176,6 +176,20 @@ void recurrence_backward(const SeqLayout& L, const BackwardArgs<T>& a) {
   });
 }
 
+// The recurrent products alone (arguments: step_products in recurrence.h), as the time loops make them.
+template <typename T>
+void recurrence_step_products(int64_t B, int64_t steps, int64_t N, int64_t K, const T* A, int64_t a_step,
+                              const T* W, bool trans_b, T* C, int64_t c_step) {
+  const int64_t max_rows = packed_step_max_rows();
+  const Scratch<T> packed(B >= 2 && B <= max_rows ? packed_b_size<T>(K, N) : 0);
+  if (packed.get()) pack_b<T>(K, N, W, trans_b ? 1 : N, trans_b ? K : 1, packed.get());
+  for_row_shares(B, split_batch_rows(), [&](int64_t r0, int64_t r1) {
+    for (int64_t s = 0; s < steps; ++s)
+      step_product<T>(trans_b, B, r1 - r0, N, K, A + s * a_step + r0 * K, W, packed.get(), max_rows,
+                      C + s * c_step + r0 * N, true);
+  });
+}
+
 }  // namespace TRE_CPU_CAPABILITY
 }  // namespace kernels
 }  // namespace torch_rnn_ext

@@ -56,6 +56,9 @@ TORCH_LIBRARY_FRAGMENT(torch_rnn_ext, m) {
       "bool reverse, bool[8] output_mask) -> (Tensor grad_input, Tensor grad_hx, Tensor grad_cx, "
       "Tensor grad_weight_ih, Tensor grad_weight_hh, Tensor grad_bias_ih, Tensor grad_bias_hh, "
       "Tensor grad_weight_hr)");
+  // A layer's matrix products alone (forward, and backward's too with `backward`), for the benchmark's
+  // floor: see cpu/recurrent_layer.h.
+  m.def("_layer_products(Tensor input, Tensor weight_ih, Tensor weight_hh, bool backward) -> Tensor");
 }
 
 }  // namespace torch_rnn_ext

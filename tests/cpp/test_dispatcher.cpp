@@ -27,7 +27,7 @@ using Kwargs = std::unordered_map<std::string, IValue>;
 
 // The ops this file tests: all that the library registers.
 const std::set<std::string> kExpectedOps = {
-    "_kernel_info", "_parallel_threads",
+    "_kernel_info", "_parallel_threads", "_layer_products",
     "lstm_layer", "gru_layer", "rnn_tanh_layer", "rnn_relu_layer",
     "_recurrent_layer_forward", "_recurrent_layer_backward",
     "lstm", "gru", "rnn_tanh", "rnn_relu",
@@ -168,6 +168,15 @@ TEST(Dispatcher, ParallelForUsesTorchThreads) {
     EXPECT_EQ(r[0].toInt(), n) << "at::set_num_threads(" << n << ")";
   }
   at::set_num_threads(saved);
+}
+
+// The benchmark's floor op (a layer's products alone, states of ones): forward x W_ih^T + 1 W_hh^T.
+TEST(Dispatcher, LayerProductsMakeTheProjectionAndSteps) {
+  torch::manual_seed(0);
+  const Tensor x = randn({T, B, I}), w_ih = randn({3 * H, I}), w_hh = randn({3 * H, H});
+  const Tensor r = tensor_of(call_boxed("_layer_products", {x, w_ih, w_hh, false})[0]);
+  EXPECT_TRUE(r.allclose(x.reshape({T * B, I}).matmul(w_ih.t()) + w_hh.sum(1), 1e-4, 1e-5));
+  EXPECT_ERROR_NAMES(call_boxed("_layer_products", {x, w_ih, randn({2 * H, H}), false}), "weight_hh:");
 }
 
 // --- single layers --------------------------------------------------------------------------------------

@@ -247,6 +247,37 @@ def test_rnn_input_grad_written_over_its_buffer_matches_nn(num_layers, threads):
             torch.testing.assert_close(a, b, atol=1e-10, rtol=0)
 
 
+@pytest.mark.parametrize("gates,shape", [(4, (7, 1, I)), (3, (5, 6, I)), (1, (9, 20, H)), (4, (3, 40, I))])
+def test_layer_products_alone_make_the_layers_products(gates, shape, threads):
+    """The benchmark's floor op runs a layer's products with states of ones: forward returns the
+    projection plus every step's product, x W_ih^T + 1 W_hh^T; backward returns dx = that times W_ih (it
+    stands in for dgi), at 1 and 2 threads, for batches taking each step kernel (1 row, 2..16, more) and an
+    RNN whose dx is written over its buffer."""
+    gen = torch.Generator().manual_seed(15)
+    x = torch.randn(*shape, dtype=torch.float64, generator=gen)
+    w_ih = torch.randn(gates * H, shape[2], dtype=torch.float64, generator=gen)
+    w_hh = torch.randn(gates * H, H, dtype=torch.float64, generator=gen)
+    proj = x.reshape(-1, shape[2]) @ w_ih.t() + w_hh.sum(1)
+    for n in (1, 2):
+        torch.set_num_threads(n)
+        fwd = torch.ops.torch_rnn_ext._layer_products(x, w_ih, w_hh, False)
+        torch.testing.assert_close(fwd, proj, atol=1e-10, rtol=1e-12)
+        bwd = torch.ops.torch_rnn_ext._layer_products(x, w_ih, w_hh, True)
+        torch.testing.assert_close(bwd.reshape(-1, shape[2]), proj @ w_ih, atol=1e-9, rtol=1e-12)
+
+
+def test_layer_products_check_their_arguments():
+    x, w_ih = torch.randn(4, 3, I), torch.randn(4 * H, I)
+    with pytest.raises(RuntimeError, match=r"weight_hh: expected \(G \* hidden_size, hidden_size\) with G = 1, 3"):
+        torch.ops.torch_rnn_ext._layer_products(x, w_ih, torch.randn(5 * H, H), False)
+    with pytest.raises(RuntimeError, match=r"input: expected a 3-D tensor"):
+        torch.ops.torch_rnn_ext._layer_products(x[0], w_ih, torch.randn(4 * H, H), False)
+    with pytest.raises(RuntimeError, match=r"weight_ih: expected 24 rows"):
+        torch.ops.torch_rnn_ext._layer_products(x, w_ih[:-1], torch.randn(4 * H, H), False)
+    with pytest.raises(RuntimeError, match=r"weight_hh: expected dtype"):
+        torch.ops.torch_rnn_ext._layer_products(x, w_ih, torch.randn(4 * H, H, dtype=torch.float64), False)
+
+
 @pytest.mark.parametrize("reverse", [False, True])
 def test_gradcheck_lstm_layer_with_projection(reverse):
     gen = torch.Generator().manual_seed(12)

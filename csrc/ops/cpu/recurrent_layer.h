@@ -414,6 +414,41 @@ std::vector<Tensor> layer_backward(const char* op, const Tensor& grad_output, co
   return grads;
 }
 
+// The matrix products of one layer alone, with no pointwise work: the benchmark's floor for a layer of
+// this shape (padded input (T, B, I), weight_ih (G*H, I), weight_hh (G*H, H), G = 1, 3 or 4). Forward: the
+// input projection and the T recurrent step products; with `backward` also the backward's T step
+// products, dW_ih, dW_hh and dx. Each is the kernel call the layer makes at this thread count; the states
+// hold ones (values do not change a product's time), so the forward returns x W_ih^T + 1 W_hh^T on every
+// row, and the backward dx = that times W_ih (it stands in for dgi).
+inline Tensor layer_products(const Tensor& input, const Tensor& weight_ih, const Tensor& weight_hh, bool backward) {
+  const char* op = "_layer_products";
+  check_cpu(weight_hh, "weight_hh");
+  check_dim(weight_hh, 2, "weight_hh");
+  const int64_t H = weight_hh.size(1), G = H > 0 ? weight_hh.size(0) / H : 0;
+  TORCH_CHECK(H > 0 && weight_hh.size(0) == G * H && (G == 1 || G == 3 || G == 4), op,
+              ": weight_hh: expected (G * hidden_size, hidden_size) with G = 1, 3 or 4 gates, got ",
+              weight_hh.sizes());
+  const LayerGeometry g = check_layer(op, input, weight_ih, weight_hh, c10::nullopt, c10::nullopt, c10::nullopt,
+                                      c10::nullopt, G);
+  const auto opts = input.options();
+  const int64_t GH = G * H;
+  const Tensor gi = matmul(input, false, weight_ih, true);
+  const Tensor w_hh = contiguous_serial(weight_hh);
+  const Tensor h = at::empty({g.N, H}, opts);  // the states: h of every step, and dh
+  AT_DISPATCH_FLOATING_TYPES(input.scalar_type(), "_layer_products", [&] {
+    std::fill(ptr<scalar_t>(h), ptr<scalar_t>(h) + h.numel(), scalar_t(1));
+    kernels::step_products<scalar_t>(g.B, g.T, GH, H, ptr<scalar_t>(h), g.B * H, ptr<scalar_t>(w_hh), true,
+                                     ptr<scalar_t>(gi), g.B * GH);
+    if (backward)
+      kernels::step_products<scalar_t>(g.B, g.T, H, GH, ptr<scalar_t>(gi), g.B * GH, ptr<scalar_t>(w_hh), false,
+                                       ptr<scalar_t>(h), g.B * H);
+  });
+  if (!backward) return gi;
+  matmul(gi, true, rows(input, g, g.I), false);  // dW_ih
+  matmul(gi, true, h, false);                    // dW_hh
+  return input_grad(gi, weight_ih);              // dx, last (it may overwrite dgi)
+}
+
 }  // namespace cpu
 }  // namespace torch_rnn_ext
 

@@ -66,6 +66,7 @@ void register_kernels(torch::Library& m) {
   m.impl("rnn_relu_layer", TORCH_FN(single_state_layer_cpu<CellKind::RNN_RELU>));
   m.impl("_recurrent_layer_forward", TORCH_FN(recurrent_layer_forward_cpu));
   m.impl("_recurrent_layer_backward", TORCH_FN(recurrent_layer_backward_cpu));
+  m.impl("_layer_products", TORCH_FN(layer_products));
 }
 
 }  // namespace
