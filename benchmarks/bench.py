@@ -107,13 +107,13 @@ def products_floor(kind, T, B, I, H, layers, directions, repeats):
     operands, width = [], I
     for _ in range(layers):
         operands += [(torch.randn(T, B, width), torch.randn(g * H, width) / width ** 0.5,
-                      torch.randn(g * H, H) / H ** 0.5)] * directions
+                      torch.randn(g * H, H) / H ** 0.5, torch.zeros(T * B, H))] * directions
         width = H * directions
     products = torch.ops.torch_rnn_ext._layer_products
 
     def run_all(backward):
-        for x, w_ih, w_hh in operands:
-            products(x, w_ih, w_hh, backward)
+        for x, w_ih, w_hh, states in operands:
+            products(x, w_ih, w_hh, states, backward)
     floor = {}
     for mode, backward in (("forward", False), ("forward+backward", True)):
         time.sleep(SETTLE_S)

@@ -58,7 +58,8 @@ TORCH_LIBRARY_FRAGMENT(torch_rnn_ext, m) {
       "Tensor grad_weight_hr)");
   // A layer's matrix products alone (forward, and backward's too with `backward`), for the benchmark's
   // floor: see cpu/recurrent_layer.h.
-  m.def("_layer_products(Tensor input, Tensor weight_ih, Tensor weight_hh, bool backward) -> Tensor");
+  m.def("_layer_products(Tensor input, Tensor weight_ih, Tensor weight_hh, Tensor(a!) states, bool backward) "
+        "-> Tensor");
 }
 
 }  // namespace torch_rnn_ext

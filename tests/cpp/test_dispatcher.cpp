@@ -174,9 +174,11 @@ TEST(Dispatcher, ParallelForUsesTorchThreads) {
 TEST(Dispatcher, LayerProductsMakeTheProjectionAndSteps) {
   torch::manual_seed(0);
   const Tensor x = randn({T, B, I}), w_ih = randn({3 * H, I}), w_hh = randn({3 * H, H});
-  const Tensor r = tensor_of(call_boxed("_layer_products", {x, w_ih, w_hh, false})[0]);
+  const Tensor states = torch::ones({T * B, H});
+  const Tensor r = tensor_of(call_boxed("_layer_products", {x, w_ih, w_hh, states, false})[0]);
   EXPECT_TRUE(r.allclose(x.reshape({T * B, I}).matmul(w_ih.t()) + w_hh.sum(1), 1e-4, 1e-5));
-  EXPECT_ERROR_NAMES(call_boxed("_layer_products", {x, w_ih, randn({2 * H, H}), false}), "weight_hh:");
+  EXPECT_ERROR_NAMES(call_boxed("_layer_products", {x, w_ih, randn({2 * H, H}), states, false}), "weight_hh:");
+  EXPECT_ERROR_NAMES(call_boxed("_layer_products", {x, w_ih, w_hh, torch::ones({T, H}), false}), "states:");
 }
 
 // --- single layers --------------------------------------------------------------------------------------

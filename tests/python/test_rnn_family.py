@@ -258,24 +258,32 @@ def test_layer_products_alone_make_the_layers_products(gates, shape, threads):
     w_ih = torch.randn(gates * H, shape[2], dtype=torch.float64, generator=gen)
     w_hh = torch.randn(gates * H, H, dtype=torch.float64, generator=gen)
     proj = x.reshape(-1, shape[2]) @ w_ih.t() + w_hh.sum(1)
+    ones = torch.ones(shape[0] * shape[1], H, dtype=torch.float64)
     for n in (1, 2):
         torch.set_num_threads(n)
-        fwd = torch.ops.torch_rnn_ext._layer_products(x, w_ih, w_hh, False)
+        fwd = torch.ops.torch_rnn_ext._layer_products(x, w_ih, w_hh, ones.clone(), False)
         torch.testing.assert_close(fwd, proj, atol=1e-10, rtol=1e-12)
-        bwd = torch.ops.torch_rnn_ext._layer_products(x, w_ih, w_hh, True)
+        states = ones.clone()
+        bwd = torch.ops.torch_rnn_ext._layer_products(x, w_ih, w_hh, states, True)
         torch.testing.assert_close(bwd.reshape(-1, shape[2]), proj @ w_ih, atol=1e-9, rtol=1e-12)
+        torch.testing.assert_close(states, ones + proj @ w_hh, atol=1e-9, rtol=1e-12)  # the dh products
 
 
 def test_layer_products_check_their_arguments():
-    x, w_ih = torch.randn(4, 3, I), torch.randn(4 * H, I)
+    x, w_ih, w_hh, states = torch.randn(4, 3, I), torch.randn(4 * H, I), torch.randn(4 * H, H), torch.ones(12, H)
+    products = torch.ops.torch_rnn_ext._layer_products
     with pytest.raises(RuntimeError, match=r"weight_hh: expected \(G \* hidden_size, hidden_size\) with G = 1, 3"):
-        torch.ops.torch_rnn_ext._layer_products(x, w_ih, torch.randn(5 * H, H), False)
+        products(x, w_ih, torch.randn(5 * H, H), states, False)
     with pytest.raises(RuntimeError, match=r"input: expected a 3-D tensor"):
-        torch.ops.torch_rnn_ext._layer_products(x[0], w_ih, torch.randn(4 * H, H), False)
+        products(x[0], w_ih, w_hh, states, False)
     with pytest.raises(RuntimeError, match=r"weight_ih: expected 24 rows"):
-        torch.ops.torch_rnn_ext._layer_products(x, w_ih[:-1], torch.randn(4 * H, H), False)
+        products(x, w_ih[:-1], w_hh, states, False)
     with pytest.raises(RuntimeError, match=r"weight_hh: expected dtype"):
-        torch.ops.torch_rnn_ext._layer_products(x, w_ih, torch.randn(4 * H, H, dtype=torch.float64), False)
+        products(x, w_ih, w_hh.double(), states, False)
+    with pytest.raises(RuntimeError, match=r"states: expected size \[12, 6\]"):
+        products(x, w_ih, w_hh, states[1:], False)
+    with pytest.raises(RuntimeError, match=r"states: expected a contiguous tensor"):
+        products(x, w_ih, w_hh, torch.ones(H, 12).t(), False)
 
 
 @pytest.mark.parametrize("reverse", [False, True])

@@ -417,10 +417,12 @@ std::vector<Tensor> layer_backward(const char* op, const Tensor& grad_output, co
 // The matrix products of one layer alone, with no pointwise work: the benchmark's floor for a layer of
 // this shape (padded input (T, B, I), weight_ih (G*H, I), weight_hh (G*H, H), G = 1, 3 or 4). Forward: the
 // input projection and the T recurrent step products; with `backward` also the backward's T step
-// products, dW_ih, dW_hh and dx. Each is the kernel call the layer makes at this thread count; the states
-// hold ones (values do not change a product's time), so the forward returns x W_ih^T + 1 W_hh^T on every
-// row, and the backward dx = that times W_ih (it stands in for dgi).
-inline Tensor layer_products(const Tensor& input, const Tensor& weight_ih, const Tensor& weight_hh, bool backward) {
+// products, dW_ih, dW_hh and dx. Each is the kernel call the layer makes at this thread count. `states`
+// (T * B, H), the caller's (so that the floor allocates no more than a layer does), stands in for every
+// step's h and, with `backward`, receives the dh products. With states of ones the forward returns
+// x W_ih^T + 1 W_hh^T on every row, and the backward dx = that times W_ih (it stands in for dgi).
+inline Tensor layer_products(const Tensor& input, const Tensor& weight_ih, const Tensor& weight_hh,
+                             const Tensor& states, bool backward) {
   const char* op = "_layer_products";
   check_cpu(weight_hh, "weight_hh");
   check_dim(weight_hh, 2, "weight_hh");
@@ -430,22 +432,21 @@ inline Tensor layer_products(const Tensor& input, const Tensor& weight_ih, const
               weight_hh.sizes());
   const LayerGeometry g = check_layer(op, input, weight_ih, weight_hh, c10::nullopt, c10::nullopt, c10::nullopt,
                                       c10::nullopt, G);
-  const auto opts = input.options();
+  check_like(states, input, {g.N, H}, "states");
+  TORCH_CHECK(states.is_contiguous(), op, ": states: expected a contiguous tensor");
   const int64_t GH = G * H;
   const Tensor gi = matmul(input, false, weight_ih, true);
   const Tensor w_hh = contiguous_serial(weight_hh);
-  const Tensor h = at::empty({g.N, H}, opts);  // the states: h of every step, and dh
   AT_DISPATCH_FLOATING_TYPES(input.scalar_type(), "_layer_products", [&] {
-    std::fill(ptr<scalar_t>(h), ptr<scalar_t>(h) + h.numel(), scalar_t(1));
-    kernels::step_products<scalar_t>(g.B, g.T, GH, H, ptr<scalar_t>(h), g.B * H, ptr<scalar_t>(w_hh), true,
+    kernels::step_products<scalar_t>(g.B, g.T, GH, H, ptr<scalar_t>(states), g.B * H, ptr<scalar_t>(w_hh), true,
                                      ptr<scalar_t>(gi), g.B * GH);
     if (backward)
       kernels::step_products<scalar_t>(g.B, g.T, H, GH, ptr<scalar_t>(gi), g.B * GH, ptr<scalar_t>(w_hh), false,
-                                       ptr<scalar_t>(h), g.B * H);
+                                       ptr<scalar_t>(states), g.B * H);
   });
   if (!backward) return gi;
   matmul(gi, true, rows(input, g, g.I), false);  // dW_ih
-  matmul(gi, true, h, false);                    // dW_hh
+  matmul(gi, true, states, false);               // dW_hh
   return input_grad(gi, weight_ih);              // dx, last (it may overwrite dgi)
 }
 
