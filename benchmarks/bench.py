@@ -75,6 +75,12 @@ def _outputs(result):
     return [out] + (list(hidden) if isinstance(hidden, tuple) else [hidden])
 
 
+def settled_median(fn, repeats, min_seconds=0.0):
+    """median_time of fn after a pause of SETTLE_S (see the module docstring)."""
+    time.sleep(SETTLE_S)
+    return median_time(fn, repeats=repeats, min_seconds=min_seconds)
+
+
 def bench_pair(ref, ours, x, repeats, flops):
     """Times forward (no_grad) and forward+backward for both modules on the same input."""
     ours.load_state_dict(ref.state_dict())
@@ -88,13 +94,9 @@ def bench_pair(ref, ours, x, repeats, flops):
         sum(o.sum() for o in _outputs(m(xg))).backward()
 
     row = {}
-    def timed(fn, m):
-        time.sleep(SETTLE_S)
-        return median_time(lambda: fn(m), repeats=repeats)
-
     for mode, fn, fl in (("forward", fwd, flops), ("forward+backward", fwd_bwd, 3 * flops)):
-        t_ref = timed(fn, ref)
-        t_ours = timed(fn, ours)
+        t_ref = settled_median(lambda: fn(ref), repeats)
+        t_ours = settled_median(lambda: fn(ours), repeats)
         row[mode] = {"nn_ms": t_ref * 1e3, "ours_ms": t_ours * 1e3, "speedup": t_ref / t_ours,
                      "ours_gflops": fl / t_ours / 1e9}
     return row
@@ -114,12 +116,9 @@ def products_floor(kind, T, B, I, H, layers, directions, repeats):
     def run_all(backward):
         for x, w_ih, w_hh, states in operands:
             products(x, w_ih, w_hh, states, backward)
-    floor = {}
-    for mode, backward in (("forward", False), ("forward+backward", True)):
-        time.sleep(SETTLE_S)
-        # at least 0.3 s of runs: a few calls of a 1 ms floor right after the pause time the wake-up
-        floor[mode] = median_time(lambda: run_all(backward), repeats=repeats, min_seconds=0.3) * 1e3
-    return floor
+    # at least 0.3 s of runs: a few calls of a 1 ms floor right after the pause time the wake-up
+    return {mode: settled_median(lambda: run_all(backward), repeats, min_seconds=0.3) * 1e3
+            for mode, backward in (("forward", False), ("forward+backward", True))}
 
 
 def run(full: bool, torch_threads, repeats: int):

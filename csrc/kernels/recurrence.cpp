@@ -20,9 +20,8 @@ namespace kernels {
   template <CellKind K, typename T>                                   \
   void backward_kernel(const SeqLayout&, const BackwardArgs<T>&);     \
   template <typename T>                                               \
-  void step_products_kernel(int64_t, int64_t, int64_t, int64_t,      \
-                            const T*, int64_t, const T*, bool, T*,    \
-                            int64_t);                                 \
+  void step_products_kernel(const SeqLayout&, int64_t, int64_t,       \
+                            const T*, const T*, bool, T*);            \
   }
 TRE_DECLARE_KERNELS(base)
 #ifdef TRE_HAVE_AVX2_KERNELS
@@ -41,9 +40,8 @@ void backward(const SeqLayout& L, const BackwardArgs<T>& a) {
 }
 
 template <typename T>
-void step_products(int64_t B, int64_t steps, int64_t N, int64_t K, const T* A, int64_t a_step, const T* W,
-                   bool trans_b, T* C, int64_t c_step) {
-  TRE_CALL_BEST(step_products_kernel<T>(B, steps, N, K, A, a_step, W, trans_b, C, c_step));
+void step_products(const SeqLayout& L, int64_t N, int64_t K, const T* A, const T* W, bool trans_b, T* C) {
+  TRE_CALL_BEST(step_products_kernel<T>(L, N, K, A, W, trans_b, C));
 }
 
 int64_t packed_step_max_rows() {
@@ -73,10 +71,8 @@ void column_sum(const T* X, int64_t rows, int64_t cols, T* out) {
 TRE_FOR_EACH_CELL_DTYPE(TRE_INSTANTIATE)
 #undef TRE_INSTANTIATE
 
-template void step_products<float>(int64_t, int64_t, int64_t, int64_t, const float*, int64_t, const float*, bool,
-                                   float*, int64_t);
-template void step_products<double>(int64_t, int64_t, int64_t, int64_t, const double*, int64_t, const double*, bool,
-                                    double*, int64_t);
+template void step_products<float>(const SeqLayout&, int64_t, int64_t, const float*, const float*, bool, float*);
+template void step_products<double>(const SeqLayout&, int64_t, int64_t, const double*, const double*, bool, double*);
 template void column_sum<float>(const float*, int64_t, int64_t, float*);
 template void column_sum<double>(const double*, int64_t, int64_t, double*);
 

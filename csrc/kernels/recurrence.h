@@ -97,13 +97,12 @@ void forward(const SeqLayout& L, const ForwardArgs<T>& a);
 template <CellKind K, typename T>
 void backward(const SeqLayout& L, const BackwardArgs<T>& a);
 
-// A time loop's recurrent products alone, for the benchmark's floor (no pointwise work): for s < steps,
-// C_s(B, N) += A_s(B, K) op(W), A_s = A + s * a_step and C_s = C + s * c_step, where op(W) is W^T for W
-// stored (N, K) when trans_b (the forward's h W_hh^T), else W stored (K, N) (the backward's dgates W_hh);
-// with the kernels, packed copy and row shares a layer of B rows uses at this thread count.
+// A time loop's recurrent products alone, for the benchmark's floor (no pointwise work): for every step
+// of L, C's rows of that step (N columns) += A's rows of that step (K columns) op(W), where op(W) is W^T
+// for W stored (N, K) when trans_b (the forward's h W_hh^T), else W stored (K, N) (the backward's
+// dgates W_hh); with the kernels, packed copy and row shares a layer of layout L uses at this thread count.
 template <typename T>
-void step_products(int64_t B, int64_t steps, int64_t N, int64_t K, const T* A, int64_t a_step, const T* W,
-                   bool trans_b, T* C, int64_t c_step);
+void step_products(const SeqLayout& L, int64_t N, int64_t K, const T* A, const T* W, bool trans_b, T* C);
 
 // out[c] = sum over rows of X[r, c], rows in order (deterministic).
 template <typename T>

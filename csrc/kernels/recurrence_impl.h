@@ -178,15 +178,17 @@ void recurrence_backward(const SeqLayout& L, const BackwardArgs<T>& a) {
 
 // The recurrent products alone (arguments: step_products in recurrence.h), as the time loops make them.
 template <typename T>
-void recurrence_step_products(int64_t B, int64_t steps, int64_t N, int64_t K, const T* A, int64_t a_step,
-                              const T* W, bool trans_b, T* C, int64_t c_step) {
+void recurrence_step_products(const SeqLayout& L, int64_t N, int64_t K, const T* A, const T* W, bool trans_b,
+                              T* C) {
   const int64_t max_rows = packed_step_max_rows();
-  const Scratch<T> packed(B >= 2 && B <= max_rows ? packed_b_size<T>(K, N) : 0);
+  const Scratch<T> packed(uses_packed_weights(L, max_rows) ? packed_b_size<T>(K, N) : 0);
   if (packed.get()) pack_b<T>(K, N, W, trans_b ? 1 : N, trans_b ? K : 1, packed.get());
-  for_row_shares(B, split_batch_rows(), [&](int64_t r0, int64_t r1) {
-    for (int64_t s = 0; s < steps; ++s)
-      step_product<T>(trans_b, B, r1 - r0, N, K, A + s * a_step + r0 * K, W, packed.get(), max_rows,
-                      C + s * c_step + r0 * N, true);
+  const int64_t batch = L.T > 0 ? L.batch_sizes[0] : 0;
+  for_row_shares(batch, split_batch_rows(), [&](int64_t r0, int64_t r1) {
+    for (int64_t s = 0; s < L.T; ++s) {
+      const int64_t t = L.time(s), bs = L.batch_sizes[t], n = std::min(bs, r1) - r0, row = L.offsets[t] + r0;
+      if (n > 0) step_product<T>(trans_b, bs, n, N, K, A + row * K, W, packed.get(), max_rows, C + row * N, true);
+    }
   });
 }
 

@@ -19,9 +19,8 @@ void backward_kernel(const SeqLayout& L, const BackwardArgs<T>& a) {
 }
 
 template <typename T>
-void step_products_kernel(int64_t B, int64_t steps, int64_t N, int64_t K, const T* A, int64_t a_step, const T* W,
-                          bool trans_b, T* C, int64_t c_step) {
-  recurrence_step_products<T>(B, steps, N, K, A, a_step, W, trans_b, C, c_step);
+void step_products_kernel(const SeqLayout& L, int64_t N, int64_t K, const T* A, const T* W, bool trans_b, T* C) {
+  recurrence_step_products<T>(L, N, K, A, W, trans_b, C);
 }
 
 #define TRE_INSTANTIATE(K, T)                                                \
@@ -30,10 +29,10 @@ void step_products_kernel(int64_t B, int64_t steps, int64_t N, int64_t K, const 
 TRE_FOR_EACH_CELL_DTYPE(TRE_INSTANTIATE)
 #undef TRE_INSTANTIATE
 
-template void step_products_kernel<float>(int64_t, int64_t, int64_t, int64_t, const float*, int64_t, const float*,
-                                          bool, float*, int64_t);
-template void step_products_kernel<double>(int64_t, int64_t, int64_t, int64_t, const double*, int64_t,
-                                           const double*, bool, double*, int64_t);
+template void step_products_kernel<float>(const SeqLayout&, int64_t, int64_t, const float*, const float*, bool,
+                                          float*);
+template void step_products_kernel<double>(const SeqLayout&, int64_t, int64_t, const double*, const double*, bool,
+                                           double*);
 template void packed_product<float>(bool, bool, int64_t, int64_t, int64_t, const float*, int64_t, const float*,
                                     int64_t, float*, int64_t, bool);
 template void packed_product<double>(bool, bool, int64_t, int64_t, int64_t, const double*, int64_t,

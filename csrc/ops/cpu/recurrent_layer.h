@@ -437,12 +437,11 @@ inline Tensor layer_products(const Tensor& input, const Tensor& weight_ih, const
   const int64_t GH = G * H;
   const Tensor gi = matmul(input, false, weight_ih, true);
   const Tensor w_hh = contiguous_serial(weight_hh);
+  const auto L = g.layout(/*reverse=*/false);
   AT_DISPATCH_FLOATING_TYPES(input.scalar_type(), "_layer_products", [&] {
-    kernels::step_products<scalar_t>(g.B, g.T, GH, H, ptr<scalar_t>(states), g.B * H, ptr<scalar_t>(w_hh), true,
-                                     ptr<scalar_t>(gi), g.B * GH);
+    kernels::step_products<scalar_t>(L, GH, H, ptr<scalar_t>(states), ptr<scalar_t>(w_hh), true, ptr<scalar_t>(gi));
     if (backward)
-      kernels::step_products<scalar_t>(g.B, g.T, H, GH, ptr<scalar_t>(gi), g.B * GH, ptr<scalar_t>(w_hh), false,
-                                       ptr<scalar_t>(states), g.B * H);
+      kernels::step_products<scalar_t>(L, H, GH, ptr<scalar_t>(gi), ptr<scalar_t>(w_hh), false, ptr<scalar_t>(states));
   });
   if (!backward) return gi;
   matmul(gi, true, rows(input, g, g.I), false);  // dW_ih
