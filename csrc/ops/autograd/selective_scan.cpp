@@ -57,8 +57,8 @@ class SelectiveScanFunction : public torch::autograd::Function<SelectiveScanFunc
     at::AutoDispatchBelowADInplaceOrView guard;
     auto [out, last_state, checkpoints] =
         forward_op().call(u, delta, A, B, C, D, z, delta_bias, delta_softplus, initial_state);
-    ctx->save_for_backward({u, delta, A, B, C, D.value_or(Tensor()), z.value_or(Tensor()),
-                            delta_bias.value_or(Tensor()), initial_state.value_or(Tensor()), checkpoints});
+    ctx->save_for_backward({u, delta, A, B, C, value(D), value(z), value(delta_bias), value(initial_state),
+                            checkpoints});
     ctx->saved_data["delta_softplus"] = delta_softplus;
     ctx->saved_data["present"] = c10::List<bool>(
         {true, true, true, true, true, present(D), present(z), present(delta_bias), present(initial_state)});
@@ -79,8 +79,7 @@ std::tuple<Tensor, Tensor> selective_scan_autograd(const Tensor& u, const Tensor
                                                    const Tensor& B, const Tensor& C, const optional<Tensor>& D,
                                                    const optional<Tensor>& z, const optional<Tensor>& delta_bias,
                                                    bool delta_softplus, const optional<Tensor>& initial_state) {
-  if (!needs_graph({u, delta, A, B, C, D.value_or(Tensor()), z.value_or(Tensor()), delta_bias.value_or(Tensor()),
-                    initial_state.value_or(Tensor())})) {
+  if (!needs_graph({u, delta, A, B, C, value(D), value(z), value(delta_bias), value(initial_state)})) {
     at::AutoDispatchBelowADInplaceOrView guard;  // inference: nothing saved
     return inference_op().call(u, delta, A, B, C, D, z, delta_bias, delta_softplus, initial_state);
   }
@@ -95,9 +94,8 @@ Grads selective_scan_backward_autograd(const optional<Tensor>& grad_out, const o
                                        const optional<Tensor>& initial_state, const Tensor& checkpoints,
                                        std::array<bool, 9> output_mask) {
   reject_double_backward("selective_scan",
-                         {grad_out.value_or(Tensor()), grad_last_state.value_or(Tensor()), u, delta, A, B, C,
-                          D.value_or(Tensor()), z.value_or(Tensor()), delta_bias.value_or(Tensor()),
-                          initial_state.value_or(Tensor())});
+                         {value(grad_out), value(grad_last_state), u, delta, A, B, C, value(D), value(z),
+                          value(delta_bias), value(initial_state)});
   at::AutoDispatchBelowADInplaceOrView guard;
   return backward_op().call(grad_out, grad_last_state, u, delta, A, B, C, D, z, delta_bias, delta_softplus,
                             initial_state, checkpoints, output_mask);

@@ -49,7 +49,7 @@ class WKV4Function : public torch::autograd::Function<WKV4Function> {
                                const Tensor& k, const Tensor& v, const optional<Tensor>& state) {
     at::AutoDispatchBelowADInplaceOrView guard;
     auto [y, new_state, checkpoints] = forward_op().call(time_decay, time_first, k, v, state);
-    ctx->save_for_backward({time_decay, time_first, k, v, state.value_or(Tensor()), checkpoints});
+    ctx->save_for_backward({time_decay, time_first, k, v, value(state), checkpoints});
     ctx->saved_data["present"] = c10::List<bool>({true, true, true, true, present(state)});
     return {y, new_state};
   }
@@ -65,7 +65,7 @@ class WKV4Function : public torch::autograd::Function<WKV4Function> {
 
 std::tuple<Tensor, Tensor> wkv4_autograd(const Tensor& time_decay, const Tensor& time_first, const Tensor& k,
                                          const Tensor& v, const optional<Tensor>& state) {
-  if (!needs_graph({time_decay, time_first, k, v, state.value_or(Tensor())})) {
+  if (!needs_graph({time_decay, time_first, k, v, value(state)})) {
     at::AutoDispatchBelowADInplaceOrView guard;  // inference: nothing saved
     return inference_op().call(time_decay, time_first, k, v, state);
   }
@@ -77,8 +77,8 @@ Grads wkv4_backward_autograd(const optional<Tensor>& grad_y, const optional<Tens
                              const Tensor& time_decay, const Tensor& time_first, const Tensor& k, const Tensor& v,
                              const optional<Tensor>& state, const Tensor& checkpoints,
                              std::array<bool, 5> output_mask) {
-  reject_double_backward("wkv4", {grad_y.value_or(Tensor()), grad_new_state.value_or(Tensor()), time_decay,
-                                  time_first, k, v, state.value_or(Tensor())});
+  reject_double_backward("wkv4", {value(grad_y), value(grad_new_state), time_decay,
+                                  time_first, k, v, value(state)});
   at::AutoDispatchBelowADInplaceOrView guard;
   return backward_op().call(grad_y, grad_new_state, time_decay, time_first, k, v, state, checkpoints,
                             output_mask);
