@@ -12,13 +12,16 @@ Each ratio has a bound beside it: nn's time over the time of the layers' matrix 
 forward+backward, the backward's, each by the kernel call our layer makes at that thread count, with no
 pointwise work). No implementation that makes those products can beat nn by more than that.
 
-Each timed block (one module, one mode) starts after a pause of SETTLE_S: the worker threads of the
-previous block (OpenBLAS's spin up to ~0.1 s after a product, libgomp's a few ms after a parallel region)
-go idle first, so neither module is timed while the other's threads still occupy a core.
+nn, ours and the floor are timed in turn, in ROUNDS rounds of one block each, and each median pools its
+blocks' runs: a change of the machine's speed during a row (this VM's move by 10-30% within seconds)
+falls on all three alike. Each block (one module, one mode) starts after a pause of SETTLE_S: the worker
+threads of the previous block (OpenBLAS's spin up to ~0.1 s after a product, libgomp's a few ms after a
+parallel region) go idle first, so neither module is timed while the other's threads still occupy a core.
 """
 import argparse
 import datetime
 import os
+import statistics
 import subprocess
 import sys
 import time
@@ -30,7 +33,7 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 import torch_rnn_ext  # noqa: E402
-from common import machine_info, median_time, save_json, set_blas_threads, sgemm_gflops  # noqa: E402
+from common import machine_info, sample_times, save_json, set_blas_threads, sgemm_gflops  # noqa: E402
 
 try:
     from tqdm import tqdm
@@ -43,6 +46,8 @@ RESULTS = os.path.join(HERE, "results")
 
 GATES = {"LSTM": 4, "GRU": 3, "RNN_TANH": 1}
 SETTLE_S = 0.3
+ROUNDS = 3
+BLOCK_S = 0.1
 # (module kind, (T, B, I, H), layers, bidirectional)
 REGIMES = [(1000, 1, 64, 64), (512, 8, 128, 128), (100, 32, 256, 256), (50, 64, 512, 512)]
 QUICK_CASES = ([("LSTM", s, 1, False) for s in (REGIMES[0], REGIMES[2], REGIMES[3])]
@@ -75,14 +80,28 @@ def _outputs(result):
     return [out] + (list(hidden) if isinstance(hidden, tuple) else [hidden])
 
 
-def settled_median(fn, repeats, min_seconds=0.0):
-    """median_time of fn after a pause of SETTLE_S (see the module docstring)."""
+def settled_times(fn, repeats, min_seconds):
+    """sample_times of fn after a pause of SETTLE_S (see the module docstring)."""
     time.sleep(SETTLE_S)
-    return median_time(fn, repeats=repeats, min_seconds=min_seconds)
+    return sample_times(fn, warmup=1, repeats=repeats, min_seconds=min_seconds)
 
 
-def bench_pair(ref, ours, x, repeats, flops):
-    """Times forward (no_grad) and forward+backward for both modules on the same input."""
+def interleaved_medians(fns, repeats):
+    """Median time (s) of each of fns (a dict), timed in ROUNDS rounds that each run one block of every fn
+    in turn: a drift of the machine's speed between blocks (this VM's move by 10-30% within seconds) then
+    falls on every fn alike instead of on one. Each block lasts at least BLOCK_S: a few calls of a 1 ms
+    function right after the pause would time the VM's wake-up."""
+    samples = {k: [] for k in fns}
+    per_round = -(-repeats // ROUNDS)
+    for _ in range(ROUNDS):
+        for k, fn in fns.items():
+            samples[k] += settled_times(fn, per_round, BLOCK_S)
+    return {k: statistics.median(v) for k, v in samples.items()}
+
+
+def bench_pair(ref, ours, x, repeats, flops, floor=None):
+    """Times forward (no_grad) and forward+backward for both modules on the same input, and `floor`
+    (products_floor's functions) in the same rounds when given."""
     ours.load_state_dict(ref.state_dict())
     xg = x.clone().requires_grad_()
 
@@ -95,16 +114,21 @@ def bench_pair(ref, ours, x, repeats, flops):
 
     row = {}
     for mode, fn, fl in (("forward", fwd, flops), ("forward+backward", fwd_bwd, 3 * flops)):
-        t_ref = settled_median(lambda: fn(ref), repeats)
-        t_ours = settled_median(lambda: fn(ours), repeats)
-        row[mode] = {"nn_ms": t_ref * 1e3, "ours_ms": t_ours * 1e3, "speedup": t_ref / t_ours,
-                     "ours_gflops": fl / t_ours / 1e9}
+        fns = {"nn": lambda: fn(ref), "ours": lambda: fn(ours)}
+        if floor:
+            fns["floor"] = floor[mode]
+        t = interleaved_medians(fns, repeats)
+        row[mode] = {"nn_ms": t["nn"] * 1e3, "ours_ms": t["ours"] * 1e3, "speedup": t["nn"] / t["ours"],
+                     "ours_gflops": fl / t["ours"] / 1e9}
+        if floor:
+            row[mode]["products_ms"] = t["floor"] * 1e3
+            row[mode]["bound"] = t["nn"] / t["floor"]
     return row
 
 
-def products_floor(kind, T, B, I, H, layers, directions, repeats):
-    """Median ms of the matrix products alone of every layer and direction (see the module docstring),
-    forward and forward+backward."""
+def products_floor(kind, T, B, I, H, layers, directions):
+    """The matrix products alone of every layer and direction (see the module docstring), forward and
+    forward+backward: {mode: function to time}."""
     g = GATES[kind]
     operands, width = [], I
     for _ in range(layers):
@@ -116,9 +140,7 @@ def products_floor(kind, T, B, I, H, layers, directions, repeats):
     def run_all(backward):
         for x, w_ih, w_hh, states in operands:
             products(x, w_ih, w_hh, states, backward)
-    # at least 0.3 s of runs: a few calls of a 1 ms floor right after the pause time the wake-up
-    return {mode: settled_median(lambda: run_all(backward), repeats, min_seconds=0.3) * 1e3
-            for mode, backward in (("forward", False), ("forward+backward", True))}
+    return {"forward": lambda: run_all(False), "forward+backward": lambda: run_all(True)}
 
 
 def run(full: bool, torch_threads, repeats: int):
@@ -132,12 +154,10 @@ def run(full: bool, torch_threads, repeats: int):
         torch.manual_seed(0)
         ref, ours = make_modules(kind, I, H, layers, bidir)
         x = torch.randn(T, B, I)
-        r = bench_pair(ref, ours, x, repeats, rnn_flops(kind, T, B, I, H, layers, 2 if bidir else 1))
-        floor = products_floor(kind, T, B, I, H, layers, 2 if bidir else 1, repeats)
+        floor = products_floor(kind, T, B, I, H, layers, 2 if bidir else 1)
+        r = bench_pair(ref, ours, x, repeats, rnn_flops(kind, T, B, I, H, layers, 2 if bidir else 1), floor)
         for mode, v in r.items():
             v["sgemm_fraction"] = v["ours_gflops"] / sgemm[threads]
-            v["products_ms"] = floor[mode]
-            v["bound"] = v["nn_ms"] / floor[mode]
         name = kind if layers == 1 and not bidir else f"{kind} {layers}-layer{' bidirectional' if bidir else ''}"
         rows.append({"module": name, "T": T, "B": B, "I": I, "H": H, "torch_threads": threads, **r})
     return rows, sgemm

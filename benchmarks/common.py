@@ -5,14 +5,14 @@ import os
 import platform
 import statistics
 import time
-from typing import Callable, Dict, Optional
+from typing import Callable, Dict, List, Optional
 
 import torch
 
 
-def median_time(fn: Callable[[], object], warmup: int = 2, repeats: int = 7, min_seconds: float = 0.0) -> float:
-    """Median wall time of fn() in seconds, after `warmup` untimed calls. Repeats until both `repeats`
-    runs and `min_seconds` of timed runs are reached."""
+def sample_times(fn: Callable[[], object], warmup: int = 2, repeats: int = 7, min_seconds: float = 0.0) -> List[float]:
+    """Wall times of fn() in seconds, after `warmup` untimed calls: `repeats` runs, more until
+    `min_seconds` of timed runs are reached (at most 1000)."""
     for _ in range(warmup):
         fn()
     times = []
@@ -23,7 +23,12 @@ def median_time(fn: Callable[[], object], warmup: int = 2, repeats: int = 7, min
         times.append(time.perf_counter() - t0)
         if len(times) >= 1000:
             break
-    return statistics.median(times)
+    return times
+
+
+def median_time(fn: Callable[[], object], warmup: int = 2, repeats: int = 7, min_seconds: float = 0.0) -> float:
+    """Median of sample_times (seconds)."""
+    return statistics.median(sample_times(fn, warmup, repeats, min_seconds))
 
 
 def _openblas() -> Optional[ctypes.CDLL]:

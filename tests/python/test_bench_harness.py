@@ -1,0 +1,46 @@
+"""The benchmark's timing harness (benchmarks/bench.py): which calls it makes and what it reports, not how
+fast anything is (timings belong in the benchmark itself)."""
+import os
+import sys
+
+import pytest
+import torch
+
+BENCH_DIR = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "..", "benchmarks")
+sys.path.insert(0, BENCH_DIR)
+
+import bench  # noqa: E402
+
+
+@pytest.fixture
+def fast_blocks(monkeypatch):
+    monkeypatch.setattr(bench, "SETTLE_S", 0.0)
+    monkeypatch.setattr(bench, "BLOCK_S", 0.0)
+
+
+def test_interleaved_medians_runs_every_function_once_per_round_in_turn(fast_blocks):
+    calls = []
+    fns = {k: (lambda k=k: calls.append(k)) for k in ("nn", "ours", "floor")}
+    medians = bench.interleaved_medians(fns, repeats=bench.ROUNDS * 2)
+    assert set(medians) == {"nn", "ours", "floor"}
+    assert all(m >= 0 for m in medians.values())
+    # each block: one warm-up call and 2 timed ones; blocks go nn, ours, floor, nn, ...
+    block = 1 + 2
+    expected = [k for _ in range(bench.ROUNDS) for k in ("nn", "ours", "floor") for _ in range(block)]
+    assert calls == expected
+
+
+def test_bench_pair_reports_speedup_and_bound_from_the_same_rounds(fast_blocks, threads):
+    torch.set_num_threads(1)
+    torch.manual_seed(0)
+    T, B, I, H = 5, 2, 8, 8
+    ref, ours = bench.make_modules("GRU", I, H, 1, False)
+    floor = bench.products_floor("GRU", T, B, I, H, 1, 1)
+    row = bench.bench_pair(ref, ours, torch.randn(T, B, I), 3, bench.rnn_flops("GRU", T, B, I, H), floor)
+    assert set(row) == {"forward", "forward+backward"}
+    for v in row.values():
+        assert v["speedup"] == pytest.approx(v["nn_ms"] / v["ours_ms"])
+        assert v["bound"] == pytest.approx(v["nn_ms"] / v["products_ms"])
+    # bench_pair loaded nn's weights into ours: the two modules compute the same function
+    x = torch.randn(T, B, I)
+    torch.testing.assert_close(ours(x)[0], ref(x)[0], rtol=1e-5, atol=1e-5)
