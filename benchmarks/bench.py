@@ -156,7 +156,7 @@ def run(full: bool, torch_threads, repeats: int):
         x = torch.randn(T, B, I)
         floor = products_floor(kind, T, B, I, H, layers, 2 if bidir else 1)
         r = bench_pair(ref, ours, x, repeats, rnn_flops(kind, T, B, I, H, layers, 2 if bidir else 1), floor)
-        for mode, v in r.items():
+        for v in r.values():
             v["sgemm_fraction"] = v["ours_gflops"] / sgemm[threads]
         name = kind if layers == 1 and not bidir else f"{kind} {layers}-layer{' bidirectional' if bidir else ''}"
         rows.append({"module": name, "T": T, "B": B, "I": I, "H": H, "torch_threads": threads, **r})

@@ -60,6 +60,12 @@ inline void for_row_shares(int64_t B, bool split, const F& f) {
   }
 }
 
+// How many of the batch rows [r0, r1) (a share of for_row_shares) are active at step s of L: rows
+// r0 .. r0 + share_rows (none when <= 0, or when s is outside [0, T)).
+inline int64_t share_rows(const SeqLayout& L, int64_t s, int64_t r0, int64_t r1) {
+  return s < 0 || s >= L.T ? 0 : std::min(L.batch_sizes[L.time(s)], r1) - r0;
+}
+
 // Forward over all steps (arguments: ForwardArgs in recurrence.h).
 template <typename Cell, typename T>
 void recurrence_forward(const SeqLayout& L, const ForwardArgs<T>& a) {
@@ -69,8 +75,7 @@ void recurrence_forward(const SeqLayout& L, const ForwardArgs<T>& a) {
   if (a.w_hr && a.w_hr_packed) pack_b<T>(H, P, a.w_hr, 1, H, a.w_hr_packed);
   const int64_t batch = L.T > 0 ? L.batch_sizes[0] : 0;  // the first step's, the most
   for_row_shares(batch, a.split_rows, [&](int64_t r0, int64_t r1) {
-    // this share's active rows at step s: r0 .. r0 + active(s) (none when <= 0)
-    auto active = [&](int64_t s) { return s < 0 || s >= L.T ? 0 : std::min(L.batch_sizes[L.time(s)], r1) - r0; };
+    auto active = [&](int64_t s) { return share_rows(L, s, r0, r1); };
     for (int64_t s = 0; s < L.T; ++s) {
       const int64_t t = L.time(s), bs = L.batch_sizes[t], n = active(s);
       if (n <= 0) continue;
@@ -132,7 +137,7 @@ void recurrence_backward(const SeqLayout& L, const BackwardArgs<T>& a) {
   for_row_shares(batch, a.split_rows, [&](int64_t r0, int64_t r1) {
     for (int64_t s = L.T - 1; s >= 0; --s) {
       const int64_t t = L.time(s), bs = L.batch_sizes[t];
-      const int64_t n = std::min(bs, r1) - r0;  // this share's active rows: r0 .. r0 + n
+      const int64_t n = share_rows(L, s, r0, r1);
       if (n <= 0) continue;
       const int64_t off = L.offsets[t];
       int64_t bs_prev = 0, off_prev = 0;
@@ -193,7 +198,7 @@ void recurrence_step_products(const SeqLayout& L, int64_t N, int64_t K, const T*
   const int64_t batch = L.T > 0 ? L.batch_sizes[0] : 0;
   for_row_shares(batch, split_batch_rows(), [&](int64_t r0, int64_t r1) {
     for (int64_t s = 0; s < L.T; ++s) {
-      const int64_t t = L.time(s), bs = L.batch_sizes[t], n = std::min(bs, r1) - r0, row = L.offsets[t] + r0;
+      const int64_t t = L.time(s), bs = L.batch_sizes[t], n = share_rows(L, s, r0, r1), row = L.offsets[t] + r0;
       if (n > 0) step_product<T>(trans_b, bs, n, N, K, A + row * K, W, packed.get(), max_rows, C + row * N, true);
     }
   });
