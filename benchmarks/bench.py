@@ -33,7 +33,7 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 import torch_rnn_ext  # noqa: E402
-from common import machine_info, sample_times, save_json, set_blas_threads, sgemm_gflops  # noqa: E402
+from common import machine_info, sample_times, save_json, set_blas_threads  # noqa: E402
 
 try:
     from tqdm import tqdm
@@ -99,9 +99,10 @@ def interleaved_medians(fns, repeats):
     return {k: statistics.median(v) for k, v in samples.items()}
 
 
-def bench_pair(ref, ours, x, repeats, flops, floor=None):
-    """Times forward (no_grad) and forward+backward for both modules on the same input, and `floor`
-    (products_floor's functions) in the same rounds when given."""
+def bench_pair(ref, ours, x, repeats, flops, floor=None, sgemm=None):
+    """Times forward (no_grad) and forward+backward for both modules on the same input, `floor`
+    (products_floor's functions) in the same rounds when given, and `sgemm` (a Sgemm) in the forward's
+    rounds when given: the "of sgemm" fraction then divides by the rate of the same seconds."""
     ours.load_state_dict(ref.state_dict())
     xg = x.clone().requires_grad_()
 
@@ -117,13 +118,29 @@ def bench_pair(ref, ours, x, repeats, flops, floor=None):
         fns = {"nn": lambda: fn(ref), "ours": lambda: fn(ours)}
         if floor:
             fns["floor"] = floor[mode]
+        if sgemm and mode == "forward":
+            fns["sgemm"] = sgemm
         t = interleaved_medians(fns, repeats)
         row[mode] = {"nn_ms": t["nn"] * 1e3, "ours_ms": t["ours"] * 1e3, "speedup": t["nn"] / t["ours"],
                      "ours_gflops": fl / t["ours"] / 1e9}
         if floor:
             row[mode]["products_ms"] = t["floor"] * 1e3
             row[mode]["bound"] = t["nn"] / t["floor"]
+        if "sgemm" in t:
+            row[mode]["sgemm_gflops"] = sgemm.flops / t["sgemm"] / 1e9
+            row[mode]["sgemm_fraction"] = row[mode]["ours_gflops"] / row[mode]["sgemm_gflops"]
     return row
+
+
+class Sgemm:
+    """One n^3 float32 product through torch (BLAS), timed beside the rows: flops per call."""
+
+    def __init__(self, n=1024):
+        self.a, self.b = torch.randn(n, n), torch.randn(n, n)
+        self.flops = 2 * n ** 3
+
+    def __call__(self):
+        torch.mm(self.a, self.b)
 
 
 def products_floor(kind, T, B, I, H, layers, directions):
@@ -146,21 +163,20 @@ def products_floor(kind, T, B, I, H, layers, directions):
 def run(full: bool, torch_threads, repeats: int):
     rows = []
     cases = [(n, *c) for n in torch_threads for c in (FULL_CASES if full else QUICK_CASES)]
-    sgemm = {}
+    sgemm = Sgemm()
     for threads, kind, (T, B, I, H), layers, bidir in tqdm(cases, desc="benchmark", unit="row"):
         torch.set_num_threads(threads)
-        if threads not in sgemm:
-            sgemm[threads] = sgemm_gflops()
         torch.manual_seed(0)
         ref, ours = make_modules(kind, I, H, layers, bidir)
         x = torch.randn(T, B, I)
         floor = products_floor(kind, T, B, I, H, layers, 2 if bidir else 1)
-        r = bench_pair(ref, ours, x, repeats, rnn_flops(kind, T, B, I, H, layers, 2 if bidir else 1), floor)
-        for v in r.values():
-            v["sgemm_fraction"] = v["ours_gflops"] / sgemm[threads]
+        r = bench_pair(ref, ours, x, repeats, rnn_flops(kind, T, B, I, H, layers, 2 if bidir else 1), floor, sgemm)
         name = kind if layers == 1 and not bidir else f"{kind} {layers}-layer{' bidirectional' if bidir else ''}"
         rows.append({"module": name, "T": T, "B": B, "I": I, "H": H, "torch_threads": threads, **r})
-    return rows, sgemm
+    rates = {}  # the range of the sgemm rates measured beside the rows, per thread count
+    for r in rows:
+        rates.setdefault(r["torch_threads"], []).append(r["forward"]["sgemm_gflops"])
+    return rows, {k: (min(v), max(v)) for k, v in rates.items()}
 
 
 _MEMORY_SCRIPT = r"""
@@ -252,8 +268,10 @@ def plot(sweeps, path):
 def markdown(rows, sgemm, info, command, memory, scans):
     lines = [f"Command: `{command}`  ",
              f"Machine: {info['cpu']}, {info['cores']} cores; torch {info['torch']}; {info['blas']} "
-             f"with {info['blas_threads']} BLAS threads; time loops: {info['kernels']}; sgemm (1024^3, float32) "
-             + ", ".join(f"{v:.0f} GFLOP/s at {k} torch thread(s)" for k, v in sgemm.items()) + ".",
+             f"with {info['blas_threads']} BLAS threads; time loops: {info['kernels']}; sgemm (1024^3, float32, "
+             "timed in each row's forward rounds; the row's own rate is what its fraction divides by) "
+             + ", ".join(f"{lo:.0f}-{hi:.0f} GFLOP/s at {k} torch thread(s)" for k, (lo, hi) in sgemm.items())
+             + ".",
              "",
              "Bound: nn's time over that of the same layers' matrix products alone (our kernels, this thread "
              "count, no pointwise work), the most any implementation making those products could reach.",

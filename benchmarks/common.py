@@ -80,13 +80,6 @@ def machine_info() -> Dict[str, object]:
     return info
 
 
-def sgemm_gflops(n: int = 1024, dtype=torch.float32) -> float:
-    """This machine's matrix-product rate through torch (BLAS), in GFLOP/s."""
-    a, b = torch.randn(n, n, dtype=dtype), torch.randn(n, n, dtype=dtype)
-    t = median_time(lambda: torch.mm(a, b), warmup=3, repeats=9)
-    return 2 * n ** 3 / t / 1e9
-
-
 def save_json(path: str, payload: dict) -> None:
     os.makedirs(os.path.dirname(path), exist_ok=True)
     with open(path, "w") as f:

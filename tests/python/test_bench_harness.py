@@ -36,11 +36,25 @@ def test_bench_pair_reports_speedup_and_bound_from_the_same_rounds(fast_blocks, 
     T, B, I, H = 5, 2, 8, 8
     ref, ours = bench.make_modules("GRU", I, H, 1, False)
     floor = bench.products_floor("GRU", T, B, I, H, 1, 1)
-    row = bench.bench_pair(ref, ours, torch.randn(T, B, I), 3, bench.rnn_flops("GRU", T, B, I, H), floor)
+    calls = []
+
+    class CountedSgemm(bench.Sgemm):
+        def __call__(self):
+            calls.append(1)
+            super().__call__()
+    row = bench.bench_pair(ref, ours, torch.randn(T, B, I), 3, bench.rnn_flops("GRU", T, B, I, H), floor,
+                           CountedSgemm(64))
     assert set(row) == {"forward", "forward+backward"}
     for v in row.values():
         assert v["speedup"] == pytest.approx(v["nn_ms"] / v["ours_ms"])
         assert v["bound"] == pytest.approx(v["nn_ms"] / v["products_ms"])
+    # the sgemm rate is timed in the forward's rounds only (a warm-up and one run per round), and the
+    # forward's fraction divides our rate by it
+    assert len(calls) == bench.ROUNDS * 2
+    f = row["forward"]
+    assert f["sgemm_gflops"] > 0
+    assert f["sgemm_fraction"] == pytest.approx(f["ours_gflops"] / f["sgemm_gflops"])
+    assert "sgemm_fraction" not in row["forward+backward"]
     # bench_pair loaded nn's weights into ours: the two modules compute the same function
     x = torch.randn(T, B, I)
     torch.testing.assert_close(ours(x)[0], ref(x)[0], rtol=1e-5, atol=1e-5)
