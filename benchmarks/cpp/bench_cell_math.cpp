@@ -1,8 +1,12 @@
 // The gate math of each cell alone, on data in cache: the pointwise part of a time step with no product
-// and no memory traffic beyond L2, as the AVX2 time loops compile it (this file gets the same flags as
-// recurrence_avx2.cpp). It tells how much of a layer's time over its products' (the benchmark's bound)
-// is arithmetic. Usage: bench_cell_math [repeats_scale]; prints us per step and ns per hidden unit.
+// and no memory traffic beyond L2, as the time loops of one capability compile it. CMake builds it twice
+// with the flags of recurrence_avx2.cpp (bench_cell_math) and of recurrence_avx512.cpp
+// (bench_cell_math_avx512, TRE_CPU_CAPABILITY=avx512). It tells how much of a layer's time over its
+// products' (the benchmark's bound) is arithmetic. Usage: bench_cell_math[_avx512] [repeats_scale];
+// prints us per step and ns per hidden unit.
+#ifndef TRE_CPU_CAPABILITY
 #define TRE_CPU_CAPABILITY avx2
+#endif
 #include <algorithm>
 #include <chrono>
 #include <cstdio>
@@ -15,7 +19,7 @@
 namespace {
 
 using torch_rnn_ext::kernels::CellKind;
-using torch_rnn_ext::kernels::avx2::Cell;
+using torch_rnn_ext::kernels::Cell;  // of the inline namespace TRE_CPU_CAPABILITY
 
 // Best of 5 timings of `reps` steps of B rows of H units (inference: nothing saved), in us per step.
 template <CellKind K>
@@ -48,7 +52,19 @@ void report(const char* name, int64_t B, int64_t H, int reps) {
 
 }  // namespace
 
+#define TRE_STR_(x) #x
+#define TRE_STR(x) TRE_STR_(x)
+
 int main(int argc, char** argv) {
+  const char* capability = TRE_STR(TRE_CPU_CAPABILITY);
+#if defined(__AVX512F__)
+  if (!__builtin_cpu_supports("avx512f") || !__builtin_cpu_supports("avx512vl") ||
+      !__builtin_cpu_supports("avx512bw") || !__builtin_cpu_supports("avx512dq")) {
+    std::fprintf(stderr, "bench_cell_math: this CPU has no AVX-512 (F, VL, BW, DQ); run bench_cell_math\n");
+    return 1;
+  }
+#endif
+  std::printf("gate math compiled for %s\n", capability);
   const int scale = argc > 1 ? std::max(1, std::atoi(argv[1])) : 1;
   const int64_t shapes[][2] = {{8, 128}, {32, 256}, {64, 512}};  // the benchmark's batched regimes
   for (const auto& s : shapes) {

@@ -1,19 +1,52 @@
 // Which kernel variant this process runs (see cpu_capability.h).
 #include "kernels/cpu_capability.h"
 
+#include <c10/util/Exception.h>
+
+#include <cstdlib>
+#include <cstring>
+
 namespace torch_rnn_ext {
 namespace kernels {
+namespace {
 
-bool use_avx2_kernels() {
-#if defined(TRE_HAVE_AVX2_KERNELS) && (defined(__GNUC__) || defined(__clang__))
-  static const bool ok = __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma");
-  return ok;
-#else
-  return false;
+const char* const kNames[] = {"base", "avx2", "avx512"};
+
+// The best capability built and supported here. GCC's and Clang's __builtin_cpu_supports report AVX2 and
+// AVX-512 features only when the OS saves their registers too (their runtime checks XCR0).
+Capability best_supported() {
+#if defined(__GNUC__) || defined(__clang__)
+#if defined(TRE_HAVE_AVX512_KERNELS)
+  // The flags recurrence_avx512.cpp is compiled with (CMakeLists.txt: TRE_AVX512_FLAGS).
+  if (__builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512vl") &&
+      __builtin_cpu_supports("avx512bw") && __builtin_cpu_supports("avx512dq") && __builtin_cpu_supports("fma"))
+    return Capability::avx512;
 #endif
+#if defined(TRE_HAVE_AVX2_KERNELS)
+  if (__builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma")) return Capability::avx2;
+#endif
+#endif
+  return Capability::base;
 }
 
-const char* cpu_capability() { return use_avx2_kernels() ? "avx2" : "base"; }
+Capability choose() {
+  Capability best = best_supported();
+  const char* env = std::getenv("TORCH_RNN_EXT_CPU_CAPABILITY");
+  if (env == nullptr || *env == '\0') return best;
+  for (int c = 0; c < 3; ++c) {
+    if (std::strcmp(env, kNames[c]) == 0) return c < static_cast<int>(best) ? static_cast<Capability>(c) : best;
+  }
+  TORCH_CHECK(false, "TORCH_RNN_EXT_CPU_CAPABILITY must be base, avx2 or avx512 (or unset), got '", env, "'");
+}
+
+}  // namespace
+
+Capability capability() {
+  static const Capability c = choose();  // a throw leaves it undecided: the next call checks again
+  return c;
+}
+
+const char* cpu_capability() { return kNames[static_cast<int>(capability())]; }
 
 }  // namespace kernels
 }  // namespace torch_rnn_ext

@@ -1,29 +1,48 @@
 #pragma once
 // Run-time choice among kernels compiled once per CPU capability.
 //
-// A capability-specific translation unit (recurrence_{base,avx2}.cpp, scans_{base,avx2}.cpp) defines
+// A capability-specific translation unit (recurrence_{base,avx2,avx512}.cpp, scans_{...}.cpp) defines
 // TRE_CPU_CAPABILITY before including the kernel headers, which put everything in
 // `inline namespace TRE_CPU_CAPABILITY`, so each variant has its own symbols (no ODR clash between code
-// built with and without -mavx2). Capability-independent code declares the instantiations in namespaces
-// base and avx2 and calls them through TRE_CALL_BEST, which picks one per process.
+// built with and without -mavx2). Capability-independent code declares the instantiations in each
+// namespace TRE_FOR_EACH_CAPABILITY names and calls them through TRE_CALL_BEST, which picks one per
+// process.
 namespace torch_rnn_ext {
 namespace kernels {
 
-// True when the AVX2+FMA variants were built (TRE_HAVE_AVX2_KERNELS) and this CPU has AVX2 and FMA;
-// decided once per process.
-bool use_avx2_kernels();
+// Ordered: each level's kernels need the instruction sets of the levels below it.
+enum class Capability { base = 0, avx2 = 1, avx512 = 2 };
 
-// The instruction set the kernels run with ("avx2" or "base").
+// The capability the kernels run with, decided once per process: the best one that was built
+// (TRE_HAVE_AVX2_KERNELS, TRE_HAVE_AVX512_KERNELS) and that this CPU and OS support, lowered to the one
+// named by the environment variable TORCH_RNN_EXT_CPU_CAPABILITY (base, avx2 or avx512) when that is
+// set (as ATEN_CPU_CAPABILITY does for ATen). Throws (c10::Error) if the variable holds another value.
+Capability capability();
+
+// Its name: "base", "avx2" or "avx512".
 const char* cpu_capability();
 
 }  // namespace kernels
 }  // namespace torch_rnn_ext
 
-// avx2::CALL or base::CALL, as use_avx2_kernels() chooses; CALL is the macro's argument list (commas
-// allowed). An expression, possibly void.
-#ifdef TRE_HAVE_AVX2_KERNELS
-#define TRE_CALL_BEST(...) \
-  (::torch_rnn_ext::kernels::use_avx2_kernels() ? avx2::__VA_ARGS__ : base::__VA_ARGS__)
+// M(base) M(avx2) M(avx512), for the capabilities this build has kernels for (to declare them).
+#if defined(TRE_HAVE_AVX512_KERNELS)
+#define TRE_FOR_EACH_CAPABILITY(M) M(base) M(avx2) M(avx512)
+#elif defined(TRE_HAVE_AVX2_KERNELS)
+#define TRE_FOR_EACH_CAPABILITY(M) M(base) M(avx2)
+#else
+#define TRE_FOR_EACH_CAPABILITY(M) M(base)
+#endif
+
+// avx512::CALL, avx2::CALL or base::CALL, as capability() chooses; CALL is the macro's argument list
+// (commas allowed). An expression, possibly void.
+#define TRE_CAPABILITY_IS_(C) (::torch_rnn_ext::kernels::capability() == ::torch_rnn_ext::kernels::Capability::C)
+#if defined(TRE_HAVE_AVX512_KERNELS)
+#define TRE_CALL_BEST(...)                                         \
+  (TRE_CAPABILITY_IS_(avx512) ? avx512::__VA_ARGS__                \
+   : TRE_CAPABILITY_IS_(avx2) ? avx2::__VA_ARGS__ : base::__VA_ARGS__)
+#elif defined(TRE_HAVE_AVX2_KERNELS)
+#define TRE_CALL_BEST(...) (TRE_CAPABILITY_IS_(avx2) ? avx2::__VA_ARGS__ : base::__VA_ARGS__)
 #else
 #define TRE_CALL_BEST(...) (base::__VA_ARGS__)
 #endif

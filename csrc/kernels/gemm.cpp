@@ -35,10 +35,7 @@ namespace kernels {
   void packed_product(bool, bool, int64_t, int64_t, int64_t, const T*, int64_t, const T*, int64_t, T*,   \
                       int64_t, bool);                                                                      \
   }
-TRE_DECLARE_PRODUCT(base)
-#ifdef TRE_HAVE_AVX2_KERNELS
-TRE_DECLARE_PRODUCT(avx2)
-#endif
+TRE_FOR_EACH_CAPABILITY(TRE_DECLARE_PRODUCT)
 #undef TRE_DECLARE_PRODUCT
 
 namespace {

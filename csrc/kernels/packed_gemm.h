@@ -13,7 +13,8 @@
 // multiply-adds over each block of kKc k's in order, the blocks' sums added to C in order): results are
 // bitwise identical for any thread count.
 //
-// Compiled per CPU capability (included by recurrence_{base,avx2}.cpp): AVX2 vectors in the avx2 build,
+// Compiled per CPU capability (included by recurrence_{base,avx2,avx512}.cpp): 32-byte AVX vectors in the
+// avx2 and avx512 builds (the AVX-512 build uses them too: on this Zen 4 a 512-bit FMA is two 256-bit ones),
 // SSE in the base build (GCC vector extensions).
 #include <ATen/Parallel.h>
 

@@ -23,10 +23,7 @@ namespace kernels {
   void step_products_kernel(const SeqLayout&, int64_t, int64_t,       \
                             const T*, const T*, bool, T*);            \
   }
-TRE_DECLARE_KERNELS(base)
-#ifdef TRE_HAVE_AVX2_KERNELS
-TRE_DECLARE_KERNELS(avx2)
-#endif
+TRE_FOR_EACH_CAPABILITY(TRE_DECLARE_KERNELS)
 #undef TRE_DECLARE_KERNELS
 
 template <CellKind K, typename T>

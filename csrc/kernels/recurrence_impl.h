@@ -10,7 +10,7 @@
 // A cell policy (cells.h) supplies the pointwise math for one batch row, and its constants (cell_traits.h):
 //   forward(H, gi, gh, b_hh, h_prev, c, out, saved)
 //   backward(H, saved, h_new, h_prev, prev_saved, c_init, dh, dc, dgi, dgh)
-// This header is compiled once per CPU capability (recurrence_base.cpp, recurrence_avx2.cpp), so its
+// This header is compiled once per CPU capability (recurrence_{base,avx2,avx512}.cpp), so its
 // templates live in the namespace TRE_CPU_CAPABILITY and never merge across capabilities.
 #include <algorithm>
 #include <cstdint>

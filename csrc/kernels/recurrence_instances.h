@@ -1,7 +1,7 @@
 #pragma once
 // Instantiates the time loops of every cell and dtype, and the packed products (packed_gemm.h), for the
 // capability this translation unit is compiled for (TRE_CPU_CAPABILITY). Included only by
-// recurrence_base.cpp and recurrence_avx2.cpp.
+// recurrence_{base,avx2,avx512}.cpp.
 #include "kernels/recurrence_impl.h"
 
 namespace torch_rnn_ext {

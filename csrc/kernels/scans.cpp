@@ -21,10 +21,7 @@ namespace kernels {
   void wkv4_backward_kernel(const WkvBlock<T>&, const WkvState<T>&, int64_t, const T*, const WkvState<T>&, \
                             T*, T*, T*, T*, T*);                                                           \
   }
-TRE_DECLARE_KERNELS(base)
-#ifdef TRE_HAVE_AVX2_KERNELS
-TRE_DECLARE_KERNELS(avx2)
-#endif
+TRE_FOR_EACH_CAPABILITY(TRE_DECLARE_KERNELS)
 #undef TRE_DECLARE_KERNELS
 
 template <typename T>

@@ -1,6 +1,6 @@
 #pragma once
 // Instantiates the scan loops for every dtype, for the capability this translation unit is compiled for
-// (TRE_CPU_CAPABILITY). Included only by scans_base.cpp and scans_avx2.cpp.
+// (TRE_CPU_CAPABILITY). Included only by scans_{base,avx2,avx512}.cpp.
 #include "kernels/selective_scan.h"
 #include "kernels/wkv4.h"
 

@@ -233,13 +233,16 @@ void selective_scan_backward_impl(const ScanChannel<T>& p, const T* checkpoints,
       const T bias = p.delta_bias;
       for (int64_t i = 0; i < n; ++i) gd[i] *= scan_sigmoid(d[i] + bias);
     }
-    T gbias = *g.gdelta_bias, gD = *g.gD;
-    for (int64_t i = n - 1; i >= 0; --i) {
-      gbias += gd[i];
-      gD += gy[i] * p.u[t0 + i];
-    }
-    *g.gdelta_bias = gbias;
-    *g.gD = gD;
+    // Summed in lanes: a scalar chain of multiply-adds here is vectorised by GCC as an in-order reduction
+    // with the multiplies apart, differently for AVX2 and AVX-512; lanes give the same bits for both.
+    T lanes_bias[kLanes] = {}, lanes_D[kLanes] = {};
+    const T* __restrict u = p.u + t0;
+    for_lanes(n, [&](int64_t i, int j) {
+      lanes_bias[j] += gd[i];
+      lanes_D[j] += gy[i] * u[i];
+    });
+    *g.gdelta_bias += sum_lanes(lanes_bias);
+    *g.gD += sum_lanes(lanes_D);
   }
 }
 

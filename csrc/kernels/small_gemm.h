@@ -98,12 +98,19 @@ inline void sum4(Vec<T> a, Vec<T> b, Vec<T> c, Vec<T> d, T* out) {
 
 template <typename T>
 void small_gemv_nt(int64_t N, int64_t K, const T* a, const T* W, int64_t ldw, T* c, bool accumulate) {
-  int64_t n = 0;
 #if defined(__GNUC__) || defined(__clang__)
+  // Every output, the last K % kLanes products included, is summed in vector lanes: no scalar chain of
+  // multiply-adds that the compiler could vectorise one way for AVX2 and another for AVX-512 (GCC makes
+  // such a chain an in-order vector reduction with separate multiplies and adds under AVX-512), so every
+  // capability with FMA gives the same bits.
   constexpr int64_t kLanes = Tile<T>::kLanes;
-  const int64_t Kv = K / kLanes * kLanes;
-  for (; n + 4 <= N; n += 4) {
-    const T *w0 = W + n * ldw, *w1 = w0 + ldw, *w2 = w1 + ldw, *w3 = w2 + ldw;
+  const int64_t Kv = K / kLanes * kLanes, tail = K - Kv;
+  Vec<T> a_tail = Vec<T>{};
+  std::memcpy(&a_tail, a + Kv, tail * sizeof(T));
+  for (int64_t n = 0; n < N; n += 4) {
+    const int64_t rows = std::min<int64_t>(4, N - n);  // rows past N repeat the last one, unused
+    const T *w0 = W + n * ldw, *w1 = W + (n + std::min<int64_t>(1, rows - 1)) * ldw,
+            *w2 = W + (n + std::min<int64_t>(2, rows - 1)) * ldw, *w3 = W + (n + rows - 1) * ldw;
     Vec<T> acc0 = Vec<T>{}, acc1 = Vec<T>{}, acc2 = Vec<T>{}, acc3 = Vec<T>{};
     for (int64_t k = 0; k < Kv; k += kLanes) {
       const Vec<T> x = vload(a + k);
@@ -112,19 +119,28 @@ void small_gemv_nt(int64_t N, int64_t K, const T* a, const T* W, int64_t ldw, T*
       acc2 += x * vload(w2 + k);
       acc3 += x * vload(w3 + k);
     }
+    if (tail) {
+      Vec<T> t0 = Vec<T>{}, t1 = Vec<T>{}, t2 = Vec<T>{}, t3 = Vec<T>{};
+      std::memcpy(&t0, w0 + Kv, tail * sizeof(T));
+      std::memcpy(&t1, w1 + Kv, tail * sizeof(T));
+      std::memcpy(&t2, w2 + Kv, tail * sizeof(T));
+      std::memcpy(&t3, w3 + Kv, tail * sizeof(T));
+      acc0 += a_tail * t0;
+      acc1 += a_tail * t1;
+      acc2 += a_tail * t2;
+      acc3 += a_tail * t3;
+    }
     T s[4];
     sum4<T>(acc0, acc1, acc2, acc3, s);
-    for (int i = 0; i < 4; ++i) {
-      for (int64_t k = Kv; k < K; ++k) s[i] += a[k] * W[(n + i) * ldw + k];
-      c[n + i] = accumulate ? c[n + i] + s[i] : s[i];
-    }
+    for (int64_t i = 0; i < rows; ++i) c[n + i] = accumulate ? c[n + i] + s[i] : s[i];
   }
-#endif
-  for (; n < N; ++n) {  // the outputs left over
+#else
+  for (int64_t n = 0; n < N; ++n) {
     T s = T(0);
     for (int64_t k = 0; k < K; ++k) s += a[k] * W[n * ldw + k];
     c[n] = accumulate ? c[n] + s : s;
   }
+#endif
 }
 
 }  // namespace TRE_CPU_CAPABILITY
