@@ -46,7 +46,8 @@ RESULTS = os.path.join(HERE, "results")
 
 GATES = {"LSTM": 4, "GRU": 3, "RNN_TANH": 1}
 SETTLE_S = 0.3
-ROUNDS = 3
+ROUNDS = 3  # --rounds; --full makes it FULL_ROUNDS
+FULL_ROUNDS = 5
 BLOCK_S = 0.1
 # (module kind, (T, B, I, H), layers, bidirectional)
 REGIMES = [(1000, 1, 64, 64), (512, 8, 128, 128), (100, 32, 256, 256), (50, 64, 512, 512)]
@@ -273,6 +274,9 @@ def markdown(rows, sgemm, info, command, memory, scans):
              + ", ".join(f"{lo:.0f}-{hi:.0f} GFLOP/s at {k} torch thread(s)" for k, (lo, hi) in sgemm.items())
              + ".",
              "",
+             f"Timing: nn, ours and the products alone in turn, {ROUNDS} interleaved rounds of one block each; "
+             "each time is the median over its rounds' runs.",
+             "",
              "Bound: nn's time over that of the same layers' matrix products alone (our kernels, this thread "
              "count, no pointwise work), the most any implementation making those products could reach.",
              "",
@@ -319,15 +323,19 @@ MEMORY_CASES = [(kind, shape) for shape in ((100, 32, 256, 256), (1000, 1, 64, 6
 
 
 def main():
+    global ROUNDS
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--full", action="store_true", help="every regime at 1 and 2 torch threads, memory, plot")
     p.add_argument("--threads", type=str, default=None, help="torch thread counts, e.g. 1,2")
     p.add_argument("--blas-threads", type=int, default=None, help="OpenBLAS threads (default: its own)")
     p.add_argument("--repeats", type=int, default=None)
+    p.add_argument("--rounds", type=int, default=None,
+                   help=f"interleaved rounds per row (default {ROUNDS}, {FULL_ROUNDS} with --full)")
     p.add_argument("--no-scans", action="store_true", help="skip the scan rows")
     args = p.parse_args()
     threads = [int(t) for t in args.threads.split(",")] if args.threads else ([1, 2] if args.full else [1])
-    repeats = args.repeats or (9 if args.full else 7)
+    repeats = args.repeats or (10 if args.full else 7)
+    ROUNDS = max(1, args.rounds or (FULL_ROUNDS if args.full else ROUNDS))
     if args.blas_threads:
         set_blas_threads(args.blas_threads)
     info = dict(machine_info(), kernels=torch.ops.torch_rnn_ext._kernel_info())
@@ -353,7 +361,7 @@ def main():
         sweeps = {"H": {k: sweep(k, [(200, 8, h, h) for h in (32, 64, 128, 256, 512)], 5) for k in ("LSTM", "GRU")},
                   "T": {k: sweep(k, [(t, 8, 128, 128) for t in (10, 50, 200, 1000)], 5) for k in ("LSTM", "GRU")}}
         plot(sweeps, os.path.join(RESULTS, "speedup.png"))
-    info = dict(info, torch_threads=threads)
+    info = dict(info, torch_threads=threads, rounds=ROUNDS)
     table = markdown(rows, sgemm, info, command.strip(), memory, scans)
     table += ("\n\nStreaming, one step per call (batch 1, input 64, no_grad, state carried), median us per step:"
               "\n\n" + streaming_markdown(streaming))

@@ -58,3 +58,13 @@ def test_bench_pair_reports_speedup_and_bound_from_the_same_rounds(fast_blocks, 
     # bench_pair loaded nn's weights into ours: the two modules compute the same function
     x = torch.randn(T, B, I)
     torch.testing.assert_close(ours(x)[0], ref(x)[0], rtol=1e-5, atol=1e-5)
+
+
+def test_rounds_setting_is_used_and_reported(fast_blocks, monkeypatch):
+    monkeypatch.setattr(bench, "ROUNDS", 4)
+    calls = []
+    bench.interleaved_medians({"nn": lambda: calls.append(1)}, repeats=4)
+    assert len(calls) == 4 * (1 + 1)  # 4 blocks of a warm-up and one timed run
+    info = {"cpu": "cpu", "cores": 2, "torch": "1.13", "blas": "blas", "blas_threads": 2, "kernels": "k"}
+    text = bench.markdown([], {1: (100.0, 120.0)}, info, "cmd", [], [])
+    assert "4 interleaved rounds" in text
