@@ -170,8 +170,9 @@ def run(full: bool, torch_threads, repeats: int):
         torch.manual_seed(0)
         ref, ours = make_modules(kind, I, H, layers, bidir)
         x = torch.randn(T, B, I)
-        floor = products_floor(kind, T, B, I, H, layers, 2 if bidir else 1)
-        r = bench_pair(ref, ours, x, repeats, rnn_flops(kind, T, B, I, H, layers, 2 if bidir else 1), floor, sgemm)
+        directions = 2 if bidir else 1
+        floor = products_floor(kind, T, B, I, H, layers, directions)
+        r = bench_pair(ref, ours, x, repeats, rnn_flops(kind, T, B, I, H, layers, directions), floor, sgemm)
         name = kind if layers == 1 and not bidir else f"{kind} {layers}-layer{' bidirectional' if bidir else ''}"
         rows.append({"module": name, "T": T, "B": B, "I": I, "H": H, "torch_threads": threads, **r})
     rates = {}  # the range of the sgemm rates measured beside the rows, per thread count

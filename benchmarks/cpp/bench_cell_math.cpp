@@ -15,6 +15,7 @@
 #include <vector>
 
 #include "kernels/cells.h"
+#include "kernels/cpu_capability.h"  // cpu_runs_avx512_kernels
 
 namespace {
 
@@ -58,8 +59,7 @@ void report(const char* name, int64_t B, int64_t H, int reps) {
 int main(int argc, char** argv) {
   const char* capability = TRE_STR(TRE_CPU_CAPABILITY);
 #if defined(__AVX512F__)
-  if (!__builtin_cpu_supports("avx512f") || !__builtin_cpu_supports("avx512vl") ||
-      !__builtin_cpu_supports("avx512bw") || !__builtin_cpu_supports("avx512dq")) {
+  if (!torch_rnn_ext::kernels::cpu_runs_avx512_kernels()) {
     std::fprintf(stderr, "bench_cell_math: this CPU has no AVX-512 (F, VL, BW, DQ); run bench_cell_math\n");
     return 1;
   }

@@ -5,6 +5,7 @@
 
 #include <cstdlib>
 #include <cstring>
+#include <iterator>
 
 namespace torch_rnn_ext {
 namespace kernels {
@@ -12,18 +13,14 @@ namespace {
 
 const char* const kNames[] = {"base", "avx2", "avx512"};
 
-// The best capability built and supported here. GCC's and Clang's __builtin_cpu_supports report AVX2 and
-// AVX-512 features only when the OS saves their registers too (their runtime checks XCR0).
+// The best capability built and supported here.
 Capability best_supported() {
 #if defined(__GNUC__) || defined(__clang__)
 #if defined(TRE_HAVE_AVX512_KERNELS)
-  // The flags recurrence_avx512.cpp is compiled with (CMakeLists.txt: TRE_AVX512_FLAGS).
-  if (__builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512vl") &&
-      __builtin_cpu_supports("avx512bw") && __builtin_cpu_supports("avx512dq") && __builtin_cpu_supports("fma"))
-    return Capability::avx512;
+  if (cpu_runs_avx512_kernels()) return Capability::avx512;
 #endif
 #if defined(TRE_HAVE_AVX2_KERNELS)
-  if (__builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma")) return Capability::avx2;
+  if (cpu_runs_avx2_kernels()) return Capability::avx2;
 #endif
 #endif
   return Capability::base;
@@ -33,7 +30,7 @@ Capability choose() {
   Capability best = best_supported();
   const char* env = std::getenv("TORCH_RNN_EXT_CPU_CAPABILITY");
   if (env == nullptr || *env == '\0') return best;
-  for (int c = 0; c < 3; ++c) {
+  for (int c = 0; c < static_cast<int>(std::size(kNames)); ++c) {
     if (std::strcmp(env, kNames[c]) == 0) return c < static_cast<int>(best) ? static_cast<Capability>(c) : best;
   }
   TORCH_CHECK(false, "TORCH_RNN_EXT_CPU_CAPABILITY must be base, avx2 or avx512 (or unset), got '", env, "'");

@@ -22,6 +22,20 @@ Capability capability();
 // Its name: "base", "avx2" or "avx512".
 const char* cpu_capability();
 
+// Whether this CPU (and OS: GCC's and Clang's __builtin_cpu_supports also check that it saves the
+// registers, XCR0) runs what the avx2 / avx512 translation units are compiled for (CMakeLists.txt:
+// TRE_AVX2_FLAGS, TRE_AVX512_FLAGS). Header-only, so benchmarks/cpp checks the same list; static, so no
+// translation unit ever calls a copy compiled with the other units' flags.
+#if defined(__GNUC__) || defined(__clang__)
+static inline bool cpu_runs_avx2_kernels() {
+  return __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma");
+}
+static inline bool cpu_runs_avx512_kernels() {
+  return __builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512vl") &&
+         __builtin_cpu_supports("avx512bw") && __builtin_cpu_supports("avx512dq") && __builtin_cpu_supports("fma");
+}
+#endif
+
 }  // namespace kernels
 }  // namespace torch_rnn_ext
 
