@@ -1,43 +1,49 @@
 # The README's two commands are `make test` and `make bench`. Both install what is missing first.
+#
+# Two torch environments: TORCH=venv (the default) is the project's .venv with the torch 2.x pinned in
+# requirements.txt; TORCH=debian is Debian's python3-torch 1.13 (/usr/bin/python3). PY=/path/to/python
+# builds, tests or benchmarks against any other interpreter's torch. Each torch gets its own build
+# directory, build/torch-<version>, and library, torch_rnn_ext/lib/torch-<version>/.
 SHELL := /bin/bash
-BUILD_DIR ?= build
 BUILD_TYPE ?= Release
-PY = $(shell scripts/find_python.sh)
 JOBS ?= 2
+VENV_PY := .venv/bin/python
+DEBIAN_PY := /usr/bin/python3
+TORCH ?= venv
+PY_venv := $(VENV_PY)
+PY_debian := $(DEBIAN_PY)
+PY ?= $(PY_$(TORCH))
 
-.PHONY: deps build test test-cpp test-python test-wheel bench bench-full clean
+.PHONY: deps build build-one test test-one bench bench-full clean
 
 deps:
 	@scripts/install_deps.sh
 
-# Builds the op library once (CMake + Ninja) and places it inside the Python package (torch_rnn_ext/lib).
+# Both environments' libraries (and C++ tests).
 build: deps
-	@cmake -S . -B $(BUILD_DIR) -G Ninja -DCMAKE_BUILD_TYPE=$(BUILD_TYPE) -DTRE_BUILD_TESTS=ON \
-	  -DTRE_PYTHON_EXECUTABLE=$(PY) \
-	  -DCMAKE_PREFIX_PATH="$$($(PY) -c 'import torch; print(torch.utils.cmake_prefix_path)')" \
-	  >/dev/null
-	@cmake --build $(BUILD_DIR) -j $(JOBS)
-	@# copy then rename: processes that have the old library mapped keep its inode and do not crash
-	@mkdir -p torch_rnn_ext/lib && cp -f $(BUILD_DIR)/libtorch_rnn_ext.so torch_rnn_ext/lib/.libtorch_rnn_ext.so.tmp \
-	  && mv -f torch_rnn_ext/lib/.libtorch_rnn_ext.so.tmp torch_rnn_ext/lib/libtorch_rnn_ext.so
+	@scripts/build.sh $(VENV_PY) $(BUILD_TYPE) $(JOBS)
+	@scripts/build.sh $(DEBIAN_PY) $(BUILD_TYPE) $(JOBS)
 
-test-cpp: build
-	cd $(BUILD_DIR) && ctest --output-on-failure
+# One environment's (TORCH= or PY=).
+build-one: deps
+	@scripts/build.sh $(PY) $(BUILD_TYPE) $(JOBS)
 
-test-python: build
-	$(PY) -m pytest -q tests/python
-
+# The whole suite against torch 2.x, then against 1.13; fails if either leg fails.
 test: build
 	@rc=0; \
-	(cd $(BUILD_DIR) && ctest --output-on-failure) || rc=1; \
-	$(PY) -m pytest -q tests/python || rc=1; \
+	scripts/test_leg.sh $(VENV_PY) || rc=1; \
+	scripts/test_leg.sh $(DEBIAN_PY) || rc=1; \
 	exit $$rc
 
-bench: build
+# One leg (TORCH= or PY=).
+test-one: build-one
+	@scripts/test_leg.sh $(PY)
+
+bench: build-one
 	$(PY) benchmarks/bench.py
 
-bench-full: build
+bench-full: build-one
 	$(PY) benchmarks/bench.py --full
 
 clean:
-	rm -rf $(BUILD_DIR) torch_rnn_ext/lib dist *.egg-info
+	rm -rf build torch_rnn_ext/lib dist *.egg-info

@@ -1,14 +1,25 @@
 #pragma once
-// Argument validation shared by all ops. Every op validates here, before any data pointer is touched,
-// with messages that name the argument, what was expected and what came.
+// Argument validation shared by all ops, CPU and Meta kernels alike. Every op validates here, before any
+// data pointer is touched, with messages that name the argument, what was expected and what came. Size
+// checks take the size type of the caller (int64_t on CPU, c10::SymInt in Meta kernels: see compat.h).
 #include <ATen/ATen.h>
-#include <c10/util/Optional.h>
+
+#include "compat.h"
 
 namespace torch_rnn_ext {
 
-inline void check_cpu(const at::Tensor& t, const char* name) {
-  TORCH_CHECK(t.device().is_cpu(), name, ": expected a CPU tensor, got a tensor on ", t.device());
+// t lives on `device`: the CPU for CPU kernels, meta for Meta kernels (where every other argument must
+// be meta too).
+inline void check_device(const at::Tensor& t, const c10::Device& device, const char* name) {
+  if (device.is_cpu()) {
+    TORCH_CHECK(t.device().is_cpu(), name, ": expected a CPU tensor, got a tensor on ", t.device());
+  } else {
+    TORCH_CHECK(t.device() == device, name, ": expected a tensor on ", device,
+                " (the device of the other arguments), got a tensor on ", t.device());
+  }
 }
+
+inline void check_cpu(const at::Tensor& t, const char* name) { check_device(t, at::kCPU, name); }
 
 inline void check_floating(const at::Tensor& t, const char* name) {
   TORCH_CHECK(t.scalar_type() == at::kFloat || t.scalar_type() == at::kDouble, name,
@@ -25,23 +36,28 @@ inline void check_dim(const at::Tensor& t, int64_t dim, const char* name) {
               t.sizes());
 }
 
-inline void check_sizes(const at::Tensor& t, at::IntArrayRef expected, const char* name) {
-  TORCH_CHECK(t.sizes().equals(expected), name, ": expected size ", expected, ", got ", t.sizes());
+template <typename S>
+void check_sizes(const at::Tensor& t, c10::ArrayRef<S> expected, const char* name) {
+  const c10::ArrayRef<S> got = sizes_of<S>(t);
+  bool same = got.size() == expected.size();
+  for (size_t i = 0; same && i < got.size(); ++i) same = got[i] == expected[i];
+  TORCH_CHECK(same, name, ": expected size ", expected, ", got ", got);
 }
 
-// A CPU tensor of input's dtype with exactly the given sizes.
-inline void check_like(const at::Tensor& t, const at::Tensor& input, at::IntArrayRef expected,
-                       const char* name) {
-  check_cpu(t, name);
+// A tensor on input's device, of input's dtype, with exactly the given sizes.
+template <typename S>
+void check_like(const at::Tensor& t, const at::Tensor& input, c10::ArrayRef<S> expected, const char* name) {
+  check_device(t, input.device(), name);
   check_dtype(t, input.scalar_type(), name);
-  check_sizes(t, expected, name);
+  check_sizes<S>(t, expected, name);
 }
 
-inline void check_optional_like(const c10::optional<at::Tensor>& t, const at::Tensor& input,
-                                at::IntArrayRef expected, const char* name) {
-  if (t.has_value() && t->defined()) check_like(*t, input, expected, name);
+template <typename S>
+void check_optional_like(const optional<at::Tensor>& t, const at::Tensor& input, c10::ArrayRef<S> expected,
+                         const char* name) {
+  if (t.has_value() && t->defined()) check_like<S>(*t, input, expected, name);
 }
 
-inline bool present(const c10::optional<at::Tensor>& t) { return t.has_value() && t->defined(); }
+inline bool present(const optional<at::Tensor>& t) { return t.has_value() && t->defined(); }
 
 }  // namespace torch_rnn_ext

@@ -34,22 +34,22 @@ TRE_SINGLE_STATE_LAYER_API(rnn_relu_layer)
 #undef TRE_SINGLE_STATE_LAYER_API
 
 TORCH_LIBRARY_FRAGMENT(torch_rnn_ext, m) {
-  m.def(
+  def_op(m, 
       "lstm_layer(Tensor input, Tensor? hx, Tensor? cx, Tensor weight_ih, Tensor weight_hh, "
       "Tensor? bias_ih=None, Tensor? bias_hh=None, Tensor? batch_sizes=None, bool reverse=False, "
       "Tensor? weight_hr=None) -> (Tensor output, Tensor h_n, Tensor c_n)");
   for (const char* name : {"gru_layer", "rnn_tanh_layer", "rnn_relu_layer"}) {
-    m.def((std::string(name) +
+    def_op(m, (std::string(name) +
            "(Tensor input, Tensor? hx, Tensor weight_ih, Tensor weight_hh, Tensor? bias_ih=None, "
            "Tensor? bias_hh=None, Tensor? batch_sizes=None, bool reverse=False) -> (Tensor output, Tensor h_n)")
               .c_str());
   }
   // The forward of any cell; with `save` it also returns the workspace backward needs (else undefined).
-  m.def(
+  def_op(m, 
       "_recurrent_layer_forward(str mode, Tensor input, Tensor? hx, Tensor? cx, Tensor weight_ih, "
       "Tensor weight_hh, Tensor? bias_ih, Tensor? bias_hh, Tensor? weight_hr, Tensor? batch_sizes, "
       "bool reverse, bool save) -> (Tensor output, Tensor h_n, Tensor c_n, Tensor workspace)");
-  m.def(
+  def_op(m, 
       "_recurrent_layer_backward(str mode, Tensor? grad_output, Tensor? grad_h_n, Tensor? grad_c_n, "
       "Tensor input, Tensor? hx, Tensor? cx, Tensor weight_ih, Tensor weight_hh, Tensor? bias_ih, "
       "Tensor? bias_hh, Tensor? weight_hr, Tensor output, Tensor workspace, Tensor? batch_sizes, "
@@ -58,7 +58,7 @@ TORCH_LIBRARY_FRAGMENT(torch_rnn_ext, m) {
       "Tensor grad_weight_hr)");
   // A layer's matrix products alone (forward, and backward's too with `backward`), for the benchmark's
   // floor: see cpu/recurrent_layer.h.
-  m.def("_layer_products(Tensor input, Tensor weight_ih, Tensor weight_hh, Tensor(a!) states, bool backward) "
+  def_op(m, "_layer_products(Tensor input, Tensor weight_ih, Tensor weight_hh, Tensor(a!) states, bool backward) "
         "-> Tensor");
 }
 

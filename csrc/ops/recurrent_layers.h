@@ -11,39 +11,41 @@
 // Returns output (T, B, P) (or (N, P) packed), h_n (B, P) and, for LSTM, c_n (B, H).
 #include <ATen/ATen.h>
 
+#include "compat.h"
+
 #include <tuple>
 
 namespace torch_rnn_ext {
 
-using OptTensor = c10::optional<at::Tensor>;
+using OptTensor = optional<at::Tensor>;
 
 std::tuple<at::Tensor, at::Tensor, at::Tensor> lstm_layer(const at::Tensor& input, const OptTensor& hx,
                                                           const OptTensor& cx, const at::Tensor& weight_ih,
                                                           const at::Tensor& weight_hh,
-                                                          const OptTensor& bias_ih = c10::nullopt,
-                                                          const OptTensor& bias_hh = c10::nullopt,
-                                                          const OptTensor& batch_sizes = c10::nullopt,
+                                                          const OptTensor& bias_ih = nullopt,
+                                                          const OptTensor& bias_hh = nullopt,
+                                                          const OptTensor& batch_sizes = nullopt,
                                                           bool reverse = false,
-                                                          const OptTensor& weight_hr = c10::nullopt);
+                                                          const OptTensor& weight_hr = nullopt);
 
 std::tuple<at::Tensor, at::Tensor> gru_layer(const at::Tensor& input, const OptTensor& hx,
                                              const at::Tensor& weight_ih, const at::Tensor& weight_hh,
-                                             const OptTensor& bias_ih = c10::nullopt,
-                                             const OptTensor& bias_hh = c10::nullopt,
-                                             const OptTensor& batch_sizes = c10::nullopt, bool reverse = false);
+                                             const OptTensor& bias_ih = nullopt,
+                                             const OptTensor& bias_hh = nullopt,
+                                             const OptTensor& batch_sizes = nullopt, bool reverse = false);
 
 std::tuple<at::Tensor, at::Tensor> rnn_tanh_layer(const at::Tensor& input, const OptTensor& hx,
                                                   const at::Tensor& weight_ih, const at::Tensor& weight_hh,
-                                                  const OptTensor& bias_ih = c10::nullopt,
-                                                  const OptTensor& bias_hh = c10::nullopt,
-                                                  const OptTensor& batch_sizes = c10::nullopt,
+                                                  const OptTensor& bias_ih = nullopt,
+                                                  const OptTensor& bias_hh = nullopt,
+                                                  const OptTensor& batch_sizes = nullopt,
                                                   bool reverse = false);
 
 std::tuple<at::Tensor, at::Tensor> rnn_relu_layer(const at::Tensor& input, const OptTensor& hx,
                                                   const at::Tensor& weight_ih, const at::Tensor& weight_hh,
-                                                  const OptTensor& bias_ih = c10::nullopt,
-                                                  const OptTensor& bias_hh = c10::nullopt,
-                                                  const OptTensor& batch_sizes = c10::nullopt,
+                                                  const OptTensor& bias_ih = nullopt,
+                                                  const OptTensor& bias_hh = nullopt,
+                                                  const OptTensor& batch_sizes = nullopt,
                                                   bool reverse = false);
 
 }  // namespace torch_rnn_ext

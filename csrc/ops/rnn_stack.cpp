@@ -7,6 +7,7 @@
 #include <torch/library.h>
 
 #include <functional>
+#include <sstream>
 #include <string>
 #include <vector>
 
@@ -20,9 +21,8 @@ namespace {
 using at::Tensor;
 using autograd::needs_graph;
 using autograd::value;
-using c10::optional;
 
-c10::optional<Tensor> maybe(bool cond, const Tensor& t) { return cond ? c10::optional<Tensor>(t) : c10::nullopt; }
+optional<Tensor> maybe(bool cond, const Tensor& t) { return cond ? optional<Tensor>(t) : nullopt; }
 
 // One layer in one direction: (x, h0, c0, params of this layer/direction, reverse) -> (out, h_n, c_n).
 struct LayerParams {
@@ -34,11 +34,14 @@ using LayerFn = std::function<std::tuple<Tensor, Tensor, Tensor>(
     bool)>;
 
 // Checks a stacked initial state the way torch.nn words it ("Expected hidden[0] size (2, 3, 6), got [1, 3, 6]").
-void check_hidden(const Tensor& h, at::IntArrayRef expected, const char* name) {
-  if (h.sizes().equals(expected)) return;
-  std::string tuple = "(";
-  for (size_t i = 0; i < expected.size(); ++i) tuple += (i ? ", " : "") + std::to_string(expected[i]);
-  TORCH_CHECK(false, "Expected ", name, " size ", tuple, "), got ", h.sizes());
+void check_hidden(const Tensor& h, c10::SymIntArrayRef expected, const char* name) {
+  const c10::SymIntArrayRef got = h.sym_sizes();
+  bool same = got.size() == expected.size();
+  for (size_t i = 0; same && i < got.size(); ++i) same = got[i] == expected[i];
+  if (same) return;
+  std::ostringstream tuple;
+  for (size_t i = 0; i < expected.size(); ++i) tuple << (i ? ", " : "") << expected[i];
+  TORCH_CHECK(false, "Expected ", name, " size (", tuple.str(), "), got ", got);
 }
 
 // The initial states' ranks against the input's, in torch.nn's words: 2-D for unbatched (2-D) input,
@@ -60,7 +63,7 @@ void check_hidden_ranks(const Tensor& h0, const Tensor& c0, bool has_cell, bool 
 // below autograd: the layer ops go straight to their CPU kernels and the views made on the way (states
 // per layer, one-step inputs, outputs) carry no autograd metadata. Only tensors made here escape and none
 // aliases an argument, so nothing needs that tracking.
-using BelowAutograd = c10::optional<at::AutoDispatchBelowADInplaceOrView>;
+using BelowAutograd = optional<at::AutoDispatchBelowADInplaceOrView>;
 
 std::tuple<Tensor, Tensor, Tensor> run_stack(const char* op, const Tensor& input, const Tensor& h0_arg,
                                              const Tensor& c0_arg, at::TensorList params, bool has_biases,
@@ -76,7 +79,7 @@ std::tuple<Tensor, Tensor, Tensor> run_stack(const char* op, const Tensor& input
   TORCH_CHECK(n == num_layers * D * per, op, ": params: expected ", num_layers * D * base,
               can_project ? " (or, with projections, " + std::to_string(num_layers * D * (base + 1)) + ")" : "",
               " tensors for num_layers=", num_layers, ", directions=", D, ", has_biases=", has_biases, ", got ", n);
-  for (const Tensor& p : params) check_cpu(p, "params");
+  for (const Tensor& p : params) check_device(p, input.device(), "params");
   BelowAutograd below;
   if (!needs_graph({input, h0_arg, c0_arg}, params)) below.emplace();
   const bool packed = present(batch_sizes);
@@ -95,17 +98,24 @@ std::tuple<Tensor, Tensor, Tensor> run_stack(const char* op, const Tensor& input
   const Tensor h0 = unbatched && h0_arg.defined() ? h0_arg.unsqueeze(1) : h0_arg;
   const Tensor c0 = unbatched && c0_arg.defined() ? c0_arg.unsqueeze(1) : c0_arg;
   Tensor x = unbatched ? input.unsqueeze(1) : (batch_first && !packed) ? input.transpose(0, 1) : input;
-  int64_t B = packed ? 0 : x.size(1);
+  c10::SymInt B = packed ? c10::SymInt(0) : x.sym_size(1);
   if (packed) {
-    check_cpu(*batch_sizes, "batch_sizes");
-    TORCH_CHECK(batch_sizes->dim() == 1 && batch_sizes->numel() >= 1 && batch_sizes->scalar_type() == at::kLong,
-                op, ": batch_sizes: expected a non-empty 1-D int64 tensor, got ", batch_sizes->sizes(), " ",
+    TORCH_CHECK(batch_sizes->dim() == 1 && batch_sizes->sym_numel() >= 1 && batch_sizes->scalar_type() == at::kLong,
+                op, ": batch_sizes: expected a non-empty 1-D int64 tensor, got ", batch_sizes->sym_sizes(), " ",
                 batch_sizes->scalar_type());
-    B = batch_sizes->select(0, 0).item<int64_t>();
+    // The batch size is the value batch_sizes[0]; given h_0, its size 1 (which is then checked against
+    // it by the layers), so that a packed stack with h_0 needs no data under torch.compile.
+    if (h0.defined() && h0.dim() == 3) {
+      B = h0.sym_size(1);
+    } else {
+      check_cpu(*batch_sizes, "batch_sizes");
+      B = batch_sizes->select(0, 0).item<int64_t>();
+    }
   }
   TORCH_CHECK(params[1].dim() == 2, op, ": params[1] (weight_hh_l0): expected a 2-D tensor, got size ",
-              params[1].sizes());
-  const int64_t P = params[1].size(1), H = proj ? params[per - 1].size(1) : P, LD = num_layers * D;
+              params[1].sym_sizes());
+  const c10::SymInt P = params[1].sym_size(1), H = proj ? params[per - 1].sym_size(1) : P;
+  const int64_t LD = num_layers * D;
   if (h0.defined()) check_hidden(h0, {LD, B, P}, c0.defined() || can_project ? "hidden[0]" : "hidden");
   if (c0.defined()) check_hidden(c0, {LD, B, H}, "hidden[1]");
 
@@ -210,22 +220,22 @@ TRE_SINGLE_STATE_CELL(rnn_relu)
 #undef TRE_SINGLE_STATE_CELL
 
 TORCH_LIBRARY_FRAGMENT(torch_rnn_ext, m) {
-  m.def(
+  def_op(m, 
       "lstm(Tensor input, Tensor[] hx, Tensor[] params, bool has_biases, int num_layers, float dropout, "
       "bool train, bool bidirectional, bool batch_first, Tensor? batch_sizes=None) "
       "-> (Tensor output, Tensor h_n, Tensor c_n)");
   for (const char* name : {"gru", "rnn_tanh", "rnn_relu"}) {
-    m.def((std::string(name) +
+    def_op(m, (std::string(name) +
           "(Tensor input, Tensor? hx, Tensor[] params, bool has_biases, int num_layers, float dropout, "
           "bool train, bool bidirectional, bool batch_first, Tensor? batch_sizes=None) "
           "-> (Tensor output, Tensor h_n)")
                   .c_str());
   }
-  m.def(
+  def_op(m, 
       "lstm_cell(Tensor input, Tensor? hx, Tensor? cx, Tensor weight_ih, Tensor weight_hh, Tensor? bias_ih=None, "
       "Tensor? bias_hh=None) -> (Tensor h, Tensor c)");
   for (const char* name : {"gru_cell", "rnn_tanh_cell", "rnn_relu_cell"}) {
-    m.def((std::string(name) +
+    def_op(m, (std::string(name) +
           "(Tensor input, Tensor? hx, Tensor weight_ih, Tensor weight_hh, Tensor? bias_ih=None, "
           "Tensor? bias_hh=None) -> Tensor")
                   .c_str());

@@ -10,6 +10,8 @@
 // Returns output (T, B, D*P), h_n (num_layers * D, B, P) and, for LSTM, c_n (num_layers * D, B, H).
 #include <ATen/ATen.h>
 
+#include "compat.h"
+
 #include <tuple>
 
 namespace torch_rnn_ext {
@@ -19,28 +21,28 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> lstm(const at::Tensor& input, at:
                                                     at::TensorList params, bool has_biases, int64_t num_layers,
                                                     double dropout, bool train, bool bidirectional,
                                                     bool batch_first,
-                                                    const c10::optional<at::Tensor>& batch_sizes = c10::nullopt);
+                                                    const optional<at::Tensor>& batch_sizes = nullopt);
 
 #define TRE_SINGLE_STATE_STACK_API(NAME)                                                                    \
-  std::tuple<at::Tensor, at::Tensor> NAME(const at::Tensor& input, const c10::optional<at::Tensor>& hx,   \
+  std::tuple<at::Tensor, at::Tensor> NAME(const at::Tensor& input, const optional<at::Tensor>& hx,   \
                                           at::TensorList params, bool has_biases, int64_t num_layers,        \
                                           double dropout, bool train, bool bidirectional, bool batch_first, \
-                                          const c10::optional<at::Tensor>& batch_sizes = c10::nullopt);
+                                          const optional<at::Tensor>& batch_sizes = nullopt);
 TRE_SINGLE_STATE_STACK_API(gru)
 TRE_SINGLE_STATE_STACK_API(rnn_tanh)
 TRE_SINGLE_STATE_STACK_API(rnn_relu)
 #undef TRE_SINGLE_STATE_STACK_API
 
 // One step of a cell (torch.nn.LSTMCell / GRUCell / RNNCell): input (B, I), states (B, H).
-std::tuple<at::Tensor, at::Tensor> lstm_cell(const at::Tensor& input, const c10::optional<at::Tensor>& hx,
-                                             const c10::optional<at::Tensor>& cx, const at::Tensor& weight_ih,
+std::tuple<at::Tensor, at::Tensor> lstm_cell(const at::Tensor& input, const optional<at::Tensor>& hx,
+                                             const optional<at::Tensor>& cx, const at::Tensor& weight_ih,
                                              const at::Tensor& weight_hh,
-                                             const c10::optional<at::Tensor>& bias_ih = c10::nullopt,
-                                             const c10::optional<at::Tensor>& bias_hh = c10::nullopt);
+                                             const optional<at::Tensor>& bias_ih = nullopt,
+                                             const optional<at::Tensor>& bias_hh = nullopt);
 #define TRE_SINGLE_STATE_CELL_API(NAME)                                                                 \
-  at::Tensor NAME(const at::Tensor& input, const c10::optional<at::Tensor>& hx, const at::Tensor& weight_ih, \
-                  const at::Tensor& weight_hh, const c10::optional<at::Tensor>& bias_ih = c10::nullopt,      \
-                  const c10::optional<at::Tensor>& bias_hh = c10::nullopt);
+  at::Tensor NAME(const at::Tensor& input, const optional<at::Tensor>& hx, const at::Tensor& weight_ih, \
+                  const at::Tensor& weight_hh, const optional<at::Tensor>& bias_ih = nullopt,      \
+                  const optional<at::Tensor>& bias_hh = nullopt);
 TRE_SINGLE_STATE_CELL_API(gru_cell)
 TRE_SINGLE_STATE_CELL_API(rnn_tanh_cell)
 TRE_SINGLE_STATE_CELL_API(rnn_relu_cell)

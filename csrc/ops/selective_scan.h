@@ -2,6 +2,8 @@
 // C++ API of the selective_scan op (Mamba's S6 scan; calls through the dispatcher, so autograd applies).
 #include <ATen/ATen.h>
 
+#include "compat.h"
+
 #include <tuple>
 
 namespace torch_rnn_ext {
@@ -17,9 +19,9 @@ namespace torch_rnn_ext {
 // Returns out (batch, dim, L) and last_state (batch, dim, N). float32 or float64, computed in that dtype.
 std::tuple<at::Tensor, at::Tensor> selective_scan(
     const at::Tensor& u, const at::Tensor& delta, const at::Tensor& A, const at::Tensor& B,
-    const at::Tensor& C, const c10::optional<at::Tensor>& D = c10::nullopt,
-    const c10::optional<at::Tensor>& z = c10::nullopt,
-    const c10::optional<at::Tensor>& delta_bias = c10::nullopt, bool delta_softplus = false,
-    const c10::optional<at::Tensor>& initial_state = c10::nullopt);
+    const at::Tensor& C, const optional<at::Tensor>& D = nullopt,
+    const optional<at::Tensor>& z = nullopt,
+    const optional<at::Tensor>& delta_bias = nullopt, bool delta_softplus = false,
+    const optional<at::Tensor>& initial_state = nullopt);
 
 }  // namespace torch_rnn_ext

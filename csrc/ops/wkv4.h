@@ -2,6 +2,8 @@
 // C++ API of the wkv4 op (RWKV-4's WKV recurrence; calls through the dispatcher, so autograd applies).
 #include <ATen/ATen.h>
 
+#include "compat.h"
+
 #include <tuple>
 
 namespace torch_rnn_ext {
@@ -15,6 +17,6 @@ namespace torch_rnn_ext {
 // Returns y (batch, T, C) and the state after the last step (batch, 3, C). float32 or float64.
 std::tuple<at::Tensor, at::Tensor> wkv4(const at::Tensor& time_decay, const at::Tensor& time_first,
                                         const at::Tensor& k, const at::Tensor& v,
-                                        const c10::optional<at::Tensor>& state = c10::nullopt);
+                                        const optional<at::Tensor>& state = nullopt);
 
 }  // namespace torch_rnn_ext

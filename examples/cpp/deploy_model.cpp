@@ -14,22 +14,7 @@
 #include <iostream>
 #include <string>
 
-namespace {
-
-bool check_equal(const std::string& what, const at::Tensor& got, const at::Tensor& expected) {
-  if (got.sizes() == expected.sizes() && got.scalar_type() == expected.scalar_type() && torch::equal(got, expected)) {
-    std::cout << "ok: " << what << " equals Python's output bitwise " << got.sizes() << "\n";
-    return true;
-  }
-  std::cerr << "FAIL: " << what << ": got " << got.sizes() << " " << got.scalar_type() << ", expected "
-            << expected.sizes() << " " << expected.scalar_type();
-  if (got.sizes() == expected.sizes())
-    std::cerr << ", max abs difference " << (got - expected).abs().max().item<double>();
-  std::cerr << "\n";
-  return false;
-}
-
-}  // namespace
+#include "compare.h"
 
 int main(int argc, char** argv) {
   if (argc != 2) {
@@ -52,8 +37,8 @@ int main(int argc, char** argv) {
     model.eval();
     {
       torch::NoGradGuard no_grad;
-      ok &= check_equal("model.pt (eval, NoGradGuard)", model.forward({input}).toTensor(),
-                        data.attr("expected").toTensor());
+      ok &= check_output("model.pt (eval, NoGradGuard)", model.forward({input}).toTensor(),
+                        data.attr("expected").toTensor(), true);
     }
 
     // The trained model, still in training mode, run under NoGradGuard (the ops' non-saving path) against
@@ -61,8 +46,8 @@ int main(int argc, char** argv) {
     torch::jit::Module trained = torch::jit::load(dir + "/trained.pt");
     {
       torch::NoGradGuard no_grad;
-      ok &= check_equal("trained.pt (train mode, NoGradGuard)", trained.forward({input}).toTensor(),
-                        data.attr("expected_trained").toTensor());
+      ok &= check_output("trained.pt (train mode, NoGradGuard)", trained.forward({input}).toTensor(),
+                        data.attr("expected_trained").toTensor(), true);
     }
 
     // One SGD step in C++: every parameter gets a finite gradient through the ops' C++ backward, and the

@@ -124,7 +124,9 @@ TEST(LSTMLayer, BadInputsRaise) {
   expect_error(call(x.to(at::kDouble), {}, {}, p.w_ih, p.w_hh, p.b_ih, p.b_hh), "weight_hh: expected dtype");
   expect_error(call(x.to(at::kInt), {}, {}, p.w_ih, p.w_hh, p.b_ih, p.b_hh), "input: expected dtype float32");
   expect_error(call(x, torch::randn({2, 4}, at::kDouble), {}, p.w_ih, p.w_hh, p.b_ih, p.b_hh), "hx: expected dtype");
-  expect_error(call(x.to(torch::Device("meta")), {}, {}, p.w_ih, p.w_hh, p.b_ih, p.b_hh), "input: expected a CPU tensor");
+  // A meta input with CPU weights goes to the Meta kernel, which names the first argument not on meta.
+  expect_error(call(x.to(torch::Device("meta")), {}, {}, p.w_ih, p.w_hh, p.b_ih, p.b_hh),
+               "weight_hh: expected a tensor on meta (the device of the other arguments), got a tensor on cpu");
   // Packed input: batch_sizes must be int64, positive, non-increasing, and sum to the rows of input.
   Tensor packed = torch::randn({6, 3});
   auto packed_call = [&](Tensor bs) {

@@ -209,8 +209,8 @@ def test_non_contiguous_inputs_give_identical_results():
     (lambda a: dict(a, hx=a["hx"].float()), r"hx: expected dtype Double"),
     (lambda a: dict(a, weight_hh=a["weight_hh"].float()), r"weight_hh: expected dtype Double"),
     (lambda a: dict(a, input=a["input"].int()), r"input: expected dtype float32 or float64, got Int"),
-    (lambda a: dict(a, input=a["input"].to("meta")), r"input: expected a CPU tensor"),
-    (lambda a: dict(a, weight_ih=a["weight_ih"].to("meta")), r"weight_ih: expected a CPU tensor"),
+    (lambda a: dict(a, input=a["input"].to("meta")), r"weight_hh: expected a tensor on meta .*, got a tensor on cpu"),
+    (lambda a: dict(a, weight_ih=a["weight_ih"].to("meta")), r"input: expected a tensor on meta .*, got a tensor on cpu"),
 ])
 def test_bad_input_raises(case, match):
     a = {k: (v.detach() if v is not None else None) for k, v in layer_args().items()}
@@ -299,7 +299,7 @@ def test_torch_save_load_roundtrip():
     buf = io.BytesIO()
     torch.save(m, buf)
     buf.seek(0)
-    m2 = torch.load(buf)
+    m2 = torch.load(buf, weights_only=False)  # a whole module
     x = torch.randn(2, 1, 3)
     assert type(m2) is torch_rnn_ext.LSTM and torch.equal(m2(x)[0], m(x)[0])
 

@@ -5,6 +5,8 @@ import subprocess
 import sys
 import textwrap
 
+import torch
+
 from conftest import REPO_ROOT
 
 
@@ -20,8 +22,12 @@ def test_wheel_installs_and_runs_in_fresh_virtualenv(tmp_path):
         cwd=REPO_ROOT)
     (wheel,) = glob.glob(str(wheels / "torch_rnn_ext-*.whl"))
     venv = tmp_path / "venv"
-    run([sys.executable, "-m", "venv", "--system-site-packages", str(venv)])
+    run([sys.executable, "-m", "venv", str(venv)])
     py = str(venv / "bin" / "python")
+    # The fresh environment sees this one's torch (a .venv's or Debian's), not a copy of it.
+    site = run([py, "-c", "import sysconfig; print(sysconfig.get_paths()['purelib'])"]).strip()
+    with open(os.path.join(site, "parent_torch.pth"), "w") as f:
+        f.write(os.path.dirname(os.path.dirname(torch.__file__)) + "\n")
     run([py, "-m", "pip", "install", "--no-deps", "--no-index", wheel])
     check = textwrap.dedent("""
         import torch, torch_rnn_ext
@@ -31,8 +37,9 @@ def test_wheel_installs_and_runs_in_fresh_virtualenv(tmp_path):
         ours.load_state_dict(ref.state_dict())
         x = torch.randn(5, 2, 3)
         assert torch.allclose(ours(x)[0], ref(x)[0], atol=1e-5)
-        print("ok", torch_rnn_ext.LIBRARY_PATH)
+        print("ok", torch_rnn_ext.LIBRARY_PATH, torch.__version__)
     """)
     env = {k: v for k, v in os.environ.items() if k not in ("PYTHONPATH", "TORCH_RNN_EXT_LIBRARY")}
     out = run([py, "-c", check], cwd=str(tmp_path), env=env)
     assert out.startswith("ok ") and str(venv) in out
+    assert out.split()[-1] == torch.__version__, out  # the wheel's library is the one for this torch

@@ -260,9 +260,9 @@ def bad_input_cases():
         (dict(delta_bias=torch.randn(6, 1, **f)), "delta_bias: expected size [6]"),
         (dict(initial_state=torch.randn(2, 6, 3, **f)), "initial_state: expected size [2, 6, 4]"),
         (dict(initial_state=torch.randn(2, 6, 4, dtype=torch.float64)), "initial_state: expected dtype Float"),
-        # Other devices reach the argument checks (CompositeExplicitAutograd) and are named there.
-        (dict(u=u.to("meta")), "u: expected a CPU tensor, got a tensor on meta"),
-        (dict(B=torch.randn(6, 4, device="meta")), "B: expected a CPU tensor, got a tensor on meta"),
+        # A meta argument sends the call to the Meta kernel, which names the first argument not on meta.
+        (dict(u=u.to("meta")), "delta: expected a tensor on meta (the device of the other arguments), got a tensor on cpu"),
+        (dict(B=torch.randn(6, 4, device="meta")), "u: expected a tensor on meta (the device of the other arguments), got a tensor on cpu"),
     ]
     return [({**ok, **change}, msg) for change, msg in cases]
 

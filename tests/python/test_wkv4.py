@@ -210,9 +210,9 @@ def bad_input_cases():
         (dict(time_first=torch.randn(1, 5, **f)), "time_first: expected size [5]"),
         (dict(state=torch.randn(2, 2, 5, **f)), "state: expected size [2, 3, 5]"),
         (dict(state=torch.randn(2, 3, 5, dtype=torch.float64)), "state: expected dtype Float"),
-        # Other devices reach the argument checks (CompositeExplicitAutograd) and are named there.
-        (dict(k=torch.randn(2, 4, 5, device="meta")), "k: expected a CPU tensor, got a tensor on meta"),
-        (dict(v=torch.randn(2, 4, 5, device="meta")), "v: expected a CPU tensor, got a tensor on meta"),
+        # A meta argument sends the call to the Meta kernel, which names the first argument not on meta.
+        (dict(k=torch.randn(2, 4, 5, device="meta")), "v: expected a tensor on meta (the device of the other arguments), got a tensor on cpu"),
+        (dict(v=torch.randn(2, 4, 5, device="meta")), "k: expected a tensor on meta (the device of the other arguments), got a tensor on cpu"),
     ]
     return [({**ok, **change}, msg) for change, msg in cases]
 

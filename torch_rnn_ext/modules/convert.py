@@ -15,7 +15,7 @@ def convert(model: nn.Module) -> nn.Module:
     ``nn.RNNCell`` inside ``model`` (the model itself included) with torch_rnn_ext's twin, and returns
     the model.
 
-    Each of our classes subclasses its torch.nn twin and adds no state, so the module object is kept and
+    Each of our classes has its torch.nn twin's base class and layout and adds no state, so the module object is kept and
     only its class changes: parameters (the same tensors), buffers, device, dtype, training mode, hooks
     and any reference to the module stay as they were. Subclasses of the torch.nn classes are left alone
     (their forward may be custom).

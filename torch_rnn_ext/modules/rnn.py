@@ -1,9 +1,11 @@
 """Drop-in replacements for torch.nn's recurrent layers, computed by torch_rnn_ext's C++ ops.
 
-Each class subclasses its torch.nn twin, so the constructor, its argument checks, the parameter names,
-shapes, registration order and initialisation, ``state_dict``, ``all_weights`` and ``flatten_parameters``
-are torch.nn's own; the computation is replaced by one op call per forward, which also takes unbatched
-input and checks the inputs and states (with torch.nn's messages for the states' ranks and sizes).
+Each class subclasses torch.nn.RNNBase, the base of its torch.nn twin, with the twin's constructor
+arguments and checks, so the parameter names, shapes, registration order and initialisation,
+``state_dict``, ``all_weights`` and ``flatten_parameters`` are torch.nn's own; the computation is replaced
+by one op call per forward, which also takes unbatched input and checks the inputs and states (with
+torch.nn's messages for the states' ranks and sizes). They are not subclasses of nn.LSTM, nn.GRU and
+nn.RNN themselves: torch.compile (Dynamo) breaks the graph on any instance of those three.
 
 ``forward`` is annotated for Tensor input, so a scripted module is callable on its own (torch.nn's
 overloads make a top-level scripted nn.LSTM uncallable). Eager calls also take a PackedSequence:
@@ -18,7 +20,7 @@ from torch.nn.utils.rnn import PackedSequence
 __all__ = ["LSTM", "GRU", "RNN"]
 
 
-class LSTM(nn.LSTM):
+class LSTM(nn.RNNBase):
     r"""Applies a multi-layer LSTM to an input sequence, exactly as :class:`torch.nn.LSTM` does.
 
     Args (as torch.nn.LSTM): input_size, hidden_size, num_layers=1, bias=True, batch_first=False,
@@ -40,6 +42,14 @@ class LSTM(nn.LSTM):
         >>> output, (h_n, c_n) = rnn(torch.randn(5, 3, 10))
     """
 
+    def __init__(self, *args, **kwargs):
+        super().__init__("LSTM", *args, **kwargs)
+
+    # torch.nn.LSTM's own checks of the states and their permutation for packed input.
+    get_expected_cell_size = nn.LSTM.get_expected_cell_size
+    check_forward_args = nn.LSTM.check_forward_args  # type: ignore[assignment]
+    permute_hidden = nn.LSTM.permute_hidden  # type: ignore[assignment]
+
     def forward(self, input: Tensor, hx: Optional[Tuple[Tensor, Tensor]] = None
                 ) -> Tuple[Tensor, Tuple[Tensor, Tensor]]:  # type: ignore[override]
         if isinstance(input, PackedSequence):
@@ -50,6 +60,11 @@ class LSTM(nn.LSTM):
             input, [] if hx is None else [hx[0], hx[1]], self._flat_weights, self.bias, self.num_layers,
             self.dropout, self.training, self.bidirectional, self.batch_first, None)
         return output, (h_n, c_n)
+
+
+def _reject_proj_size(kwargs):
+    if "proj_size" in kwargs:
+        raise ValueError("proj_size argument is only supported for LSTM, not RNN or GRU")
 
 
 def _single_state_forward(self, input: Tensor, hx: Optional[Tensor] = None) -> Tuple[Tensor, Tensor]:
@@ -85,7 +100,7 @@ def _packed_forward(self, input: PackedSequence, hx: Any) -> Tuple[PackedSequenc
         self.permute_hidden(hidden, unsorted_indices)
 
 
-class GRU(nn.GRU):
+class GRU(nn.RNNBase):
     r"""Applies a multi-layer GRU to an input sequence, exactly as :class:`torch.nn.GRU` does
     (r, z, n gates; the reset gate multiplies ``W_hn h + b_hn``).
 
@@ -102,10 +117,14 @@ class GRU(nn.GRU):
         >>> output, h_n = rnn(torch.randn(5, 3, 10))
     """
 
+    def __init__(self, *args, **kwargs):
+        _reject_proj_size(kwargs)
+        super().__init__("GRU", *args, **kwargs)
+
     forward = _single_state_forward  # type: ignore[assignment]
 
 
-class RNN(nn.RNN):
+class RNN(nn.RNNBase):
     r"""Applies a multi-layer Elman RNN with tanh or relu, exactly as :class:`torch.nn.RNN` does.
 
     Args (as torch.nn.RNN): input_size, hidden_size, num_layers=1, nonlinearity='tanh', bias=True,
@@ -118,5 +137,18 @@ class RNN(nn.RNN):
         >>> rnn = torch_rnn_ext.RNN(10, 20, nonlinearity="relu")
         >>> output, h_n = rnn(torch.randn(5, 3, 10))
     """
+
+    def __init__(self, *args, **kwargs):
+        # torch.nn.RNN's: nonlinearity is the 4th positional argument or a keyword.
+        _reject_proj_size(kwargs)
+        if len(args) > 3:
+            self.nonlinearity = args[3]
+            args = args[:3] + args[4:]
+        else:
+            self.nonlinearity = kwargs.pop("nonlinearity", "tanh")
+        modes = {"tanh": "RNN_TANH", "relu": "RNN_RELU"}
+        if self.nonlinearity not in modes:
+            raise ValueError(f"Unknown nonlinearity '{self.nonlinearity}'. Select from 'tanh' or 'relu'.")
+        super().__init__(modes[self.nonlinearity], *args, **kwargs)
 
     forward = _single_state_forward  # type: ignore[assignment]

@@ -1,6 +1,8 @@
 #pragma once
 // Helpers shared by the ops' autograd kernels.
 #include <ATen/ATen.h>
+
+#include "compat.h"
 #include <ATen/core/dispatch/Dispatcher.h>
 #include <torch/autograd.h>
 
@@ -26,12 +28,12 @@ inline bool needs_graph(std::initializer_list<at::Tensor> ts, at::TensorList mor
   return false;
 }
 
-inline c10::optional<at::Tensor> opt(const at::Tensor& t) {
-  return t.defined() ? c10::optional<at::Tensor>(t) : c10::nullopt;
+inline optional<at::Tensor> opt(const at::Tensor& t) {
+  return t.defined() ? optional<at::Tensor>(t) : nullopt;
 }
 
 // opt's inverse: the tensor, or an undefined one.
-inline at::Tensor value(const c10::optional<at::Tensor>& t) { return t.value_or(at::Tensor()); }
+inline at::Tensor value(const optional<at::Tensor>& t) { return t.value_or(at::Tensor()); }
 
 // Which of a Function's tensor arguments need a gradient. present[i] says whether argument slot i was
 // given (absent optionals are not graph inputs, so edges count only the present ones).

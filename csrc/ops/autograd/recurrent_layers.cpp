@@ -16,16 +16,15 @@ namespace autograd {
 namespace {
 
 using at::Tensor;
-using c10::optional;
 using torch::autograd::AutogradContext;
 using torch::autograd::variable_list;
 
 using ForwardFn = std::tuple<Tensor, Tensor, Tensor, Tensor>(
-    c10::string_view, const Tensor&, const optional<Tensor>&, const optional<Tensor>&, const Tensor&,
+    string_view, const Tensor&, const optional<Tensor>&, const optional<Tensor>&, const Tensor&,
     const Tensor&, const optional<Tensor>&, const optional<Tensor>&, const optional<Tensor>&,
     const optional<Tensor>&, bool, bool);
 using BackwardFn = std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor>(
-    c10::string_view, const optional<Tensor>&, const optional<Tensor>&, const optional<Tensor>&, const Tensor&,
+    string_view, const optional<Tensor>&, const optional<Tensor>&, const optional<Tensor>&, const Tensor&,
     const optional<Tensor>&, const optional<Tensor>&, const Tensor&, const Tensor&, const optional<Tensor>&,
     const optional<Tensor>&, const optional<Tensor>&, const Tensor&, const Tensor&, const optional<Tensor>&, bool,
     std::array<bool, 8>);
@@ -108,7 +107,7 @@ std::tuple<Tensor, Tensor> single_state_layer_autograd(const Tensor& input, cons
                                                        const optional<Tensor>& bias_ih,
                                                        const optional<Tensor>& bias_hh,
                                                        const optional<Tensor>& batch_sizes, bool reverse) {
-  auto r = run_layer(kMode, input, hx, c10::nullopt, weight_ih, weight_hh, bias_ih, bias_hh, c10::nullopt,
+  auto r = run_layer(kMode, input, hx, nullopt, weight_ih, weight_hh, bias_ih, bias_hh, nullopt,
                      batch_sizes, reverse);
   return {r[0], r[1]};
 }
@@ -118,7 +117,7 @@ constexpr char kRnnTanh[] = "rnn_tanh";
 constexpr char kRnnRelu[] = "rnn_relu";
 
 std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor> recurrent_layer_backward_autograd(
-    c10::string_view mode, const optional<Tensor>& grad_output, const optional<Tensor>& grad_h_n,
+    string_view mode, const optional<Tensor>& grad_output, const optional<Tensor>& grad_h_n,
     const optional<Tensor>& grad_c_n, const Tensor& input, const optional<Tensor>& hx, const optional<Tensor>& cx,
     const Tensor& weight_ih, const Tensor& weight_hh, const optional<Tensor>& bias_ih,
     const optional<Tensor>& bias_hh, const optional<Tensor>& weight_hr, const Tensor& output,

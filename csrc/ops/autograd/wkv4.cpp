@@ -13,7 +13,6 @@ namespace autograd {
 namespace {
 
 using at::Tensor;
-using c10::optional;
 using torch::autograd::AutogradContext;
 using torch::autograd::variable_list;
 

@@ -15,6 +15,7 @@
 #include <vector>
 
 #include "checks.h"
+#include "ops/layer_shapes.h"
 #include "kernels/cell_traits.h"
 #include "kernels/gemm.h"
 #include "kernels/packing.h"  // packed_b_size
@@ -24,91 +25,28 @@ namespace torch_rnn_ext {
 namespace cpu {
 
 using at::Tensor;
-using c10::optional;
 
-// Sizes of one layer's sequence, and its time layout (see kernels/recurrence.h).
-struct LayerGeometry {
-  int64_t T = 0, B = 0, N = 0, I = 0, H = 0, P = 0;  // P: size of h (H, or proj_size with weight_hr)
-  bool packed = false;
+// Sizes of one layer's sequence (ops/layer_shapes.h), with batch_sizes read, and its time layout (see
+// kernels/recurrence.h).
+struct LayerGeometry : LayerShape<int64_t> {
   std::vector<int64_t> batch_sizes, offsets;
   kernels::SeqLayout layout(bool reverse) const {
     return {batch_sizes.data(), offsets.data(), T, reverse};
   }
 };
 
-// Validates input, weights, biases, the projection and batch_sizes of a layer whose W_hh has `gates` * H
-// rows, and returns its geometry. `op` names the op in messages.
+// Validates a layer's arguments (ops/layer_shapes.h) and reads batch_sizes: its geometry on CPU.
 inline LayerGeometry check_layer(const char* op, const Tensor& input, const Tensor& weight_ih,
                                  const Tensor& weight_hh, const optional<Tensor>& bias_ih,
                                  const optional<Tensor>& bias_hh, const optional<Tensor>& weight_hr,
-                                 const optional<Tensor>& batch_sizes, int64_t gates) {
+                                 const optional<Tensor>& batch_sizes, int64_t gates, bool can_project) {
   LayerGeometry g;
-  g.packed = present(batch_sizes);
-  check_cpu(input, "input");
-  check_floating(input, "input");
+  static_cast<LayerShape<int64_t>&>(g) = check_layer_shape<int64_t>(
+      op, at::kCPU, input, weight_ih, weight_hh, bias_ih, bias_hh, weight_hr, batch_sizes, gates, can_project);
   if (g.packed) {
-    TORCH_CHECK(input.dim() == 2, op, ": input: with batch_sizes (a packed sequence) expected a 2-D tensor "
-                "(sum of batch_sizes, input_size), got a ", input.dim(), "-D tensor of size ", input.sizes());
+    check_cpu(*batch_sizes, "batch_sizes");
+    g.B = read_batch_sizes(op, *batch_sizes, g.N, g.batch_sizes, g.offsets);
   } else {
-    TORCH_CHECK(input.dim() == 3, op, ": input: expected a 3-D tensor (seq_len, batch, input_size), got a ",
-                input.dim(), "-D tensor of size ", input.sizes());
-  }
-  check_cpu(weight_hh, "weight_hh");
-  check_dtype(weight_hh, input.scalar_type(), "weight_hh");
-  check_dim(weight_hh, 2, "weight_hh");
-  g.P = weight_hh.size(1);
-  if (present(weight_hr)) {
-    TORCH_CHECK(weight_hh.size(0) % gates == 0, op, ": weight_hh: expected ", gates,
-                " * hidden_size rows, got size ", weight_hh.sizes());
-    g.H = weight_hh.size(0) / gates;
-    check_cpu(*weight_hr, "weight_hr");
-    check_dtype(*weight_hr, input.scalar_type(), "weight_hr");
-    check_sizes(*weight_hr, {g.P, g.H}, "weight_hr");
-    TORCH_CHECK(g.P < g.H, op, ": weight_hr: proj_size (", g.P, ") must be smaller than hidden_size (", g.H, ")");
-  } else {
-    g.H = g.P;
-    TORCH_CHECK(weight_hh.size(0) == gates * g.H, op, ": weight_hh: expected size (", gates,
-                " * hidden_size, hidden_size) = (", gates * g.H, ", ", g.H, "), got ", weight_hh.sizes());
-  }
-  check_cpu(weight_ih, "weight_ih");
-  check_dtype(weight_ih, input.scalar_type(), "weight_ih");
-  check_dim(weight_ih, 2, "weight_ih");
-  TORCH_CHECK(weight_ih.size(0) == gates * g.H, op, ": weight_ih: expected ", gates * g.H, " rows (", gates,
-              " * hidden_size), got size ", weight_ih.sizes());
-  g.I = weight_ih.size(1);
-  TORCH_CHECK(input.size(-1) == g.I, op, ": input: expected input_size ", g.I,
-              " (the columns of weight_ih), got input of size ", input.sizes());
-  check_optional_like(bias_ih, input, {gates * g.H}, "bias_ih");
-  check_optional_like(bias_hh, input, {gates * g.H}, "bias_hh");
-
-  if (g.packed) {
-    const Tensor& bsz = *batch_sizes;
-    check_cpu(bsz, "batch_sizes");
-    TORCH_CHECK(bsz.scalar_type() == at::kLong, "batch_sizes: expected dtype int64, got ", bsz.scalar_type());
-    check_dim(bsz, 1, "batch_sizes");
-    g.T = bsz.size(0);
-    TORCH_CHECK(g.T >= 1, op, ": batch_sizes: expected at least one timestep, got an empty tensor");
-    const Tensor b = bsz.contiguous();
-    const int64_t* p = b.data_ptr<int64_t>();
-    g.batch_sizes.assign(p, p + g.T);
-    g.offsets.resize(g.T);
-    int64_t total = 0;
-    for (int64_t t = 0; t < g.T; ++t) {
-      TORCH_CHECK(g.batch_sizes[t] >= 1 && (t == 0 || g.batch_sizes[t] <= g.batch_sizes[t - 1]),
-                  op, ": batch_sizes: expected positive, non-increasing values, got ", bsz);
-      g.offsets[t] = total;
-      total += g.batch_sizes[t];
-    }
-    TORCH_CHECK(total == input.size(0), op, ": batch_sizes sum to ", total, " but input has ", input.size(0),
-                " rows");
-    g.B = g.batch_sizes[0];
-    g.N = total;
-  } else {
-    g.T = input.size(0);
-    g.B = input.size(1);
-    TORCH_CHECK(g.T >= 1, op, ": input: expected a sequence of at least one timestep, got input of size ",
-                input.sizes());
-    g.N = g.T * g.B;
     g.batch_sizes.assign(g.T, g.B);
     g.offsets.resize(g.T);
     for (int64_t t = 0; t < g.T; ++t) g.offsets[t] = t * g.B;
@@ -226,8 +164,7 @@ inline Tensor input_grad(const Tensor& dgi, const Tensor& weight_ih) {
 inline Tensor initial_state(const optional<Tensor>& state, const Tensor& input, int64_t B, int64_t size,
                             const char* name) {
   if (!present(state)) return zeros_serial({B, size}, input.options());
-  check_like(*state, input, {B, size}, name);
-  return clone_serial(*state);
+  return clone_serial(*state);  // checked by check_layer_states
 }
 
 // A buffer for the time loop's packed copy of a (K, N) step operand, or undefined when no step of L uses
@@ -256,9 +193,9 @@ std::tuple<Tensor, Tensor, Tensor, Tensor> layer_forward(const char* op, const T
                                                          const optional<Tensor>& batch_sizes, bool reverse,
                                                          bool save) {
   using Cell = kernels::CellTraits<K>;
-  TORCH_CHECK(Cell::kHasCell || !present(weight_hr), op, ": weight_hr: only LSTM layers have a projection");
   const LayerGeometry g = check_layer(op, input, weight_ih, weight_hh, bias_ih, bias_hh, weight_hr, batch_sizes,
-                                      Cell::kGates);
+                                      Cell::kGates, Cell::kHasCell);
+  check_layer_states<int64_t>(g, Cell::kHasCell, input, hx, cx);
   const auto opts = input.options();
   const int64_t GH = Cell::kGates * g.H;
   Tensor h = initial_state(hx, input, g.B, g.P, "hx");
@@ -303,19 +240,11 @@ std::vector<Tensor> layer_backward(const char* op, const Tensor& grad_output, co
                                    const optional<Tensor>& batch_sizes, bool reverse,
                                    std::array<bool, 8> output_mask) {
   using Cell = kernels::CellTraits<K>;
-  TORCH_CHECK(Cell::kHasCell || !present(weight_hr), op, ": weight_hr: only LSTM layers have a projection");
   const LayerGeometry g = check_layer(op, input, weight_ih, weight_hh, bias_ih, bias_hh, weight_hr, batch_sizes,
-                                      Cell::kGates);
+                                      Cell::kGates, Cell::kHasCell);
   const int64_t GH = Cell::kGates * g.H;
-  check_optional_like(hx, input, {g.B, g.P}, "hx");
-  if (Cell::kHasCell) check_optional_like(cx, input, {g.B, g.H}, "cx");
-  const std::vector<int64_t> out_sizes =
-      g.packed ? std::vector<int64_t>{g.N, g.P} : std::vector<int64_t>{g.T, g.B, g.P};
-  check_like(output, input, out_sizes, "output");
-  check_like(workspace, input, {g.N, Cell::kSaved * g.H}, "workspace");
-  if (grad_output.defined()) check_like(grad_output, input, out_sizes, "grad_output");
-  if (grad_h_n.defined()) check_like(grad_h_n, input, {g.B, g.P}, "grad_h_n");
-  if (Cell::kHasCell && grad_c_n.defined()) check_like(grad_c_n, input, {g.B, g.H}, "grad_c_n");
+  check_layer_backward_args<int64_t>(g, Cell::kHasCell, Cell::kSaved, input, hx, cx, output, workspace, grad_output,
+                            grad_h_n, grad_c_n);
 
   const auto opts = input.options();
   const bool proj = present(weight_hr);
@@ -430,9 +359,8 @@ inline Tensor layer_products(const Tensor& input, const Tensor& weight_ih, const
   TORCH_CHECK(H > 0 && weight_hh.size(0) == G * H && (G == 1 || G == 3 || G == 4), op,
               ": weight_hh: expected (G * hidden_size, hidden_size) with G = 1, 3 or 4 gates, got ",
               weight_hh.sizes());
-  const LayerGeometry g = check_layer(op, input, weight_ih, weight_hh, c10::nullopt, c10::nullopt, c10::nullopt,
-                                      c10::nullopt, G);
-  check_like(states, input, {g.N, H}, "states");
+  const LayerGeometry g = check_layer(op, input, weight_ih, weight_hh, nullopt, nullopt, nullopt, nullopt, G, false);
+  check_like<int64_t>(states, input, {g.N, H}, "states");
   TORCH_CHECK(states.is_contiguous(), op, ": states: expected a contiguous tensor");
   const int64_t GH = G * H;
   const Tensor gi = matmul(input, false, weight_ih, true);
@@ -447,23 +375,6 @@ inline Tensor layer_products(const Tensor& input, const Tensor& weight_ih, const
   matmul(gi, true, rows(input, g, g.I), false);  // dW_ih
   matmul(gi, true, states, false);               // dW_hh
   return input_grad(gi, weight_ih);              // dx, last (it may overwrite dgi)
-}
-
-}  // namespace cpu
-}  // namespace torch_rnn_ext
-
-namespace torch_rnn_ext {
-namespace cpu {
-
-// Calls f(std::integral_constant<CellKind, K>) for the cell named by `mode`.
-template <typename F>
-auto with_cell(const std::string& mode, F&& f) {
-  using kernels::CellKind;
-  if (mode == "lstm") return f(std::integral_constant<CellKind, CellKind::LSTM>{});
-  if (mode == "gru") return f(std::integral_constant<CellKind, CellKind::GRU>{});
-  if (mode == "rnn_tanh") return f(std::integral_constant<CellKind, CellKind::RNN_TANH>{});
-  if (mode == "rnn_relu") return f(std::integral_constant<CellKind, CellKind::RNN_RELU>{});
-  TORCH_CHECK(false, "mode: expected one of 'lstm', 'gru', 'rnn_tanh', 'rnn_relu', got '", mode, "'");
 }
 
 }  // namespace cpu

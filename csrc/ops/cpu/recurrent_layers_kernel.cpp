@@ -10,7 +10,7 @@ namespace {
 using kernels::CellKind;
 
 std::tuple<Tensor, Tensor, Tensor, Tensor> recurrent_layer_forward_cpu(
-    c10::string_view mode, const Tensor& input, const optional<Tensor>& hx, const optional<Tensor>& cx,
+    string_view mode, const Tensor& input, const optional<Tensor>& hx, const optional<Tensor>& cx,
     const Tensor& weight_ih, const Tensor& weight_hh, const optional<Tensor>& bias_ih,
     const optional<Tensor>& bias_hh, const optional<Tensor>& weight_hr, const optional<Tensor>& batch_sizes,
     bool reverse, bool save) {
@@ -22,7 +22,7 @@ std::tuple<Tensor, Tensor, Tensor, Tensor> recurrent_layer_forward_cpu(
 }
 
 std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor> recurrent_layer_backward_cpu(
-    c10::string_view mode, const optional<Tensor>& grad_output, const optional<Tensor>& grad_h_n,
+    string_view mode, const optional<Tensor>& grad_output, const optional<Tensor>& grad_h_n,
     const optional<Tensor>& grad_c_n, const Tensor& input, const optional<Tensor>& hx, const optional<Tensor>& cx,
     const Tensor& weight_ih, const Tensor& weight_hh, const optional<Tensor>& bias_ih,
     const optional<Tensor>& bias_hh, const optional<Tensor>& weight_hr, const Tensor& output,
@@ -54,7 +54,7 @@ std::tuple<Tensor, Tensor> single_state_layer_cpu(const Tensor& input, const opt
                                                   const optional<Tensor>& bias_ih, const optional<Tensor>& bias_hh,
                                                   const optional<Tensor>& batch_sizes, bool reverse) {
   const char* op = K == CellKind::GRU ? "gru_layer" : K == CellKind::RNN_TANH ? "rnn_tanh_layer" : "rnn_relu_layer";
-  auto r = layer_forward<K>(op, input, hx, c10::nullopt, weight_ih, weight_hh, bias_ih, bias_hh, c10::nullopt,
+  auto r = layer_forward<K>(op, input, hx, nullopt, weight_ih, weight_hh, bias_ih, bias_hh, nullopt,
                             batch_sizes, reverse, /*save=*/false);
   return {std::get<0>(r), std::get<1>(r)};
 }
@@ -71,11 +71,8 @@ void register_kernels(torch::Library& m) {
 
 }  // namespace
 
+// CPU only: Meta tensors (and torch.compile's fake tensors) go to ops/meta/recurrent_layers.cpp.
 TORCH_LIBRARY_IMPL(torch_rnn_ext, CPU, m) { register_kernels(m); }
-
-// Tensors on any other device reach the same functions, whose argument checks reject them by name
-// ("input: expected a CPU tensor, got a tensor on cuda:0") instead of the dispatcher's generic error.
-TORCH_LIBRARY_IMPL(torch_rnn_ext, CompositeExplicitAutograd, m) { register_kernels(m); }
 
 }  // namespace cpu
 }  // namespace torch_rnn_ext

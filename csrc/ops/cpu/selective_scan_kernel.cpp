@@ -8,81 +8,17 @@
 #include "checks.h"
 #include "kernels/scans.h"
 #include "ops/cpu/scan_common.h"
+#include "ops/scan_shapes.h"
 
 namespace torch_rnn_ext {
 namespace cpu {
 namespace {
 
 using at::Tensor;
-using c10::optional;
 using kernels::kChunk;
 
-// How B or C is given: constant (dim, N), or varying with `groups` groups ((batch, N, L) is one group).
-struct Operand {
-  bool varying = false;
-  int64_t groups = 1;
-  int64_t per_group = 0;  // channels per group (dim when constant)
-};
-
-struct ScanGeometry {
-  int64_t batch = 0, dim = 0, L = 0, N = 0;
-  Operand B, C;
-};
-
-Operand check_operand(const Tensor& t, const Tensor& u, const ScanGeometry& g, const char* name) {
-  check_cpu(t, name);
-  check_dtype(t, u.scalar_type(), name);
-  Operand o;
-  if (t.dim() == 2) {
-    check_sizes(t, {g.dim, g.N}, name);
-    o.per_group = g.dim;
-    return o;
-  }
-  TORCH_CHECK(t.dim() == 3 || t.dim() == 4, "selective_scan: ", name,
-              ": expected (dim, d_state), (batch, d_state, L) or (batch, G, d_state, L), got a ", t.dim(),
-              "-D tensor of size ", t.sizes());
-  o.varying = true;
-  o.groups = t.dim() == 4 ? t.size(1) : 1;
-  TORCH_CHECK(o.groups >= 1 && g.dim % o.groups == 0, "selective_scan: ", name, ": the number of groups G = ",
-              o.groups, " (size 1 of a (batch, G, d_state, L) tensor) does not divide dim = ", g.dim);
-  TORCH_CHECK(t.size(-2) == g.N, "selective_scan: ", name, ": d_state (size ", t.dim() - 2, ") is ",
-              t.size(-2), " but A has d_state ", g.N);
-  o.per_group = g.dim / o.groups;
-  if (t.dim() == 3)
-    check_sizes(t, {g.batch, g.N, g.L}, name);
-  else
-    check_sizes(t, {g.batch, o.groups, g.N, g.L}, name);
-  return o;
-}
-
-ScanGeometry check_selective_scan(const Tensor& u, const Tensor& delta, const Tensor& A, const Tensor& B,
-                                  const Tensor& C, const optional<Tensor>& D, const optional<Tensor>& z,
-                                  const optional<Tensor>& delta_bias, const optional<Tensor>& initial_state) {
-  check_cpu(u, "u");
-  check_floating(u, "u");
-  TORCH_CHECK(u.dim() == 3, "selective_scan: u: expected a 3-D tensor (batch, dim, L), got a ", u.dim(),
-              "-D tensor of size ", u.sizes());
-  ScanGeometry g;
-  g.batch = u.size(0);
-  g.dim = u.size(1);
-  g.L = u.size(2);
-  TORCH_CHECK(g.L >= 1, "selective_scan: u: expected a sequence of at least one step, got size ", u.sizes());
-  check_like(delta, u, u.sizes(), "delta");
-  check_cpu(A, "A");
-  check_dtype(A, u.scalar_type(), "A");
-  check_dim(A, 2, "A");
-  TORCH_CHECK(A.size(0) == g.dim, "selective_scan: A: expected size (dim, d_state) = (", g.dim,
-              ", d_state), got ", A.sizes());
-  g.N = A.size(1);
-  TORCH_CHECK(g.N >= 1, "selective_scan: A: expected d_state >= 1, got size ", A.sizes());
-  g.B = check_operand(B, u, g, "B");
-  g.C = check_operand(C, u, g, "C");
-  check_optional_like(D, u, {g.dim}, "D");
-  check_optional_like(z, u, u.sizes(), "z");
-  check_optional_like(delta_bias, u, {g.dim}, "delta_bias");
-  check_optional_like(initial_state, u, {g.batch, g.dim, g.N}, "initial_state");
-  return g;
-}
+using Operand = torch_rnn_ext::Operand<int64_t>;
+using ScanGeometry = ScanShape<int64_t>;
 
 // B or C laid out for the kernel: constant (dim, N), or varying (batch, G, L, N).
 Tensor operand_layout(const Tensor& t, const ScanGeometry& g, const Operand& o) {
@@ -155,7 +91,7 @@ std::tuple<Tensor, Tensor, Tensor> forward(const Tensor& u, const Tensor& delta,
                                            const optional<Tensor>& z, const optional<Tensor>& delta_bias,
                                            bool delta_softplus, const optional<Tensor>& initial,
                                            bool save) {
-  const ScanGeometry g = check_selective_scan(u, delta, A, B, C, D, z, delta_bias, initial);
+  const ScanGeometry g = check_selective_scan<int64_t>(at::kCPU, u, delta, A, B, C, D, z, delta_bias, initial);
   Tensor h = initial_state(initial, u, g);
   Tensor out = at::empty({g.batch, g.dim, g.L}, u.options());
   const int64_t chunks = kernels::num_chunks(g.L);
@@ -228,11 +164,9 @@ std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tenso
     const Tensor& delta, const Tensor& A, const Tensor& B, const Tensor& C, const optional<Tensor>& D,
     const optional<Tensor>& z, const optional<Tensor>& delta_bias, bool delta_softplus,
     const optional<Tensor>& initial, const Tensor& checkpoints, std::array<bool, 9> mask) {
-  const ScanGeometry g = check_selective_scan(u, delta, A, B, C, D, z, delta_bias, initial);
+  const ScanGeometry g = check_selective_scan<int64_t>(at::kCPU, u, delta, A, B, C, D, z, delta_bias, initial);
+  check_selective_scan_backward_args<int64_t>(g, u, checkpoints, grad_out, grad_last_state);
   const int64_t chunks = kernels::num_chunks(g.L);
-  check_like(checkpoints, u, {g.batch, g.dim, chunks, g.N}, "checkpoints");
-  check_optional_like(grad_out, u, u.sizes(), "grad_out");
-  check_optional_like(grad_last_state, u, {g.batch, g.dim, g.N}, "grad_last_state");
   const auto opts = u.options();
   const auto tasks = channel_tasks(g);
   const int64_t ntasks = static_cast<int64_t>(tasks.size());
@@ -309,11 +243,8 @@ void register_kernels(torch::Library& m) {
 
 }  // namespace
 
+// CPU only: Meta tensors (and torch.compile's fake tensors) go to ops/meta/selective_scan.cpp.
 TORCH_LIBRARY_IMPL(torch_rnn_ext, CPU, m) { register_kernels(m); }
-
-// Tensors on any other device reach the same functions, whose argument checks reject them by name
-// ("u: expected a CPU tensor, got a tensor on meta") instead of the dispatcher's generic error.
-TORCH_LIBRARY_IMPL(torch_rnn_ext, CompositeExplicitAutograd, m) { register_kernels(m); }
 
 }  // namespace cpu
 }  // namespace torch_rnn_ext

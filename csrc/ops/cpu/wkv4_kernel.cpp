@@ -7,35 +7,26 @@
 #include "checks.h"
 #include "kernels/scans.h"
 #include "ops/cpu/scan_common.h"
+#include "ops/scan_shapes.h"
 
 namespace torch_rnn_ext {
 namespace cpu {
 namespace {
 
 using at::Tensor;
-using c10::optional;
 using kernels::kChunk;
 
 // Channels per task: the inner loops run across a block's channels.
 constexpr int64_t kBlock = 64;
 
-struct WkvGeometry {
-  int64_t batch = 0, T = 0, C = 0;
+struct WkvGeometry : WkvShape<int64_t> {
   int64_t blocks() const { return (C + kBlock - 1) / kBlock; }
 };
 
-WkvGeometry check_wkv4(const Tensor& time_decay, const Tensor& time_first, const Tensor& k, const Tensor& v,
-                       const optional<Tensor>& state) {
-  check_cpu(k, "k");
-  check_floating(k, "k");
-  TORCH_CHECK(k.dim() == 3, "wkv4: k: expected a 3-D tensor (batch, T, C), got a ", k.dim(),
-              "-D tensor of size ", k.sizes());
-  WkvGeometry g{k.size(0), k.size(1), k.size(2)};
-  TORCH_CHECK(g.T >= 1, "wkv4: k: expected a sequence of at least one step, got size ", k.sizes());
-  check_like(v, k, k.sizes(), "v");
-  check_like(time_decay, k, {g.C}, "time_decay");
-  check_like(time_first, k, {g.C}, "time_first");
-  check_optional_like(state, k, {g.batch, 3, g.C}, "state");
+WkvGeometry check_wkv4_cpu(const Tensor& time_decay, const Tensor& time_first, const Tensor& k, const Tensor& v,
+                           const optional<Tensor>& state) {
+  WkvGeometry g;
+  static_cast<WkvShape<int64_t>&>(g) = check_wkv4<int64_t>(at::kCPU, time_decay, time_first, k, v, state);
   return g;
 }
 
@@ -82,7 +73,7 @@ Tensor initial_state(const optional<Tensor>& state, const Tensor& k, const WkvGe
 
 std::tuple<Tensor, Tensor, Tensor> forward(const Tensor& time_decay, const Tensor& time_first, const Tensor& k,
                                            const Tensor& v, const optional<Tensor>& state, bool save) {
-  const WkvGeometry g = check_wkv4(time_decay, time_first, k, v, state);
+  const WkvGeometry g = check_wkv4_cpu(time_decay, time_first, k, v, state);
   Tensor s = initial_state(state, k, g);
   Tensor y = at::empty({g.batch, g.T, g.C}, k.options());
   const int64_t chunks = kernels::num_chunks(g.T);
@@ -104,11 +95,9 @@ std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor> backward(
     const optional<Tensor>& grad_y, const optional<Tensor>& grad_new_state, const Tensor& time_decay,
     const Tensor& time_first, const Tensor& k, const Tensor& v, const optional<Tensor>& state,
     const Tensor& checkpoints, std::array<bool, 5> mask) {
-  const WkvGeometry g = check_wkv4(time_decay, time_first, k, v, state);
+  const WkvGeometry g = check_wkv4_cpu(time_decay, time_first, k, v, state);
+  check_wkv4_backward_args<int64_t>(g, k, checkpoints, grad_y, grad_new_state);
   const int64_t chunks = kernels::num_chunks(g.T);
-  check_like(checkpoints, k, {g.batch, chunks, 3, g.C}, "checkpoints");
-  check_optional_like(grad_y, k, k.sizes(), "grad_y");
-  check_optional_like(grad_new_state, k, {g.batch, 3, g.C}, "grad_new_state");
   const auto opts = k.options();
   const Tensor gy = present(grad_y) ? grad_y->contiguous() : Tensor();
   const Tensor ck = checkpoints.contiguous();
@@ -157,11 +146,8 @@ void register_kernels(torch::Library& m) {
 
 }  // namespace
 
+// CPU only: Meta tensors (and torch.compile's fake tensors) go to ops/meta/wkv4.cpp.
 TORCH_LIBRARY_IMPL(torch_rnn_ext, CPU, m) { register_kernels(m); }
-
-// Tensors on any other device reach the same functions, whose argument checks reject them by name
-// ("k: expected a CPU tensor, got a tensor on meta") instead of the dispatcher's generic error.
-TORCH_LIBRARY_IMPL(torch_rnn_ext, CompositeExplicitAutograd, m) { register_kernels(m); }
 
 }  // namespace cpu
 }  // namespace torch_rnn_ext
