@@ -5,7 +5,9 @@
 
 Each row: median time of torch.nn and of ours, forward (inference, under no_grad) and forward+backward
 (training step without the optimizer), the ratio nn/ours (> 1 means we are faster), and our GFLOP/s with
-its fraction of the sgemm rate measured in the same run. Results go to benchmarks/results/.
+its fraction of the sgemm rate measured in the same run, and which kernels torch.nn ran: torch 2.x runs
+nn.LSTM/GRU/RNN on CPU through oneDNN's RNN primitives where it can (read from the profiler's op names),
+1.13 through its own ATen cells. Results go to benchmarks/results/torch-<version>/.
 
 Each ratio has a bound beside it: nn's time over the time of the layers' matrix products alone
 (torch_rnn_ext::_layer_products: the input projection, every step's recurrent product and, for
@@ -100,6 +102,23 @@ def interleaved_medians(fns, repeats):
     return {k: statistics.median(v) for k, v in samples.items()}
 
 
+def nn_kernels(ref, x):
+    """Which kernels torch.nn's module runs, forward and forward+backward, from the profiler's op names:
+    "oneDNN" when an mkldnn_rnn op ran, else "ATen"."""
+    xg = x.clone().requires_grad_()
+    found = {}
+    for mode in ("forward", "forward+backward"):
+        with torch.autograd.profiler.profile() as prof:
+            if mode == "forward":
+                with torch.no_grad():
+                    ref(x)
+            else:
+                sum(o.sum() for o in _outputs(ref(xg))).backward()
+        names = {e.name for e in prof.function_events}
+        found[mode] = "oneDNN" if any("mkldnn_rnn" in n for n in names) else "ATen"
+    return found
+
+
 def bench_pair(ref, ours, x, repeats, flops, floor=None, sgemm=None):
     """Times forward (no_grad) and forward+backward for both modules on the same input, `floor`
     (products_floor's functions) in the same rounds when given, and `sgemm` (a Sgemm) in the forward's
@@ -174,7 +193,8 @@ def run(full: bool, torch_threads, repeats: int):
         floor = products_floor(kind, T, B, I, H, layers, directions)
         r = bench_pair(ref, ours, x, repeats, rnn_flops(kind, T, B, I, H, layers, directions), floor, sgemm)
         name = kind if layers == 1 and not bidir else f"{kind} {layers}-layer{' bidirectional' if bidir else ''}"
-        rows.append({"module": name, "T": T, "B": B, "I": I, "H": H, "torch_threads": threads, **r})
+        rows.append({"module": name, "T": T, "B": B, "I": I, "H": H, "torch_threads": threads,
+                     "nn_kernels": nn_kernels(ref, x), **r})
     rates = {}  # the range of the sgemm rates measured beside the rows, per thread count
     for r in rows:
         rates.setdefault(r["torch_threads"], []).append(r["forward"]["sgemm_gflops"])
@@ -269,7 +289,8 @@ def plot(sweeps, path):
 
 def markdown(rows, sgemm, info, command, memory, scans):
     lines = [f"Command: `{command}`  ",
-             f"Machine: {info['cpu']}, {info['cores']} cores; torch {info['torch']}; {info['blas']} "
+             f"Machine: {info['cpu']}, {info['cores']} cores; torch {info['torch']} (its BLAS: "
+             f"{info['torch_blas']}); ours: {info['blas']} "
              f"with {info['blas_threads']} BLAS threads; time loops: {info['kernels']}; sgemm (1024^3, float32, "
              "timed in each row's forward rounds; the row's own rate is what its fraction divides by) "
              + ", ".join(f"{lo:.0f}-{hi:.0f} GFLOP/s at {k} torch thread(s)" for k, (lo, hi) in sgemm.items())
@@ -281,13 +302,18 @@ def markdown(rows, sgemm, info, command, memory, scans):
              "Bound: nn's time over that of the same layers' matrix products alone (our kernels, this thread "
              "count, no pointwise work), the most any implementation making those products could reach.",
              "",
-             "| module | T, B, I, H | torch threads | fwd nn ms | fwd ours ms | fwd speedup | fwd bound | "
+             "nn kernels: what torch.nn ran in the row (forward / forward+backward), from the profiler's op names: "
+             "oneDNN (aten::mkldnn_rnn_layer) or ATen's own cells.",
+             "",
+             "| module | T, B, I, H | torch threads | nn kernels | fwd nn ms | fwd ours ms | fwd speedup | fwd bound | "
              "fwd+bwd nn ms | fwd+bwd ours ms | fwd+bwd speedup | fwd+bwd bound | ours fwd GFLOP/s (of sgemm) |",
-             "|---|---|---|---|---|---|---|---|---|---|---|---|"]
+             "|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
     for r in rows:
         f, b = r["forward"], r["forward+backward"]
+        kernels = r.get("nn_kernels", {})
         lines.append(
             f"| {r['module']} | {r['T']}, {r['B']}, {r['I']}, {r['H']} | {r['torch_threads']} | "
+            f"{kernels.get('forward', '?')} / {kernels.get('forward+backward', '?')} | "
             f"{f['nn_ms']:.2f} | {f['ours_ms']:.2f} | **{f['speedup']:.2f}x** | {f['bound']:.2f}x | "
             f"{b['nn_ms']:.2f} | {b['ours_ms']:.2f} | **{b['speedup']:.2f}x** | {b['bound']:.2f}x | "
             f"{f['ours_gflops']:.1f} ({100 * f['sgemm_fraction']:.0f}%) |")
@@ -340,7 +366,7 @@ def main():
     if args.blas_threads:
         set_blas_threads(args.blas_threads)
     info = dict(machine_info(), kernels=torch.ops.torch_rnn_ext._kernel_info())
-    command = "python3 benchmarks/bench.py " + " ".join(sys.argv[1:])
+    command = f"{sys.executable} benchmarks/bench.py " + " ".join(sys.argv[1:])
     rows, sgemm = run(args.full, threads, repeats)
     memory = []
     if args.full:
@@ -361,7 +387,8 @@ def main():
         torch.set_num_threads(1)
         sweeps = {"H": {k: sweep(k, [(200, 8, h, h) for h in (32, 64, 128, 256, 512)], 5) for k in ("LSTM", "GRU")},
                   "T": {k: sweep(k, [(t, 8, 128, 128) for t in (10, 50, 200, 1000)], 5) for k in ("LSTM", "GRU")}}
-        plot(sweeps, os.path.join(RESULTS, "speedup.png"))
+        os.makedirs(os.path.join(RESULTS, torch_rnn_ext._library.torch_tag()), exist_ok=True)
+        plot(sweeps, os.path.join(RESULTS, torch_rnn_ext._library.torch_tag(), "speedup.png"))
     info = dict(info, torch_threads=threads, rounds=ROUNDS)
     table = markdown(rows, sgemm, info, command.strip(), memory, scans)
     table += ("\n\nStreaming, one step per call (batch 1, input 64, no_grad, state carried), median us per step:"
@@ -369,11 +396,12 @@ def main():
     print()
     print(table)
     name = "full" if args.full else "quick"
-    save_json(os.path.join(RESULTS, f"{name}.json"),
+    out_dir = os.path.join(RESULTS, torch_rnn_ext._library.torch_tag())
+    save_json(os.path.join(out_dir, f"{name}.json"),
               {"date": datetime.datetime.now().isoformat(timespec="seconds"), "command": command.strip(),
                "machine": info, "sgemm_gflops": sgemm, "rows": rows, "peak_memory": memory, "scans": scans,
                "streaming": streaming, "sweeps": sweeps})
-    with open(os.path.join(RESULTS, f"{name}.md"), "w") as f:
+    with open(os.path.join(out_dir, f"{name}.md"), "w") as f:
         f.write(table + "\n")
 
 

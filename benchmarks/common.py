@@ -3,6 +3,7 @@ import ctypes
 import json
 import os
 import platform
+import re
 import statistics
 import time
 from typing import Callable, Dict, List, Optional
@@ -77,6 +78,15 @@ def machine_info() -> Dict[str, object]:
     info = {"cpu": cpu, "cores": os.cpu_count(), "torch": torch.__version__,
             "torch_threads": torch.get_num_threads(), "python": platform.python_version()}
     info.update(blas_info())
+    # torch's own products (nn's) go through the BLAS torch was built with: MKL in PyPI's wheels,
+    # libblas.so.3 (OpenBLAS here) in Debian's.
+    m = re.search(r"BLAS_INFO=(\w+)", torch.__config__.show())
+    info["torch_blas"] = m.group(1) if m else "unknown"
+    if info["blas_threads"] is None:
+        # No OpenBLAS in the process: PyPI's torch exports MKL's sgemm_ from libtorch_cpu, which our
+        # library's BLAS calls then bind to (the link drops libblas.so.3), at torch's thread count.
+        info["blas"] = f"{info['torch_blas']} inside torch"
+        info["blas_threads"] = "torch's"
     return info
 
 

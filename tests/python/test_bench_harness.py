@@ -65,6 +65,18 @@ def test_rounds_setting_is_used_and_reported(fast_blocks, monkeypatch):
     calls = []
     bench.interleaved_medians({"nn": lambda: calls.append(1)}, repeats=4)
     assert len(calls) == 4 * (1 + 1)  # 4 blocks of a warm-up and one timed run
-    info = {"cpu": "cpu", "cores": 2, "torch": "1.13", "blas": "blas", "blas_threads": 2, "kernels": "k"}
+    info = {"cpu": "cpu", "cores": 2, "torch": "1.13", "blas": "blas", "blas_threads": 2, "kernels": "k",
+            "torch_blas": "mkl"}
     text = bench.markdown([], {1: (100.0, 120.0)}, info, "cmd", [], [])
     assert "4 interleaved rounds" in text
+
+
+def test_nn_kernels_names_what_the_profiler_saw(threads):
+    torch.set_num_threads(1)
+    x = torch.randn(3, 2, 4)
+    gru, _ = bench.make_modules("GRU", 4, 4, 1, False)
+    assert bench.nn_kernels(gru, x) == {"forward": "ATen", "forward+backward": "ATen"}
+    lstm, _ = bench.make_modules("LSTM", 4, 4, 1, False)
+    with torch.backends.mkldnn.flags(enabled=False):  # no oneDNN: torch's own cells, whatever the version
+        assert bench.nn_kernels(lstm, x) == {"forward": "ATen", "forward+backward": "ATen"}
+    assert set(bench.nn_kernels(lstm, x).values()) <= {"oneDNN", "ATen"}
