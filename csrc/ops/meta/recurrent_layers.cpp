@@ -8,6 +8,7 @@
 #include <vector>
 
 #include "checks.h"
+#include "ops/layer_kernels.h"
 #include "ops/layer_shapes.h"
 
 namespace torch_rnn_ext {
@@ -41,81 +42,47 @@ LayerShape<S> layer_shape(const char* op, const Tensor& input, const optional<Te
 }
 
 template <CellKind K>
-std::tuple<Tensor, Tensor, Tensor, Tensor> layer_forward(const char* op, const Tensor& input,
-                                                         const optional<Tensor>& hx, const optional<Tensor>& cx,
-                                                         const Tensor& weight_ih, const Tensor& weight_hh,
-                                                         const optional<Tensor>& bias_ih,
-                                                         const optional<Tensor>& bias_hh,
-                                                         const optional<Tensor>& weight_hr,
-                                                         const optional<Tensor>& batch_sizes, bool save) {
+struct MetaLayer {
   using Cell = CellTraits<K>;
-  const LayerShape<S> g = layer_shape(op, input, hx, weight_ih, weight_hh, bias_ih, bias_hh, weight_hr, batch_sizes,
-                                      Cell::kGates, Cell::kHasCell);
-  check_layer_states<S>(g, Cell::kHasCell, input, hx, cx);
-  const auto opts = input.options();
-  return {empty_of(layer_output_sizes(g), opts), empty_of({g.B, g.P}, opts),
-          Cell::kHasCell ? empty_of({g.B, g.H}, opts) : Tensor(),
-          save ? empty_of({g.N, g.H * Cell::kSaved}, opts) : Tensor()};
-}
 
-std::tuple<Tensor, Tensor, Tensor, Tensor> recurrent_layer_forward_meta(
-    string_view mode, const Tensor& input, const optional<Tensor>& hx, const optional<Tensor>& cx,
-    const Tensor& weight_ih, const Tensor& weight_hh, const optional<Tensor>& bias_ih,
-    const optional<Tensor>& bias_hh, const optional<Tensor>& weight_hr, const optional<Tensor>& batch_sizes,
-    bool reverse, bool save) {
-  const std::string m(mode.data(), mode.size());
-  return with_cell(m, [&](auto kind) {
-    return layer_forward<decltype(kind)::value>(m.c_str(), input, hx, cx, weight_ih, weight_hh, bias_ih, bias_hh,
-                                                weight_hr, batch_sizes, save);
-  });
-}
+  static std::tuple<Tensor, Tensor, Tensor, Tensor> forward(const char* op, const Tensor& input,
+                                                            const optional<Tensor>& hx, const optional<Tensor>& cx,
+                                                            const Tensor& weight_ih, const Tensor& weight_hh,
+                                                            const optional<Tensor>& bias_ih,
+                                                            const optional<Tensor>& bias_hh,
+                                                            const optional<Tensor>& weight_hr,
+                                                            const optional<Tensor>& batch_sizes, bool reverse,
+                                                            bool save) {
+    const LayerShape<S> g = layer_shape(op, input, hx, weight_ih, weight_hh, bias_ih, bias_hh, weight_hr,
+                                        batch_sizes, Cell::kGates, Cell::kHasCell);
+    check_layer_states<S>(g, Cell::kHasCell, input, hx, cx);
+    const auto opts = input.options();
+    return {empty_of(layer_output_sizes(g), opts), empty_of({g.B, g.P}, opts),
+            Cell::kHasCell ? empty_of({g.B, g.H}, opts) : Tensor(),
+            save ? empty_of({g.N, g.H * Cell::kSaved}, opts) : Tensor()};
+  }
 
-std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor> recurrent_layer_backward_meta(
-    string_view mode, const optional<Tensor>& grad_output, const optional<Tensor>& grad_h_n,
-    const optional<Tensor>& grad_c_n, const Tensor& input, const optional<Tensor>& hx, const optional<Tensor>& cx,
-    const Tensor& weight_ih, const Tensor& weight_hh, const optional<Tensor>& bias_ih,
-    const optional<Tensor>& bias_hh, const optional<Tensor>& weight_hr, const Tensor& output,
-    const Tensor& workspace, const optional<Tensor>& batch_sizes, bool reverse, std::array<bool, 8> mask) {
-  const std::string m(mode.data(), mode.size());
-  return with_cell(m, [&](auto kind) {
-    using Cell = CellTraits<decltype(kind)::value>;
-    // A packed sequence's batch size is also the first size of the output gradient h_n's.
-    const optional<Tensor> batch_like = present(hx) ? hx : present(grad_h_n) ? grad_h_n : nullopt;
-    const LayerShape<S> g = layer_shape(m.c_str(), input, batch_like, weight_ih, weight_hh, bias_ih, bias_hh,
-                                        weight_hr, batch_sizes, Cell::kGates, Cell::kHasCell);
-    check_layer_backward_args<S>(g, Cell::kHasCell, Cell::kSaved, input, hx, cx, output, workspace,
-                                 grad_output.value_or(Tensor()), grad_h_n.value_or(Tensor()),
-                                 grad_c_n.value_or(Tensor()));
+  static std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor> backward(
+      const char* op, const Tensor& grad_output, const Tensor& grad_h_n, const Tensor& grad_c_n,
+      const Tensor& input, const optional<Tensor>& hx, const optional<Tensor>& cx, const Tensor& weight_ih,
+      const Tensor& weight_hh, const optional<Tensor>& bias_ih, const optional<Tensor>& bias_hh,
+      const optional<Tensor>& weight_hr, const Tensor& output, const Tensor& workspace,
+      const optional<Tensor>& batch_sizes, bool reverse, std::array<bool, 8> mask) {
+    // A packed sequence's batch size is also the first size of the incoming gradient of h_n.
+    const optional<Tensor> batch_like =
+        present(hx) ? hx : grad_h_n.defined() ? optional<Tensor>(grad_h_n) : optional<Tensor>();
+    const LayerShape<S> g = layer_shape(op, input, batch_like, weight_ih, weight_hh, bias_ih, bias_hh, weight_hr,
+                                        batch_sizes, Cell::kGates, Cell::kHasCell);
+    check_layer_backward_args<S>(g, Cell::kHasCell, Cell::kSaved, input, hx, cx, output, workspace, grad_output,
+                                 grad_h_n, grad_c_n);
     const auto opts = input.options();
     const S GH = g.H * Cell::kGates;
-    return std::make_tuple(empty_if(mask[0], input.sym_sizes(), opts), empty_if(mask[1], {g.B, g.P}, opts),
-                           empty_if(mask[2] && Cell::kHasCell, {g.B, g.H}, opts), empty_if(mask[3], {GH, g.I}, opts),
-                           empty_if(mask[4], {GH, g.P}, opts), empty_if(mask[5], {GH}, opts),
-                           empty_if(mask[6], {GH}, opts), empty_if(mask[7] && present(weight_hr), {g.P, g.H}, opts));
-  });
-}
-
-template <CellKind K>
-std::tuple<Tensor, Tensor> single_state_layer_meta(const Tensor& input, const optional<Tensor>& hx,
-                                                   const Tensor& weight_ih, const Tensor& weight_hh,
-                                                   const optional<Tensor>& bias_ih, const optional<Tensor>& bias_hh,
-                                                   const optional<Tensor>& batch_sizes, bool reverse) {
-  const char* op = K == CellKind::GRU ? "gru_layer" : K == CellKind::RNN_TANH ? "rnn_tanh_layer" : "rnn_relu_layer";
-  auto r = layer_forward<K>(op, input, hx, nullopt, weight_ih, weight_hh, bias_ih, bias_hh, nullopt, batch_sizes,
-                            /*save=*/false);
-  return {std::get<0>(r), std::get<1>(r)};
-}
-
-std::tuple<Tensor, Tensor, Tensor> lstm_layer_meta(const Tensor& input, const optional<Tensor>& hx,
-                                                   const optional<Tensor>& cx, const Tensor& weight_ih,
-                                                   const Tensor& weight_hh, const optional<Tensor>& bias_ih,
-                                                   const optional<Tensor>& bias_hh,
-                                                   const optional<Tensor>& batch_sizes, bool reverse,
-                                                   const optional<Tensor>& weight_hr) {
-  auto r = layer_forward<CellKind::LSTM>("lstm_layer", input, hx, cx, weight_ih, weight_hh, bias_ih, bias_hh,
-                                         weight_hr, batch_sizes, /*save=*/false);
-  return {std::get<0>(r), std::get<1>(r), std::get<2>(r)};
-}
+    return {empty_if(mask[0], input.sym_sizes(), opts), empty_if(mask[1], {g.B, g.P}, opts),
+            empty_if(mask[2] && Cell::kHasCell, {g.B, g.H}, opts), empty_if(mask[3], {GH, g.I}, opts),
+            empty_if(mask[4], {GH, g.P}, opts), empty_if(mask[5], {GH}, opts), empty_if(mask[6], {GH}, opts),
+            empty_if(mask[7] && present(weight_hr), {g.P, g.H}, opts)};
+  }
+};
 
 // The CPU kernel's checks (cpu/recurrent_layer.h layer_products) and result: (N, G*H), or with
 // `backward` dx (N, I).
@@ -139,12 +106,7 @@ Tensor layer_products_meta(const Tensor& input, const Tensor& weight_ih, const T
 }  // namespace
 
 TORCH_LIBRARY_IMPL(torch_rnn_ext, Meta, m) {
-  m.impl("lstm_layer", TORCH_FN(lstm_layer_meta));
-  m.impl("gru_layer", TORCH_FN(single_state_layer_meta<CellKind::GRU>));
-  m.impl("rnn_tanh_layer", TORCH_FN(single_state_layer_meta<CellKind::RNN_TANH>));
-  m.impl("rnn_relu_layer", TORCH_FN(single_state_layer_meta<CellKind::RNN_RELU>));
-  m.impl("_recurrent_layer_forward", TORCH_FN(recurrent_layer_forward_meta));
-  m.impl("_recurrent_layer_backward", TORCH_FN(recurrent_layer_backward_meta));
+  LayerKernels<MetaLayer>::register_all(m);
   m.impl("_layer_products", TORCH_FN(layer_products_meta));
 }
 
