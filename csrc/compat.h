@@ -62,6 +62,17 @@ inline c10::ArrayRef<c10::SymInt> sizes_of<c10::SymInt>(const at::Tensor& t) {
   return t.sym_sizes();
 }
 
+// The value of a size when it is known (always for int64_t; for a SymInt unless it is symbolic).
+inline optional<int64_t> concrete(int64_t v) { return v; }
+inline optional<int64_t> concrete(const c10::SymInt& v) {
+#if TRE_TORCH_AT_LEAST(2, 1)
+  if (auto i = v.maybe_as_int()) return *i;
+  return nullopt;
+#else
+  return v.is_symbolic() ? nullopt : optional<int64_t>(v.as_int_unchecked());
+#endif
+}
+
 // Registers the ops that have no autograd kernel (private forwards, which run below autograd) to fall
 // through autograd on the Meta device too: torch 1.13 has no AutogradMeta fallback of its own.
 #define TRE_BELOW_AUTOGRAD_ON_META(...)                                       \

@@ -129,7 +129,7 @@ struct PlainRNNCell : PlainRNNTraits {
                       const T* /*h_prev*/, T* /*c*/, T* out, T* /*saved*/) {
     for (int64_t j = 0; j < H; ++j) {
       const T p = gi[j] + b[j];  // gi + gh + b, the recurrent product already in gi
-      out[j] = kTanh ? tanh_(p) : (p > T(0) ? p : T(0));
+      out[j] = kTanh ? tanh_(p) : (p < T(0) ? T(0) : p);  // relu keeps a NaN, as torch.relu does
     }
   }
 
@@ -139,7 +139,7 @@ struct PlainRNNCell : PlainRNNTraits {
                        T* __restrict dgi, T* /*dgh*/) {
     for (int64_t j = 0; j < H; ++j) {
       const T y = h_new[j];
-      dgi[j] = kTanh ? dh[j] * (T(1) - y * y) : (y > T(0) ? dh[j] : T(0));
+      dgi[j] = kTanh ? dh[j] * (T(1) - y * y) : (y <= T(0) ? T(0) : dh[j]);  // NaN passes dh, as in torch
     }
   }
 };

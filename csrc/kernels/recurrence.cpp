@@ -48,6 +48,7 @@ int64_t packed_step_max_rows() {
 bool split_batch_rows() { return at::get_num_threads() > 1; }
 
 bool uses_packed_weights(const SeqLayout& L, int64_t max_rows) {
+  if (!L.batch_sizes) return L.T > 0 && L.batch >= 2 && L.batch <= max_rows;
   for (int64_t t = 0; t < L.T; ++t)
     if (L.batch_sizes[t] >= 2 && L.batch_sizes[t] <= max_rows) return true;
   return false;

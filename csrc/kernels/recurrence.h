@@ -9,14 +9,19 @@
 namespace torch_rnn_ext {
 namespace kernels {
 
-// A sequence of N rows in time-major order: the rows of time t are
-// [offsets[t], offsets[t] + batch_sizes[t]), batch_sizes non-increasing (see recurrence_impl.h).
+// A sequence of N rows in time-major order: the rows of time t are [offset(t), offset(t) + rows(t)),
+// rows non-increasing (see recurrence_impl.h). A packed sequence gives them per step (batch_sizes and
+// offsets, [T] each); a padded one has `batch` rows at every step and no arrays (nullptr), so its layout
+// costs nothing however long the sequence is.
 struct SeqLayout {
-  const int64_t* batch_sizes;  // [T]
-  const int64_t* offsets;      // [T]
+  const int64_t* batch_sizes;  // [T], or nullptr: `batch` rows at every step
+  const int64_t* offsets;      // [T], or nullptr likewise
   int64_t T;
   bool reverse;
+  int64_t batch = 0;  // rows per step of a padded sequence
   int64_t time(int64_t step) const { return reverse ? T - 1 - step : step; }
+  int64_t rows(int64_t t) const { return batch_sizes ? batch_sizes[t] : batch; }
+  int64_t offset(int64_t t) const { return offsets ? offsets[t] : t * batch; }
 };
 
 // Time steps with 2..kPackedStepMaxRows active rows multiply by packed copies of the weights (the kernel

@@ -1,9 +1,9 @@
 #pragma once
 // The time loop shared by every recurrent cell, on raw pointers (no at::Tensor, no allocation inside).
 //
-// A sequence is N rows in time-major order: the rows of time t are [offsets[t], offsets[t] + batch_sizes[t]),
-// and batch_sizes is non-increasing. A padded (T, B, .) sequence is the case batch_sizes[t] == B; a
-// PackedSequence is the general case. At every step only the first batch_sizes[t] batch rows advance;
+// A sequence is N rows in time-major order: the rows of time t are [offset(t), offset(t) + rows(t)),
+// and rows(t) is non-increasing. A padded (T, B, .) sequence is the case rows(t) == B; a
+// PackedSequence is the general case. At every step only the first rows(t) batch rows advance;
 // the others keep their state, so a row's final state is the one after its own last step, as in torch.nn.
 // A reverse layer walks time from T-1 to 0; a row that becomes active then starts from its initial state.
 //
@@ -53,6 +53,7 @@ inline void step_product(bool trans_b, int64_t rows, int64_t M, int64_t N, int64
 // synchronisation between steps (only its products' inner parallel_for, which then runs inline).
 template <typename F>
 inline void for_row_shares(int64_t B, bool split, const F& f) {
+  if (B == 0) return;  // no rows at any step (batch sizes do not increase): however long T, nothing to do
   if (split && B > 1) {
     at::parallel_for(0, B, 1, f);
   } else {
@@ -63,7 +64,7 @@ inline void for_row_shares(int64_t B, bool split, const F& f) {
 // How many of the batch rows [r0, r1) (a share of for_row_shares) are active at step s of L: rows
 // r0 .. r0 + share_rows (none when <= 0, or when s is outside [0, T)).
 inline int64_t share_rows(const SeqLayout& L, int64_t s, int64_t r0, int64_t r1) {
-  return s < 0 || s >= L.T ? 0 : std::min(L.batch_sizes[L.time(s)], r1) - r0;
+  return s < 0 || s >= L.T ? 0 : std::min(L.rows(L.time(s)), r1) - r0;
 }
 
 // Forward over all steps (arguments: ForwardArgs in recurrence.h).
@@ -73,16 +74,16 @@ void recurrence_forward(const SeqLayout& L, const ForwardArgs<T>& a) {
   // op(B) of the steps' products: W_hh^T (P, GH) and W_hr^T (H, P).
   if (a.w_hh_packed) pack_b<T>(P, GH, a.w_hh, 1, P, a.w_hh_packed);
   if (a.w_hr && a.w_hr_packed) pack_b<T>(H, P, a.w_hr, 1, H, a.w_hr_packed);
-  const int64_t batch = L.T > 0 ? L.batch_sizes[0] : 0;  // the first step's, the most
+  const int64_t batch = L.T > 0 ? L.rows(0) : 0;  // the first step's, the most
   for_row_shares(batch, a.split_rows, [&](int64_t r0, int64_t r1) {
     auto active = [&](int64_t s) { return share_rows(L, s, r0, r1); };
     for (int64_t s = 0; s < L.T; ++s) {
-      const int64_t t = L.time(s), bs = L.batch_sizes[t], n = active(s);
+      const int64_t t = L.time(s), bs = L.rows(t), n = active(s);
       if (n <= 0) continue;
-      const int64_t off = L.offsets[t];
+      const int64_t off = L.offset(t);
       // The state this step starts from: the previous step's output rows when they cover this step's
       // (always, except where a reverse packed sequence gains rows), else h, kept for that below.
-      const T* hp = active(s - 1) >= n ? a.out + (L.offsets[L.time(s - 1)] + r0) * P : a.h + r0 * P;
+      const T* hp = active(s - 1) >= n ? a.out + (L.offset(L.time(s - 1)) + r0) * P : a.h + r0 * P;
       // LSTM and RNN sum the two products: the recurrent one accumulates into gi's rows of this step.
       // GRU needs it apart (r scales its n block): it accumulates onto rows of b_hh. Either way the
       // product adds to C rather than first clearing it (OpenBLAS's separate beta = 0 pass measured 8%
@@ -95,7 +96,7 @@ void recurrence_forward(const SeqLayout& L, const ForwardArgs<T>& a) {
         step_product<T>(true, bs, n, GH, P, hp, a.w_hh, a.w_hh_packed, a.packed_max_rows, a.gh + r0 * GH, true);
       }
       if (s + 1 < L.T) {  // next step's rows of gi, written long ago by the input projection: fetch them now
-        const char* p = reinterpret_cast<const char*>(a.gi + (L.offsets[L.time(s + 1)] + r0) * GH);
+        const char* p = reinterpret_cast<const char*>(a.gi + (L.offset(L.time(s + 1)) + r0) * GH);
         const int64_t bytes = std::max<int64_t>(active(s + 1), 0) * GH * static_cast<int64_t>(sizeof(T));
         for (int64_t i = 0; i < bytes; i += 64) __builtin_prefetch(p + i, 1);
       }
@@ -133,18 +134,18 @@ void recurrence_backward(const SeqLayout& L, const BackwardArgs<T>& a) {
   // op(B) of the steps' products: W_hh (GH, P) and W_hr (P, H), as stored.
   if (a.w_hh_packed) pack_b<T>(GH, P, a.w_hh, P, 1, a.w_hh_packed);
   if (a.w_hr && a.w_hr_packed) pack_b<T>(P, H, a.w_hr, H, 1, a.w_hr_packed);
-  const int64_t batch = L.T > 0 ? L.batch_sizes[0] : 0;  // the first step's, the most
+  const int64_t batch = L.T > 0 ? L.rows(0) : 0;  // the first step's, the most
   for_row_shares(batch, a.split_rows, [&](int64_t r0, int64_t r1) {
     for (int64_t s = L.T - 1; s >= 0; --s) {
-      const int64_t t = L.time(s), bs = L.batch_sizes[t];
+      const int64_t t = L.time(s), bs = L.rows(t);
       const int64_t n = share_rows(L, s, r0, r1);
       if (n <= 0) continue;
-      const int64_t off = L.offsets[t];
+      const int64_t off = L.offset(t);
       int64_t bs_prev = 0, off_prev = 0;
       if (s > 0) {
         const int64_t tp = L.time(s - 1);
-        bs_prev = L.batch_sizes[tp];
-        off_prev = L.offsets[tp];
+        bs_prev = L.rows(tp);
+        off_prev = L.offset(tp);
       }
       for (int64_t b = r0; b < r0 + n; ++b) {  // total gradient of each active row's h
         T* dh = a.dh + b * P;
@@ -195,10 +196,10 @@ void recurrence_step_products(const SeqLayout& L, int64_t N, int64_t K, const T*
   const int64_t max_rows = packed_step_max_rows();
   const Scratch<T> packed(uses_packed_weights(L, max_rows) ? packed_b_size<T>(K, N) : 0);
   if (packed.get()) pack_b<T>(K, N, W, trans_b ? 1 : N, trans_b ? K : 1, packed.get());
-  const int64_t batch = L.T > 0 ? L.batch_sizes[0] : 0;
+  const int64_t batch = L.T > 0 ? L.rows(0) : 0;
   for_row_shares(batch, split_batch_rows(), [&](int64_t r0, int64_t r1) {
     for (int64_t s = 0; s < L.T; ++s) {
-      const int64_t t = L.time(s), bs = L.batch_sizes[t], n = share_rows(L, s, r0, r1), row = L.offsets[t] + r0;
+      const int64_t t = L.time(s), bs = L.rows(t), n = share_rows(L, s, r0, r1), row = L.offset(t) + r0;
       if (n > 0) step_product<T>(trans_b, bs, n, N, K, A + row * K, W, packed.get(), max_rows, C + row * N, true);
     }
   });

@@ -34,6 +34,8 @@ struct ScanChannel {
   T D;
   T delta_bias;
   bool softplus;
+  bool has_D = true;  // false: no skip term (not 0 * u, which is NaN for an infinite u)
+  T skip(int64_t t) const { return has_D ? D * u[t] : T(0); }
 };
 
 // Where one channel's gradients go. gu, gdelta, gz (L) are written; gz may be nullptr (no z). gA (N),

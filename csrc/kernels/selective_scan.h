@@ -108,7 +108,7 @@ inline void scan_steps(const ScanChannel<T>& p, int64_t t0, int64_t n, const T* 
     const int64_t t = t0 + i;
     const T s = scan_step_from<kN>(N, du[i], abuf + i * N, p.B + t * p.b_step, p.C + t * p.c_step,
                                    i ? h + (i - 1) * N : h0, h + i * N);
-    y[i] = s + p.D * p.u[t];
+    y[i] = s + p.skip(t);
   }
 }
 
@@ -119,7 +119,7 @@ inline void scan_steps_in_place(const ScanChannel<T>& p, int64_t t0, int64_t n, 
                                 T* y) {
   for (int64_t i = 0; i < n; ++i) {
     const int64_t t = t0 + i;
-    y[i] = scan_step<0>(p.N, dt[i], du[i], p.A, p.B + t * p.b_step, p.C + t * p.c_step, h) + p.D * p.u[t];
+    y[i] = scan_step<0>(p.N, dt[i], du[i], p.A, p.B + t * p.b_step, p.C + t * p.c_step, h) + p.skip(t);
   }
 }
 

@@ -9,6 +9,7 @@
 #include <cmath>
 #include <cstdint>
 #include <cstring>
+#include <limits>
 
 #ifndef TRE_CPU_CAPABILITY
 #define TRE_CPU_CAPABILITY base
@@ -29,11 +30,14 @@ inline float from_bits(uint32_t b) {
   return x;
 }
 
-// The range fast_exp clamps its argument to: it saturates at e^88 (finite), and is ~0 below e^-87. A NaN
-// stays NaN.
+// The range fast_exp clamps its argument to, [-87.3, 88]: between 88 and float's overflow (88.72) it
+// saturates at e^88, finite. Below -87.3 and above 88.72 the clamp leaves markers (-88, 89) which
+// fast_exp_clamped turns into exactly 0 and inf, as exp(-inf) and exp(inf) are (e^x below -87.3 is a
+// float denormal: flushed to 0). A NaN stays NaN.
 inline float exp_clamp(float x) {
-  x = x < -87.3f ? -87.3f : x;
-  return x > 88.0f ? 88.0f : x;
+  x = x < -87.3f ? -88.0f : x;
+  x = x > 88.0f && x <= 88.72f ? 88.0f : x;
+  return x > 88.72f ? 89.0f : x;
 }
 
 // fast_exp of an x already clamped (exp_clamp). Loops that clamp in a pass of their own use it: GCC
@@ -44,7 +48,8 @@ inline float fast_exp_clamped(float x) {
   constexpr float kShift = 12582912.0f;
   const float fx = x * 1.44269504088896341f + kShift;
   const float fn = fx - kShift;
-  const int32_t n = static_cast<int32_t>(as_bits(fx) - as_bits(kShift));
+  // n in unsigned arithmetic: for a NaN x it is any bit pattern, and the shift below must not overflow.
+  const uint32_t n = as_bits(fx) - as_bits(kShift);
   const float r = x - fn * 0.693359375f + fn * 2.12194440e-4f;
   const float z = r * r;
   float y = 1.9875691500e-4f;
@@ -54,10 +59,12 @@ inline float fast_exp_clamped(float x) {
   y = y * r + 1.6666665459e-1f;
   y = y * r + 5.0000001201e-1f;
   y = y * z + r + 1.0f;
-  const int32_t bits = (n + 127) << 23;  // 2^n
+  const uint32_t bits = (n + 127u) << 23;  // 2^n
   float scale;
   std::memcpy(&scale, &bits, sizeof(scale));
-  return y * scale;
+  const float e = y * scale;
+  // exp_clamp's markers: 0 below the float range, inf above it
+  return x < -87.5f ? 0.0f : (x > 88.5f ? std::numeric_limits<float>::infinity() : e);
 }
 
 inline float fast_exp(float x) { return fast_exp_clamped(exp_clamp(x)); }

@@ -34,15 +34,22 @@ struct WkvWeights {
   T take_w;  // 1 or 0 (a float, not a bool, so that loops over it vectorise)
 };
 
+// a - b for two log-weights, 0 when they are equal: two weights of e^-inf are then equal (and both
+// vanish against any finite one later) instead of giving inf - inf = NaN.
+template <typename T>
+inline T log_weight_gap(T a, T b) {
+  return select_(a == b, T(0), a - b);
+}
+
 template <typename T>
 inline WkvWeights<T> wkv_weights(T w, T u, T pp, T kk) {
   WkvWeights<T> r;
-  const T d1 = pp - (u + kk);  // p1 = pp when d1 > 0
+  const T d1 = log_weight_gap(pp, u + kk);  // p1 = pp when d1 > 0
   const T x1 = exp_(-std::abs(d1));
   const bool take_pp = d1 > T(0);
   r.e1 = select_(take_pp, T(1), x1);
   r.e2 = select_(take_pp, x1, T(1));
-  const T ww2 = w + pp, d2 = ww2 - kk;  // p2 = w + pp when d2 >= 0
+  const T ww2 = w + pp, d2 = log_weight_gap(ww2, kk);  // p2 = w + pp when d2 >= 0
   const bool take_w = d2 >= T(0);
   const T x2 = exp_(-std::abs(d2));
   r.take_w = select_(take_w, T(1), T(0));

@@ -54,8 +54,9 @@ LayerShape<S> check_layer_shape(const char* op, const c10::Device& device, const
     TORCH_CHECK(g.P < g.H, op, ": weight_hr: proj_size (", g.P, ") must be smaller than hidden_size (", g.H, ")");
   } else {
     g.H = g.P;
-    TORCH_CHECK(rows_hh == g.H * gates, op, ": weight_hh: expected size (", gates,
-                " * hidden_size, hidden_size) = (", g.H * gates, ", ", g.H, "), got ", weight_hh.sym_sizes());
+    const S GH = checked_product<S>(op, "weight_hh: gates x hidden_size", {S(gates), g.H});
+    TORCH_CHECK(rows_hh == GH, op, ": weight_hh: expected size (", gates, " * hidden_size, hidden_size) = (", GH,
+                ", ", g.H, "), got ", weight_hh.sym_sizes());
   }
   check_device(weight_ih, device, "weight_ih");
   check_dtype(weight_ih, input.scalar_type(), "weight_ih");
@@ -84,6 +85,10 @@ LayerShape<S> check_layer_shape(const char* op, const c10::Device& device, const
                 input.sym_sizes());
     g.N = g.T * g.B;
   }
+  // The largest buffers a layer allocates, its gate pre-activations and workspace, have at most
+  // 2 * gates * hidden_size values per row.
+  checked_product<S>(op, "input and weight_hh: rows x 2 * gates x hidden_size (the layer's workspace)",
+                     {g.N, S(2 * gates), g.H});
   return g;
 }
 
@@ -92,6 +97,8 @@ LayerShape<S> check_layer_shape(const char* op, const c10::Device& device, const
 inline int64_t read_batch_sizes(const char* op, const at::Tensor& bsz, int64_t rows, std::vector<int64_t>& sizes,
                                 std::vector<int64_t>& offsets) {
   const int64_t T = bsz.size(0);
+  TORCH_CHECK(T <= rows, op, ": batch_sizes: ", T, " timesteps of at least one row each, but input has ", rows,
+              " rows");
   const at::Tensor b = bsz.contiguous();
   const int64_t* p = b.data_ptr<int64_t>();
   sizes.assign(p, p + T);
@@ -100,6 +107,9 @@ inline int64_t read_batch_sizes(const char* op, const at::Tensor& bsz, int64_t r
   for (int64_t t = 0; t < T; ++t) {
     TORCH_CHECK(sizes[t] >= 1 && (t == 0 || sizes[t] <= sizes[t - 1]), op,
                 ": batch_sizes: expected positive, non-increasing values, got ", bsz);
+    // Each partial sum against the rows left, so huge values cannot wrap around to the row count.
+    TORCH_CHECK(sizes[t] <= rows - total, op, ": batch_sizes sum to more than the ", rows,
+                " rows of input (the first ", t + 1, " values already do)");
     offsets[t] = total;
     total += sizes[t];
   }

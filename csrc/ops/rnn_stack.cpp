@@ -70,10 +70,16 @@ std::tuple<Tensor, Tensor, Tensor> run_stack(const char* op, const Tensor& input
                                              bool can_project, int64_t num_layers, double dropout, bool train,
                                              bool bidirectional, bool batch_first,
                                              const optional<Tensor>& batch_sizes, const LayerFn& layer) {
+  check_defined(input, "input");
   TORCH_CHECK(num_layers >= 1, op, ": num_layers: expected at least 1, got ", num_layers);
   TORCH_CHECK(dropout >= 0 && dropout <= 1, op, ": dropout: expected a probability in [0, 1], got ", dropout);
   const int64_t D = bidirectional ? 2 : 1, base = has_biases ? 4 : 2;
   const int64_t n = static_cast<int64_t>(params.size());
+  // Every layer and direction has at least two tensors: num_layers is bounded by the tensors given before
+  // the counts below multiply it.
+  TORCH_CHECK(num_layers <= n, op, ": params: expected ", base, can_project ? " (or, with projections, " +
+              std::to_string(base + 1) + ")" : "", " tensors per layer and direction for num_layers=", num_layers,
+              ", directions=", D, ", has_biases=", has_biases, ", got ", n);
   const bool proj = can_project && n == num_layers * D * (base + 1);
   const int64_t per = base + (proj ? 1 : 0);
   TORCH_CHECK(n == num_layers * D * per, op, ": params: expected ", num_layers * D * base,
@@ -114,7 +120,9 @@ std::tuple<Tensor, Tensor, Tensor> run_stack(const char* op, const Tensor& input
   }
   TORCH_CHECK(params[1].dim() == 2, op, ": params[1] (weight_hh_l0): expected a 2-D tensor, got size ",
               params[1].sym_sizes());
-  const c10::SymInt P = params[1].sym_size(1), H = proj ? params[per - 1].sym_size(1) : P;
+  // With projections, the hidden size is weight_hh's rows over the 4 gates (the layers check weight_hr
+  // against it), so that a wrong weight_hr is reported as such rather than as a wrong c_0.
+  const c10::SymInt P = params[1].sym_size(1), H = proj ? params[1].sym_size(0) / 4 : P;
   const int64_t LD = num_layers * D;
   if (h0.defined()) check_hidden(h0, {LD, B, P}, c0.defined() || can_project ? "hidden[0]" : "hidden");
   if (c0.defined()) check_hidden(c0, {LD, B, H}, "hidden[1]");
@@ -164,6 +172,7 @@ std::tuple<Tensor, Tensor, Tensor> single_state_layer_fn(const Tensor& x, const 
 
 // A cell step is a one-step layer: (B, I) -> (1, B, I) -> layer -> (B, .).
 Tensor as_one_step(const char* op, const Tensor& input) {
+  check_defined(input, "input");
   TORCH_CHECK(input.dim() == 2, op, ": input: expected a 2-D tensor (batch, input_size), got a ", input.dim(),
               "-D tensor of size ", input.sizes());
   return input.unsqueeze(0);

@@ -32,7 +32,7 @@ struct ScanShape {
 template <typename S>
 Operand<S> check_operand(const at::Tensor& t, const at::Tensor& u, const ScanShape<S>& g, const char* name) {
   check_device(t, u.device(), name);
-  check_dtype(t, u.scalar_type(), name);
+  check_dtype(t, u.scalar_type(), name, "u");
   Operand<S> o;
   if (t.dim() == 2) {
     check_sizes<S>(t, {g.dim, g.N}, name);
@@ -71,9 +71,9 @@ ScanShape<S> check_selective_scan(const c10::Device& device, const at::Tensor& u
   g.dim = size_of<S>(u, 1);
   g.L = size_of<S>(u, 2);
   TORCH_CHECK(g.L >= 1, "selective_scan: u: expected a sequence of at least one step, got size ", u.sym_sizes());
-  check_like<S>(delta, u, sizes_of<S>(u), "delta");
+  check_like<S>(delta, u, sizes_of<S>(u), "delta", "u");
   check_device(A, device, "A");
-  check_dtype(A, u.scalar_type(), "A");
+  check_dtype(A, u.scalar_type(), "A", "u");
   check_dim(A, 2, "A");
   TORCH_CHECK(size_of<S>(A, 0) == g.dim, "selective_scan: A: expected size (dim, d_state) = (", g.dim,
               ", d_state), got ", A.sym_sizes());
@@ -81,10 +81,13 @@ ScanShape<S> check_selective_scan(const c10::Device& device, const at::Tensor& u
   TORCH_CHECK(g.N >= 1, "selective_scan: A: expected d_state >= 1, got size ", A.sym_sizes());
   g.B = check_operand<S>(B, u, g, "B");
   g.C = check_operand<S>(C, u, g, "C");
-  check_optional_like<S>(D, u, {g.dim}, "D");
-  check_optional_like<S>(z, u, sizes_of<S>(u), "z");
-  check_optional_like<S>(delta_bias, u, {g.dim}, "delta_bias");
-  check_optional_like<S>(initial_state, u, {g.batch, g.dim, g.N}, "initial_state");
+  check_optional_like<S>(D, u, {g.dim}, "D", "u");
+  check_optional_like<S>(z, u, sizes_of<S>(u), "z", "u");
+  check_optional_like<S>(delta_bias, u, {g.dim}, "delta_bias", "u");
+  // The state, and the checkpoints training keeps, span u's and A's sizes: no tensor bounds their product.
+  checked_product<S>("selective_scan", "u and A: batch x dim x chunks of L x d_state (the saved states)",
+                     {g.batch, g.dim, scan_chunks(g.L), g.N});
+  check_optional_like<S>(initial_state, u, {g.batch, g.dim, g.N}, "initial_state", "u");
   return g;
 }
 
@@ -93,9 +96,9 @@ template <typename S>
 void check_selective_scan_backward_args(const ScanShape<S>& g, const at::Tensor& u, const at::Tensor& checkpoints,
                                         const optional<at::Tensor>& grad_out,
                                         const optional<at::Tensor>& grad_last_state) {
-  check_like<S>(checkpoints, u, {g.batch, g.dim, scan_chunks(g.L), g.N}, "checkpoints");
-  check_optional_like<S>(grad_out, u, sizes_of<S>(u), "grad_out");
-  check_optional_like<S>(grad_last_state, u, {g.batch, g.dim, g.N}, "grad_last_state");
+  check_like<S>(checkpoints, u, {g.batch, g.dim, scan_chunks(g.L), g.N}, "checkpoints", "u");
+  check_optional_like<S>(grad_out, u, sizes_of<S>(u), "grad_out", "u");
+  check_optional_like<S>(grad_last_state, u, {g.batch, g.dim, g.N}, "grad_last_state", "u");
 }
 
 template <typename S>
@@ -112,10 +115,11 @@ WkvShape<S> check_wkv4(const c10::Device& device, const at::Tensor& time_decay, 
               k.sym_sizes());
   WkvShape<S> g{size_of<S>(k, 0), size_of<S>(k, 1), size_of<S>(k, 2)};
   TORCH_CHECK(g.T >= 1, "wkv4: k: expected a sequence of at least one step, got size ", k.sym_sizes());
-  check_like<S>(v, k, sizes_of<S>(k), "v");
-  check_like<S>(time_decay, k, {g.C}, "time_decay");
-  check_like<S>(time_first, k, {g.C}, "time_first");
-  check_optional_like<S>(state, k, {g.batch, 3, g.C}, "state");
+  check_like<S>(v, k, sizes_of<S>(k), "v", "k");
+  check_like<S>(time_decay, k, {g.C}, "time_decay", "k");
+  check_like<S>(time_first, k, {g.C}, "time_first", "k");
+  checked_product<S>("wkv4", "k: batch x chunks of T x 3 x C (the saved states)", {g.batch, scan_chunks(g.T), S(3), g.C});
+  check_optional_like<S>(state, k, {g.batch, 3, g.C}, "state", "k");
   return g;
 }
 
@@ -123,9 +127,9 @@ WkvShape<S> check_wkv4(const c10::Device& device, const at::Tensor& time_decay, 
 template <typename S>
 void check_wkv4_backward_args(const WkvShape<S>& g, const at::Tensor& k, const at::Tensor& checkpoints,
                               const optional<at::Tensor>& grad_y, const optional<at::Tensor>& grad_new_state) {
-  check_like<S>(checkpoints, k, {g.batch, scan_chunks(g.T), 3, g.C}, "checkpoints");
-  check_optional_like<S>(grad_y, k, sizes_of<S>(k), "grad_y");
-  check_optional_like<S>(grad_new_state, k, {g.batch, 3, g.C}, "grad_new_state");
+  check_like<S>(checkpoints, k, {g.batch, scan_chunks(g.T), 3, g.C}, "checkpoints", "k");
+  check_optional_like<S>(grad_y, k, sizes_of<S>(k), "grad_y", "k");
+  check_optional_like<S>(grad_new_state, k, {g.batch, 3, g.C}, "grad_new_state", "k");
 }
 
 }  // namespace torch_rnn_ext

@@ -3,6 +3,7 @@
 #include <gtest/gtest.h>
 
 #include <cmath>
+#include <limits>
 
 #include "kernels/vec_math.h"
 
@@ -19,10 +20,19 @@ TEST(VecMath, ExpRelativeErrorBelowThreeUlp) {
   EXPECT_LT(worst, 3 * 1.2e-7);
 }
 
-TEST(VecMath, ExpSaturatesInsteadOfOverflowingToGarbage) {
-  EXPECT_TRUE(std::isfinite(fast_exp(1000.0f)));
-  EXPECT_GE(fast_exp(-1000.0f), 0.0f);
-  EXPECT_LT(fast_exp(-1000.0f), 1e-37f);
+TEST(VecMath, ExpOutsideFloatRangeIsZeroOrInfinityNeverGarbage) {
+  // beyond float's range: exactly what exp gives (0, inf), also for the infinities
+  EXPECT_EQ(fast_exp(-1000.0f), 0.0f);
+  EXPECT_EQ(fast_exp(-std::numeric_limits<float>::infinity()), 0.0f);
+  EXPECT_EQ(fast_exp(1000.0f), std::numeric_limits<float>::infinity());
+  EXPECT_EQ(fast_exp(std::numeric_limits<float>::infinity()), std::numeric_limits<float>::infinity());
+  EXPECT_TRUE(std::isnan(fast_exp(std::numeric_limits<float>::quiet_NaN())));
+  // between e^88 and float's largest value it saturates at e^88, finite
+  EXPECT_TRUE(std::isfinite(fast_exp(88.5f)));
+  EXPECT_GT(fast_exp(88.5f), 1e38f);
+  // the two-pass form agrees
+  for (float x : {-1000.0f, -87.4f, -20.0f, 0.0f, 50.0f, 88.5f, 1000.0f})
+    EXPECT_EQ(fast_exp_clamped(exp_clamp(x)), fast_exp(x)) << x;
 }
 
 TEST(VecMath, TanhAndSigmoidAbsoluteErrorBelow4e7) {

@@ -8,6 +8,8 @@ from typing import Optional, Tuple
 import torch
 from torch import Tensor, nn
 
+from .rnn import check_lstm_state
+
 __all__ = ["LSTMCell", "GRUCell", "RNNCell"]
 
 
@@ -21,14 +23,16 @@ class LSTMCell(nn.LSTMCell):
     """
 
     def forward(self, input: Tensor, hx: Optional[Tuple[Tensor, Tensor]] = None) -> Tuple[Tensor, Tensor]:
-        assert input.dim() in (1, 2), \
-            f"LSTMCell: Expected input to be 1-D or 2-D but received {input.dim()}-D tensor"
+        if input.dim() not in (1, 2):  # torch.nn 2.x's ValueError (1.13's nn asserted)
+            raise ValueError(f"LSTMCell: Expected input to be 1D or 2D, got {input.dim()}D instead")
         is_batched = input.dim() == 2
         if not is_batched:
             input = input.unsqueeze(0)
         h: Optional[Tensor] = None
         c: Optional[Tensor] = None
         if hx is not None:
+            if not torch.jit.is_scripting():
+                check_lstm_state(hx, "lstm_cell")
             h, c = (hx[0], hx[1]) if is_batched else (hx[0].unsqueeze(0), hx[1].unsqueeze(0))
         h_new, c_new = torch.ops.torch_rnn_ext.lstm_cell(input, h, c, self.weight_ih, self.weight_hh, self.bias_ih,
                                                          self.bias_hh)
@@ -39,8 +43,8 @@ class LSTMCell(nn.LSTMCell):
 
 def _single_state_cell_forward(self, input: Tensor, hx: Optional[Tensor] = None) -> Tensor:
     """forward of GRUCell and RNNCell; the class's ``_step`` makes the op call."""
-    assert input.dim() in (1, 2), \
-        f"{self._name}: Expected input to be 1-D or 2-D but received {input.dim()}-D tensor"
+    if input.dim() not in (1, 2):
+        raise ValueError(f"{self._name}: Expected input to be 1D or 2D, got {input.dim()}D instead")
     is_batched = input.dim() == 2
     if not is_batched:
         input = input.unsqueeze(0)

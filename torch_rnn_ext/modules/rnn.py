@@ -52,6 +52,8 @@ class LSTM(nn.RNNBase):
 
     def forward(self, input: Tensor, hx: Optional[Tuple[Tensor, Tensor]] = None
                 ) -> Tuple[Tensor, Tuple[Tensor, Tensor]]:  # type: ignore[override]
+        if not torch.jit.is_scripting() and hx is not None:
+            check_lstm_state(hx, "lstm")
         if isinstance(input, PackedSequence):
             return _packed_forward(self, input, hx)
         # One op call: it takes batched and unbatched input and checks every argument (torch.nn's
@@ -60,6 +62,19 @@ class LSTM(nn.RNNBase):
             input, [] if hx is None else [hx[0], hx[1]], self._flat_weights, self.bias, self.num_layers,
             self.dropout, self.training, self.bidirectional, self.batch_first, None)
         return output, (h_n, c_n)
+
+
+def check_lstm_state(hx: Any, op: str) -> None:
+    """An LSTM's (h_0, c_0) in eager mode, with torch.nn's exception types: a Tensor is not split into
+    two (TypeError), and fewer or more than two states raise as nn does (``op`` is ``lstm`` or
+    ``lstm_cell``). TorchScript checks the annotated type instead."""
+    if not isinstance(hx, (tuple, list)):
+        raise TypeError(f"{op}(): argument 'hx' must be a tuple of two Tensors (h_0, c_0), not "
+                        f"{type(hx).__name__}")
+    if len(hx) != 2:
+        message = f"{op} expects two hidden states (h_0, c_0), got {len(hx)}"
+        # nn.LSTM indexes hx[1] first (IndexError); nn.LSTMCell and longer tuples reach ATen's check.
+        raise IndexError(message) if op == "lstm" and len(hx) < 2 else RuntimeError(message)
 
 
 def _reject_proj_size(kwargs):

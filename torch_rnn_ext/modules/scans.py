@@ -12,6 +12,27 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 
+def _check_stream_args(module: str, x: Tensor, x_name: str, x_sizes: Tuple[int, ...],
+                       states: Tuple[Tuple[Tensor, str, Tuple[int, ...]], ...], like: Tensor) -> None:
+    """Eager-mode checks of a streaming call's input and states: their shapes (-1: any batch, the same for
+    all; -2: any length) and dtype (``like``'s), so a wrong state raises naming it instead of being
+    broadcast or failing inside torch.cat."""
+    if x.dim() != len(x_sizes) or any(w >= 0 and g != w for g, w in zip(x.shape, x_sizes)):
+        raise ValueError(f"{module}: {x_name}: expected a tensor of size "
+                         f"({', '.join('batch' if w == -1 else 'L' if w == -2 else str(w) for w in x_sizes)}), "
+                         f"got {tuple(x.shape)}")
+    if x.dtype != like.dtype:
+        raise TypeError(f"{module}: {x_name}: expected dtype {like.dtype} (the module's), got {x.dtype}")
+    batch = x.size(0)
+    for t, name, sizes in states:
+        want = tuple(batch if w == -1 else w for w in sizes)
+        if not isinstance(t, Tensor) or tuple(t.shape) != want:
+            got = tuple(t.shape) if isinstance(t, Tensor) else type(t).__name__
+            raise ValueError(f"{module}: {name}: expected size {want} (batch {batch} of {x_name}), got {got}")
+        if t.dtype != like.dtype:
+            raise TypeError(f"{module}: {name}: expected dtype {like.dtype} (the module's), got {t.dtype}")
+
+
 class MambaMixer(nn.Module):
     r"""The Mamba block's mixer, with the parameter names, shapes and initialisation of mamba_ssm's
     ``Mamba`` (so its state dicts load unchanged), computed by the C++ ``selective_scan`` op.
@@ -95,6 +116,10 @@ class MambaMixer(nn.Module):
     def step(self, hidden_states: Tensor, conv_state: Tensor,
              ssm_state: Tensor) -> Tuple[Tensor, Tensor, Tensor]:
         """One token: hidden_states (batch, d_model) -> (out (batch, d_model), conv_state, ssm_state)."""
+        if not torch.jit.is_scripting():
+            _check_stream_args("MambaMixer.step", hidden_states, "hidden_states", (-1, self.d_model),
+                               ((conv_state, "conv_state", (-1, self.d_inner, self.d_conv)),
+                                (ssm_state, "ssm_state", (-1, self.d_inner, self.d_state))), self.A_log)
         xz = self.in_proj(hidden_states)
         x, z = xz.chunk(2, dim=-1)
         conv_state = torch.cat([conv_state[:, :, 1:], x.unsqueeze(-1)], dim=-1)
@@ -117,6 +142,11 @@ class MambaMixer(nn.Module):
         :meth:`allocate_state`, :meth:`step` or a previous call -> (out (batch, L, d_model), conv_state,
         ssm_state). From :meth:`allocate_state` it equals :meth:`forward`; chunk by chunk it equals one
         call on the whole sequence; it can be interleaved with :meth:`step`."""
+        if not torch.jit.is_scripting():
+            _check_stream_args("MambaMixer.forward_with_state", hidden_states, "hidden_states",
+                               (-1, -2, self.d_model),
+                               ((conv_state, "conv_state", (-1, self.d_inner, self.d_conv)),
+                                (ssm_state, "ssm_state", (-1, self.d_inner, self.d_state))), self.A_log)
         xz = self.in_proj(hidden_states)
         x, z = xz.chunk(2, dim=-1)
         # The causal depthwise conv sees the previous d_conv - 1 inputs, then the chunk.
@@ -200,6 +230,10 @@ class RWKV4TimeMix(nn.Module):
     @torch.jit.export
     def step(self, x: Tensor, last_x: Tensor, state: Tensor) -> Tuple[Tensor, Tensor, Tensor]:
         """One token: x (batch, n_embd) -> (out (batch, n_embd), x as the next last_x, new wkv state)."""
+        if not torch.jit.is_scripting():
+            _check_stream_args("RWKV4TimeMix.step", x, "x", (-1, self.n_embd),
+                               ((last_x, "last_x", (-1, self.n_embd)), (state, "state", (-1, 3, self.attn_sz))),
+                               self.time_decay)
         k, v, sr = self._mix(x.unsqueeze(1), last_x.unsqueeze(1))
         wkv, state = torch.ops.torch_rnn_ext.wkv4(self.time_decay, self.time_first, k, v, state)
         return self.output(sr * wkv).squeeze(1), x, state
@@ -210,6 +244,10 @@ class RWKV4TimeMix(nn.Module):
         (batch, 3, attn_sz) of :meth:`allocate_state`, :meth:`step` or a previous call -> (out (batch, T,
         n_embd), x[:, -1] as the next last_x, new state). From :meth:`allocate_state` it equals
         :meth:`forward`; chunk by chunk it equals one call on the whole sequence."""
+        if not torch.jit.is_scripting():
+            _check_stream_args("RWKV4TimeMix.forward_with_state", x, "x", (-1, -2, self.n_embd),
+                               ((last_x, "last_x", (-1, self.n_embd)), (state, "state", (-1, 3, self.attn_sz))),
+                               self.time_decay)
         k, v, sr = self._mix(x, torch.cat([last_x.unsqueeze(1), x[:, :-1]], dim=1))
         wkv, state = torch.ops.torch_rnn_ext.wkv4(self.time_decay, self.time_first, k, v, state)
         return self.output(sr * wkv), x[:, -1], state

@@ -80,6 +80,10 @@ variable_list run_layer(const std::string& mode, const Tensor& input, const opti
                         const optional<Tensor>& cx, const Tensor& weight_ih, const Tensor& weight_hh,
                         const optional<Tensor>& bias_ih, const optional<Tensor>& bias_hh,
                         const optional<Tensor>& weight_hr, const optional<Tensor>& batch_sizes, bool reverse) {
+  // before the autograd Function, which reads every input's device
+  check_defined(input, "input");
+  check_defined(weight_ih, "weight_ih");
+  check_defined(weight_hh, "weight_hh");
   if (needs_graph({input, value(hx), value(cx), weight_ih, weight_hh, value(bias_ih), value(bias_hh),
                    value(weight_hr)})) {
     return RecurrentLayerFunction::apply(mode, input, hx, cx, weight_ih, weight_hh, bias_ih, bias_hh, weight_hr,

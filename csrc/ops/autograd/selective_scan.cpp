@@ -78,6 +78,10 @@ std::tuple<Tensor, Tensor> selective_scan_autograd(const Tensor& u, const Tensor
                                                    const Tensor& B, const Tensor& C, const optional<Tensor>& D,
                                                    const optional<Tensor>& z, const optional<Tensor>& delta_bias,
                                                    bool delta_softplus, const optional<Tensor>& initial_state) {
+  // before the autograd Function, which reads every input's device
+  for (const auto& [t, name] : {std::pair<const Tensor&, const char*>{u, "u"}, {delta, "delta"}, {A, "A"},
+                                {B, "B"}, {C, "C"}})
+    check_defined(t, name);
   if (!needs_graph({u, delta, A, B, C, value(D), value(z), value(delta_bias), value(initial_state)})) {
     at::AutoDispatchBelowADInplaceOrView guard;  // inference: nothing saved
     return inference_op().call(u, delta, A, B, C, D, z, delta_bias, delta_softplus, initial_state);

@@ -64,6 +64,11 @@ class WKV4Function : public torch::autograd::Function<WKV4Function> {
 
 std::tuple<Tensor, Tensor> wkv4_autograd(const Tensor& time_decay, const Tensor& time_first, const Tensor& k,
                                          const Tensor& v, const optional<Tensor>& state) {
+  // before the autograd Function, which reads every input's device
+  check_defined(k, "k");
+  check_defined(v, "v");
+  check_defined(time_decay, "time_decay");
+  check_defined(time_first, "time_first");
   if (!needs_graph({time_decay, time_first, k, v, value(state)})) {
     at::AutoDispatchBelowADInplaceOrView guard;  // inference: nothing saved
     return inference_op().call(time_decay, time_first, k, v, state);

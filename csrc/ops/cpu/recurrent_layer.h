@@ -29,8 +29,9 @@ using at::Tensor;
 // Sizes of one layer's sequence (ops/layer_shapes.h), with batch_sizes read, and its time layout (see
 // kernels/recurrence.h).
 struct LayerGeometry : LayerShape<int64_t> {
-  std::vector<int64_t> batch_sizes, offsets;
+  std::vector<int64_t> batch_sizes, offsets;  // packed input only: a padded layout needs no arrays
   kernels::SeqLayout layout(bool reverse) const {
+    if (!packed) return {nullptr, nullptr, T, reverse, B};
     return {batch_sizes.data(), offsets.data(), T, reverse};
   }
 };
@@ -46,10 +47,6 @@ inline LayerGeometry check_layer(const char* op, const Tensor& input, const Tens
   if (g.packed) {
     check_cpu(*batch_sizes, "batch_sizes");
     g.B = read_batch_sizes(op, *batch_sizes, g.N, g.batch_sizes, g.offsets);
-  } else {
-    g.batch_sizes.assign(g.T, g.B);
-    g.offsets.resize(g.T);
-    for (int64_t t = 0; t < g.T; ++t) g.offsets[t] = t * g.B;
   }
   return g;
 }
@@ -103,11 +100,21 @@ inline Tensor contiguous_serial(const Tensor& t) { return t.is_contiguous() ? t 
 // slices of contiguous matrices): one kernels::product call.
 inline void gemm_into(const Tensor& c, const Tensor& A, bool trans_a, const Tensor& B, bool trans_b,
                       bool accumulate) {
-  TORCH_INTERNAL_ASSERT(A.stride(1) == 1 && B.stride(1) == 1 && c.stride(1) == 1);
   const int64_t M = c.size(0), N = c.size(1), K = trans_a ? A.size(0) : A.size(1);
+  // Empty operands count as contiguous whatever their strides: nothing to multiply.
+  if (M == 0 || N == 0) return;
+  if (K == 0) {
+    if (!accumulate) c.zero_();
+    return;
+  }
+  // A size-1 dimension may carry any stride (it still counts as contiguous): its leading dimension is
+  // then the row length.
+  auto unit_columns = [](const Tensor& t) { return t.size(1) == 1 || t.stride(1) == 1; };
+  auto ld = [](const Tensor& t) { return t.size(0) == 1 ? t.size(1) : t.stride(0); };
+  TORCH_INTERNAL_ASSERT(unit_columns(A) && unit_columns(B) && unit_columns(c));
   AT_DISPATCH_FLOATING_TYPES(c.scalar_type(), "gemm_into", [&] {
-    kernels::product<scalar_t>(trans_a, trans_b, M, N, K, A.data_ptr<scalar_t>(), A.stride(0),
-                               B.data_ptr<scalar_t>(), B.stride(0), c.data_ptr<scalar_t>(), c.stride(0), accumulate);
+    kernels::product<scalar_t>(trans_a, trans_b, M, N, K, A.data_ptr<scalar_t>(), ld(A), B.data_ptr<scalar_t>(),
+                               ld(B), c.data_ptr<scalar_t>(), ld(c), accumulate);
   });
 }
 
@@ -117,13 +124,15 @@ inline void gemm_into(const Tensor& c, const Tensor& A, bool trans_a, const Tens
 // else into a new (M, N) tensor.
 inline Tensor matmul(const Tensor& A, bool trans_a, const Tensor& B, bool trans_b, const Tensor& bias = Tensor(),
                      const Tensor& into = Tensor()) {
-  const Tensor a = contiguous_serial(A), b = contiguous_serial(B);
-  TORCH_INTERNAL_ASSERT(trans_a ? a.dim() == 2 : a.dim() >= 2);
-  const int64_t a_rows = c10::multiply_integers(a.sizes().begin(), a.sizes().end() - 1), a_cols = a.size(-1);
+  TORCH_INTERNAL_ASSERT(trans_a ? A.dim() == 2 : A.dim() >= 2);
+  const int64_t a_rows = c10::multiply_integers(A.sizes().begin(), A.sizes().end() - 1), a_cols = A.size(-1);
   const int64_t M = trans_a ? a_cols : a_rows, K = trans_a ? a_rows : a_cols;
-  const int64_t N = trans_b ? b.size(0) : b.size(1);
+  const int64_t N = trans_b ? B.size(0) : B.size(1);
   TORCH_INTERNAL_ASSERT(!into.defined() || (into.is_contiguous() && into.numel() == M * N));
-  Tensor c = into.defined() ? into : at::empty({M, N}, a.options());
+  // The result first: when it cannot be allocated, that fails before a (strided, maybe stride-0) operand
+  // is copied.
+  Tensor c = into.defined() ? into : at::empty({M, N}, A.options());
+  const Tensor a = contiguous_serial(A), b = contiguous_serial(B);
   AT_DISPATCH_FLOATING_TYPES(a.scalar_type(), "matmul", [&] {
     scalar_t* cp = c.data_ptr<scalar_t>();
     if (bias.defined()) {

@@ -77,7 +77,8 @@ struct ScanInputs {
             g.C.varying ? g.N : 0,
             D ? D[d] : T(0),
             bias ? bias[d] : T(0),
-            softplus};
+            softplus,
+            D != nullptr};
   }
 };
 
@@ -101,7 +102,7 @@ std::tuple<Tensor, Tensor, Tensor> forward(const Tensor& u, const Tensor& delta,
     scalar_t* hp = h.data_ptr<scalar_t>();
     scalar_t* op = out.data_ptr<scalar_t>();
     scalar_t* cp = save ? ckpt.data_ptr<scalar_t>() : nullptr;
-    parallel_items(g.batch * g.dim, g.L * g.N, [&](int64_t ch) {
+    parallel_items(g.batch * g.dim, {g.L, g.N}, [&](int64_t ch) {
       kernels::selective_scan_forward<scalar_t>(in.channel(ch / g.dim, ch % g.dim), hp + ch * g.N,
                                                 op + ch * g.L, cp ? cp + ch * chunks * g.N : nullptr);
     });
@@ -155,7 +156,7 @@ Tensor finish_operand_grad(const OperandGrad& pg, const Tensor& like, const Oper
     while (k < static_cast<int64_t>(tasks.size()) && tasks[k].first / o.per_group == grp) ++k;
     bounds.push_back(k);
   }
-  Tensor summed = sum_row_ranges(pg.partial.view({g.batch, static_cast<int64_t>(tasks.size()), -1}), bounds);
+  Tensor summed = sum_row_ranges(pg.partial.view({g.batch, static_cast<int64_t>(tasks.size()), g.L * g.N}), bounds);
   return summed.view({g.batch, o.groups, g.L, g.N}).transpose(2, 3).contiguous().view(like.sizes());
 }
 
@@ -189,7 +190,7 @@ std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tenso
     T *gup = gu.data_ptr<T>(), *gdp = gdelta.data_ptr<T>(), *gzp = gz.defined() ? gz.data_ptr<T>() : nullptr,
       *gAp = gA.data_ptr<T>(), *gBp = gB.partial.data_ptr<T>(), *gCp = gC.partial.data_ptr<T>(),
       *gDp = gD.data_ptr<T>(), *gbp = gbias.data_ptr<T>(), *ghp = gh.data_ptr<T>(), *wsp = ws.data_ptr<T>();
-    parallel_items(g.batch * ntasks, kTaskChannels * g.L * g.N, [&](int64_t item) {
+    parallel_items(g.batch * ntasks, {kTaskChannels, g.L, g.N}, [&](int64_t item) {
       const int64_t b = item / ntasks, task = item % ntasks;
       for (int64_t d = tasks[task].first; d < tasks[task].second; ++d) {
         const int64_t ch = b * g.dim + d;

@@ -82,7 +82,7 @@ std::tuple<Tensor, Tensor, Tensor> forward(const Tensor& time_decay, const Tenso
     using T = scalar_t;
     const WkvInputs<T> in(g, time_decay, time_first, k, v);
     T *sp = s.data_ptr<T>(), *yp = y.data_ptr<T>(), *cp = save ? ckpt.data_ptr<T>() : nullptr;
-    parallel_items(g.batch * g.blocks(), g.T * kBlock, [&](int64_t task) {
+    parallel_items(g.batch * g.blocks(), {g.T, kBlock}, [&](int64_t task) {
       const auto ck = cp ? in.rows(cp + in.offset(task, chunks * 3), g.C) : kernels::WkvState<T>{};
       kernels::wkv4_forward<T>(in.block(task), in.rows(sp + in.offset(task, 3), g.C),
                                yp + in.offset(task, g.T), ck, 3 * g.C);
@@ -114,7 +114,7 @@ std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor> backward(
     const T* gyp = gy.defined() ? gy.data_ptr<T>() : nullptr;
     T *ckp = ck.data_ptr<T>(), *gsp = gs.data_ptr<T>(), *gkp = gk.data_ptr<T>(), *gvp = gv.data_ptr<T>(),
       *gwp = gw.data_ptr<T>(), *gup = gu.data_ptr<T>(), *wsp = ws.data_ptr<T>();
-    parallel_items(tasks, 3 * g.T * kBlock, [&](int64_t task) {
+    parallel_items(tasks, {3, g.T, kBlock}, [&](int64_t task) {
       const int64_t off = in.offset(task, g.T), row = in.offset(task, 1);
       kernels::wkv4_backward<T>(in.block(task), in.rows(ckp + in.offset(task, chunks * 3), g.C), 3 * g.C,
                                 gyp ? gyp + off : nullptr, in.rows(gsp + in.offset(task, 3), g.C), gkp + off,
