@@ -4,7 +4,9 @@
 it starts from the state it ended with in the previous call; the states live in the Streamer, not in
 the model, so several Streamers over one model are independent streams sharing the weights.
 """
-from typing import Any, Callable, Dict, List, Tuple
+import contextvars
+import threading
+from typing import Any, Callable, Dict, List, Optional, Tuple
 
 import torch
 from torch import Tensor, nn
@@ -56,10 +58,16 @@ class Streamer:
     Gradients flow within a call and, until :meth:`detach`, across calls through the carried states.
     The batch size must stay the same between resets.
 
-    Implementation and threads: during a call the Streamer sets an instance attribute ``forward`` on
-    each streamed layer and removes it in a ``finally``, so the model is unchanged between calls. Hence
-    one model must not run through two Streamers (or itself) at the same time from different threads;
-    nesting or overlapping calls on one model raise RuntimeError. Use one model copy per thread.
+    Implementation and threads: while a call runs, each streamed layer has an instance attribute
+    ``forward`` that looks up which Streamer call, if any, streams the layer in the calling thread (a
+    ``contextvars.ContextVar``): that call's state is used and updated only by layer calls made inside
+    it; any other call of the layer (a plain ``model(x)``, e.g. from another thread) runs the layer's
+    own forward untouched. The attribute is installed under a lock by the first call running over the
+    layer, shared (counted) by the calls running at the same time, and removed when the last one ends,
+    so the model is unchanged between calls. Hence one model may serve, at the same time from different
+    threads, plain calls and several Streamers (each with its own state). One Streamer is one stream: a
+    call while another call of the same Streamer runs (in another thread) raises RuntimeError, as does a
+    nested call (a Streamer call inside another Streamer call over the same layer, in one thread).
 
     Example::
 
@@ -83,7 +91,7 @@ class Streamer:
             raise TypeError("Streamer needs an eager model, got a TorchScript module; stream a scripted "
                             "model by passing the states explicitly (hx, forward_with_state)")
         self.model = model
-        # (name, layer, the forward installed on it during a call: made once, not per call)
+        # (name, layer, how this Streamer runs the layer during its calls: made once, not per call)
         self._layers: List[Tuple[str, nn.Module, Callable]] = []
         for name, m in model.named_modules():
             label = f"'{name}' ({type(m).__name__})" if name else f"the model itself ({type(m).__name__})"
@@ -100,29 +108,56 @@ class Streamer:
             elif isinstance(m, (MambaMixer, RWKV4TimeMix)):
                 self._layers.append((name, m, self._wrap(name, m)))
         self._state: Dict[str, Any] = {}
-        self._calls: Dict[str, int] = {}
+        self._calls: Dict[str, int] = {}  # in the running call: how many times each layer ran
+        self._running: Optional[int] = None  # the thread running a call of this Streamer (under _LOCK)
+        # What a call of this Streamer marks active in its context: {id(layer): how to run it}. Never
+        # mutated (a nested call over other layers sets a merged copy).
+        self._active: Dict[int, Callable] = {id(m): run for _, m, run in self._layers}
+        # The forward to install on each layer that has no instance forward of its own: made once
+        self._forwards: Dict[int, Callable] = {id(m): _make_forward(m, None) for _, m, _ in self._layers}
 
     # --- public API ---------------------------------------------------------------------------------
 
     def __call__(self, *args, **kwargs):
-        installed: List[Tuple[nn.Module, Any]] = []
-        self._calls = {}
+        active = _ACTIVE.get()
+        if active:
+            for name, m, _ in self._layers:
+                if id(m) in active:
+                    raise RuntimeError(f"Streamer: '{name}' is already being streamed by a call running in "
+                                       "this thread (a nested call: a Streamer called inside another "
+                                       "Streamer's call over the same layer)")
+            mine = {**active, **self._active}
+        else:
+            mine = self._active
+        with _LOCK:
+            if self._running is not None:
+                where = "this thread (a nested call)" if self._running == threading.get_ident() else \
+                    "another thread"
+                raise RuntimeError(f"Streamer: this stream is already running a call in {where}; a stream's "
+                                   "chunks are sequential. Give each thread its own Streamer (several "
+                                   "Streamers over one model may run at the same time)")
+            done = 0
+            try:
+                for _, m, _ in self._layers:
+                    _install(m, self._forwards[id(m)])
+                    done += 1
+            except BaseException:
+                for _, m, _ in self._layers[:done]:
+                    _uninstall(m)
+                raise
+            self._running = threading.get_ident()
         try:
-            for name, m, wrapper in self._layers:
-                previous = m.__dict__.get("forward")
-                if getattr(previous, "_torch_rnn_ext_streamer", False):
-                    raise RuntimeError(f"Streamer: '{name}' is already being streamed (a nested call, or "
-                                       "another thread: Streamers are not thread-safe)")
-                wrapper.inner = m.forward  # what the layer would run: an instance forward, or its class's
-                m.__dict__["forward"] = wrapper
-                installed.append((m, previous))
-            return self.model(*args, **kwargs)
+            self._calls = {}
+            token = _ACTIVE.set(mine)
+            try:
+                return self.model(*args, **kwargs)
+            finally:
+                _ACTIVE.reset(token)
         finally:
-            for m, previous in installed:
-                if previous is None:
-                    del m.__dict__["forward"]
-                else:
-                    m.__dict__["forward"] = previous
+            with _LOCK:
+                for _, m, _ in self._layers:
+                    _uninstall(m)
+                self._running = None
 
     def reset(self) -> None:
         """Forgets the carried states: the next call starts a new stream."""
@@ -145,7 +180,7 @@ class Streamer:
         names = ", ".join(repr(n) for n, _, _ in self._layers)
         return f"Streamer(layers=[{names}], carried={sorted(self._state)})"
 
-    # --- per-layer forwards installed during a call --------------------------------------------------
+    # --- how a streamed layer runs inside this Streamer's calls --------------------------------------
 
     def _key(self, name: str) -> str:
         n = self._calls.get(name, 0)
@@ -153,26 +188,90 @@ class Streamer:
         return name if n == 0 else f"{name}#{n}"
 
     def _wrap(self, name: str, m: nn.Module) -> Callable:
-        """The forward installed on layer ``m`` during a call; ``__call__`` sets its ``inner`` (the
-        forward the layer had) before each call."""
+        """What the installed forward of layer ``m`` runs inside this Streamer's calls, given the layer's
+        own forward and the layer's arguments."""
         if isinstance(m, nn.RNNBase):
-            def rnn_forward(input, hx=None):
+            def rnn_forward(original: Callable, input, hx=None):
                 if hx is not None:
-                    return rnn_forward.inner(input, hx)  # the model's own state: not ours to carry
+                    return original(input, hx)  # the model's own state: not ours to carry
                 key = self._key(name)
-                output, hidden = rnn_forward.inner(input, self._state.get(key))
+                output, hidden = original(input, self._state.get(key))
                 self._state[key] = hidden
                 return output, hidden
-            wrapper = rnn_forward
-        else:
-            def scan_forward(x: Tensor) -> Tensor:
-                key = self._key(name)
-                carried = self._state.get(key)
-                if carried is None:
-                    carried = m.allocate_state(x.size(0))
-                out, s0, s1 = m.forward_with_state(x, carried[0], carried[1])
-                self._state[key] = (s0, s1)
-                return out
-            wrapper = scan_forward
-        wrapper._torch_rnn_ext_streamer = True  # type: ignore[attr-defined]
-        return wrapper
+            return rnn_forward
+
+        def scan_forward(original: Callable, x: Tensor) -> Tensor:
+            key = self._key(name)
+            carried = self._state.get(key)
+            if carried is None:
+                carried = m.allocate_state(x.size(0))
+            out, s0, s1 = m.forward_with_state(x, carried[0], carried[1])
+            self._state[key] = (s0, s1)
+            return out
+        return scan_forward
+
+
+# --- the forward installed on a layer while Streamer calls over it run --------------------------------
+#
+# Which Streamer call (if any) streams a layer is per thread (per context): inside a Streamer call,
+# _ACTIVE maps id(layer) to that Streamer's way of running the layer; elsewhere it is empty. The
+# installed forward is one per layer, shared by all threads: it looks _ACTIVE up and runs the layer's
+# own forward when no call of this context streams the layer. _INSTALLED counts, per layer, the
+# Streamer calls running over it (in any thread): the first installs the forward, the last removes it.
+# Both under _LOCK.
+
+_ACTIVE: "contextvars.ContextVar[Dict[int, Callable]]" = contextvars.ContextVar(
+    "torch_rnn_ext_streamer_active", default={})  # never mutated
+_LOCK = threading.Lock()
+
+
+# id(layer) -> [count, the instance forward the layer had before (or None), the installed forward], while
+# Streamer calls over the layer run
+_INSTALLED: Dict[int, List[Any]] = {}
+
+
+def _make_forward(m: nn.Module, previous: Optional[Callable]) -> Callable:
+    """The forward to install on ``m``; ``previous``: the instance forward it had, if any (else its
+    class's forward runs)."""
+    key = id(m)
+    if previous is None:
+        def original(*args, **kwargs):
+            return type(m).forward(m, *args, **kwargs)
+    else:
+        original = previous
+
+    def forward(*args, **kwargs):
+        run = _ACTIVE.get().get(key)
+        if run is None:  # no Streamer call of this thread streams this layer
+            return original(*args, **kwargs)
+        return run(original, *args, **kwargs)
+
+    return forward
+
+
+def _install(m: nn.Module, forward: Callable) -> None:
+    """One more Streamer call over ``m``: the first installs ``forward`` (made for a layer without an
+    instance forward; one is made around it otherwise)."""
+    record = _INSTALLED.get(id(m))
+    if record is None:
+        d = m.__dict__
+        previous = d.get("forward")
+        if previous is not None:
+            forward = _make_forward(m, previous)
+        _INSTALLED[id(m)] = [1, previous, forward]
+        d["forward"] = forward
+    else:
+        record[0] += 1
+
+
+def _uninstall(m: nn.Module) -> None:
+    record = _INSTALLED[id(m)]
+    record[0] -= 1
+    if record[0] == 0:
+        del _INSTALLED[id(m)]
+        d = m.__dict__
+        if d.get("forward") is record[2]:  # (unless someone replaced it meanwhile)
+            if record[1] is None:
+                del d["forward"]
+            else:
+                d["forward"] = record[1]
