@@ -17,8 +17,9 @@ def convert(model: nn.Module) -> nn.Module:
 
     Each of our classes has its torch.nn twin's base class and layout and adds no state, so the module object is kept and
     only its class changes: parameters (the same tensors), buffers, device, dtype, training mode, hooks
-    and any reference to the module stay as they were. Subclasses of the torch.nn classes are left alone
-    (their forward may be custom).
+    and any reference to the module stay as they were. Only exact instances are converted: subclasses of
+    the torch.nn classes are left alone, class and forward unchanged (their forward may be custom), while
+    the plain torch.nn modules beside or inside them are converted.
 
     Example::
 
