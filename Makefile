@@ -14,7 +14,7 @@ PY_venv := $(VENV_PY)
 PY_debian := $(DEBIAN_PY)
 PY ?= $(PY_$(TORCH))
 
-.PHONY: deps build build-one test test-one bench bench-full clean
+.PHONY: deps build build-one test test-one test-sanitize bench bench-full clean
 
 deps:
 	@scripts/install_deps.sh
@@ -38,6 +38,11 @@ test: build
 # One leg (TORCH= or PY=).
 test-one: build-one
 	@scripts/test_leg.sh $(PY)
+
+# The library and the C++ tests under AddressSanitizer + UndefinedBehaviorSanitizer, and the main test
+# files with it (TORCH= or PY=; the 2.x leg by default): fails on any sanitizer report.
+test-sanitize: deps
+	@scripts/sanitize.sh $(PY) $(JOBS)
 
 bench: build-one
 	$(PY) benchmarks/bench.py
