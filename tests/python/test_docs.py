@@ -12,7 +12,8 @@ HTML comment (invisible on GitHub), alone on the line right before its opening f
 
 - ``<!-- test: covered by PATH [why] -->``: not run here (it needs torchrun, a C++ toolchain or files);
   PATH, relative to the repository root, is the test or fixture that runs its code, and must exist.
-- ``<!-- test: torch>=2 -->``: needs torch 2.x (torch.compile, torch.export); runs on the 2.x leg and is
+- ``<!-- test: torch>=2 -->``: needs torch 2.x (torch.compile, torch.export, or the transformers pinned in
+  the 2.x environment); runs on the 2.x leg and is
   reported as skipped, naming the block, on torch 1.x.
 
 Any other ``<!-- test: ... -->`` comment, or one not right before a Python block, fails
@@ -152,7 +153,7 @@ def test_python_block(block, tmp_path):
             f"{block.where}: the marker names {target}, which does not exist"
         return
     if kind == "torch2" and TORCH_MAJOR < 2:
-        pytest.skip(f"{block.where}: block needs torch 2.x (torch.compile/torch.export); "
+        pytest.skip(f"{block.where}: block needs torch 2.x (torch.compile/torch.export, or transformers); "
                     f"this is torch {torch.__version__}")
     run_block(block, tmp_path)
 

@@ -1,6 +1,7 @@
 """torch_rnn_ext.convert: swap torch.nn's recurrent modules for ours inside any model."""
 from torch import nn
 
+from . import hf
 from .cells import GRUCell, LSTMCell, RNNCell
 from .rnn import GRU, LSTM, RNN
 
@@ -21,13 +22,20 @@ def convert(model: nn.Module) -> nn.Module:
     the torch.nn classes are left alone, class and forward unchanged (their forward may be custom), while
     the plain torch.nn modules beside or inside them are converted.
 
+    Hugging Face transformers' recurrent mixers are converted too: ``MambaMixer`` (in ``MambaModel`` /
+    ``MambaForCausalLM``) and ``RwkvSelfAttention`` (in ``RwkvModel`` / ``RwkvForCausalLM``) get a subclass of
+    their own class whose forward computes the scan with our ``selective_scan`` / ``wkv4`` ops instead of
+    transformers' per-token Python loop, prefill and cached generation alike (see modules/hf.py). Everything
+    else of the model is untouched. Converting twice changes nothing; a model with none of these classes
+    is returned unchanged.
+
     Example::
 
         >>> model = nn.Sequential(nn.Embedding(100, 16), nn.LSTM(16, 32, batch_first=True))
         >>> torch_rnn_ext.convert(model)  # model[1] is now a torch_rnn_ext.LSTM
     """
     for module in model.modules():
-        ours = _OURS.get(type(module))
+        ours = _OURS.get(type(module)) or hf.converted_class(type(module))
         if ours is not None:
             module.__class__ = ours
     return model

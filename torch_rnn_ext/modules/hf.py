@@ -1,0 +1,158 @@
+"""Hugging Face transformers' recurrent mixers computed with our scan ops, for ``convert``.
+
+transformers runs Mamba-1 and RWKV-4 on the CPU through pure-PyTorch fallbacks (a Python loop over time
+steps in ``mamba_selective_scan`` and ``rwkv_linear_attention_cpu``) when the CUDA kernels are absent.
+``convert`` gives each such module a subclass of its own class (the same name, parameters, buffers,
+state_dict keys, device, dtype and training mode; ``isinstance`` still holds) whose ``forward`` is the
+transformers forward with the recurrence done by ``torch.ops.torch_rnn_ext.selective_scan`` / ``wkv4``.
+
+One entry of ``_TABLE`` per class: (module, class name) -> forward. Keys are strings, so nothing here imports
+transformers unless a model of it is converted; a family added to this library later (Mamba-2, Gated
+DeltaNet, RWKV-7) is one more forward and one more entry.
+
+Arithmetic: in a float32 model the converted layer computes what transformers' path does, in the same
+dtype. In a float64 model transformers rounds some operands to float32 (Mamba: B and u in the state update,
+D and delta_bias; RWKV-4: the keys, and its state between calls is float32); the converted layer rounds
+the same operands, so it computes the model transformers defines. float16 / bfloat16 models run the scans
+in float32 (as transformers' paths mostly do) and cast back.
+"""
+import sys
+from typing import Callable, Dict, List, Optional, Tuple
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+__all__ = ["converted_class"]
+
+_MAMBA = "transformers.models.mamba.modeling_mamba"
+_RWKV = "transformers.models.rwkv.modeling_rwkv"
+
+
+def _compute_dtype(dtype: torch.dtype) -> torch.dtype:
+    return torch.float64 if dtype == torch.float64 else torch.float32
+
+
+def _selective_scan(u: Tensor, dt: Tensor, A: Tensor, B: Tensor, C: Tensor, D: Tensor, z: Tensor,
+                    delta_bias: Optional[Tensor], h0: Optional[Tensor]) -> Tuple[Tensor, Tensor]:
+    """transformers' ``mamba_selective_scan`` (and, with h0 and L = 1, ``mamba_selective_state_update``)
+    with softplus on dt + delta_bias, D and the silu(z) gate; u, dt, z (batch, dim, L), B, C (batch, N, L),
+    A (dim, N), h0 (batch, dim, N) or None. Returns (out in u's dtype, last state)."""
+    dtype = u.dtype
+    cd = _compute_dtype(dtype)
+    bias = delta_bias.to(cd) if delta_bias is not None else None
+    h0 = h0.to(cd) if h0 is not None else None
+    if dtype == torch.float64:
+        # transformers rounds B and u to float32 where they enter the state, not in the skip term D u (D itself
+        # rounded): the skip and the gate are applied here, outside the op.
+        y, h = torch.ops.torch_rnn_ext.selective_scan(u.float().to(cd), dt, A.to(cd), B.float().to(cd), C, None,
+                                                      None, bias, True, h0)
+        return (y + u * D.float()[:, None]) * F.silu(z), h
+    y, h = torch.ops.torch_rnn_ext.selective_scan(u.to(cd), dt.to(cd), A.to(cd), B.to(cd), C.to(cd), D.to(cd),
+                                                  z.to(cd), bias, True, h0)
+    return y.to(dtype), h
+
+
+def _mamba_mixer_forward(self, hidden_states: Tensor, cache=None, attention_mask: Optional[Tensor] = None,
+                         **kwargs):
+    """transformers' ``MambaMixer.forward`` (same arguments, cache protocol and result), the selective scan and
+    the decode step computed by torch_rnn_ext's ``selective_scan``. A prompt given in pieces with the cache
+    continues from the cached state (transformers' own path restarts multi-token calls from zeros)."""
+    hf = sys.modules[_MAMBA]
+    if cache is None:
+        cache = kwargs.pop("cache_params", None)  # the argument's name before transformers 5.40
+    kwargs.pop("cache_params", None)
+    seq_len = hidden_states.shape[1]
+    if cache is not None:
+        conv_state = cache.get_conv_state(self.layer_idx, state_idx=0)
+        recurrent_state = cache.get_recurrent_state(self.layer_idx, state_idx=0)
+    else:
+        conv_state, recurrent_state = None, None
+
+    hidden_states = hf.apply_mask_to_padding_states(hidden_states, attention_mask)
+    x, gate = self.in_proj(hidden_states).transpose(1, 2).chunk(2, dim=1)
+    weight = self.conv1d.weight.squeeze(1)
+    if conv_state is not None and seq_len == 1 and not cache.is_recording_past(self.layer_idx):
+        x = hf.causal_conv1d_update(x, conv_state, weight, self.conv1d.bias, activation=self.activation)
+    else:
+        if cache is not None:
+            x = cache.update_conv_state(x, self.layer_idx, conv_kernel_size=self.conv_kernel_size)
+        x = hf.causal_conv1d_fn(x, weight, self.conv1d.bias, activation=self.activation, **kwargs)
+        if cache is not None:
+            x = x[:, :, -seq_len:]
+
+    x = hf.apply_mask_to_padding_states(x.transpose(1, 2), attention_mask)  # (batch, L, dim)
+    time_step, B, C = torch.split(self.x_proj(x), [self.time_step_rank, self.ssm_state_size, self.ssm_state_size],
+                                  dim=-1)
+    time_step = self.dt_proj.weight @ time_step.transpose(1, 2)  # (batch, dim, L)
+    A = -torch.exp(self.A_log.float())
+    delta_bias = self.dt_proj.bias.float() if self.dt_proj.bias is not None else None
+    out, state = _selective_scan(x.transpose(1, 2), time_step, A, B.transpose(1, 2), C.transpose(1, 2), self.D,
+                                 gate, delta_bias, recurrent_state)
+    if cache is not None:
+        cache.update_recurrent_state(state, self.layer_idx)
+    return self.out_proj(out.transpose(1, 2).to(hidden_states.dtype))
+
+
+def _wkv4(time_decay: Tensor, time_first: Tensor, key: Tensor, value: Tensor,
+          state: Optional[Tuple[Tensor, Tensor, Tensor]], return_state: bool
+          ) -> Tuple[Tensor, Optional[List[Tensor]]]:
+    """transformers' ``rwkv_linear_attention_cpu``: key, value (batch, T, C), state (num, den, max), each
+    (batch, C), or None. Returns (output in key's dtype, [num, den, max] or None)."""
+    dtype = key.dtype
+    cd = _compute_dtype(dtype)
+    if dtype == torch.float64:
+        key = key.float()  # transformers' CPU path computes with float32 keys
+    s0 = torch.stack(state, dim=1).to(cd) if state is not None else None  # (batch, 3, C): aa, bb, pp
+    y, s = torch.ops.torch_rnn_ext.wkv4(time_decay.to(cd), time_first.to(cd), key.to(cd), value.to(cd), s0)
+    new_state = list(s.unbind(1)) if return_state or state is not None else None
+    return y.to(dtype), new_state
+
+
+def _rwkv_self_attention_forward(self, hidden: Tensor, state: Optional[List[Tensor]] = None,
+                                 use_cache: bool = False):
+    """transformers' ``RwkvSelfAttention.forward`` (same arguments, state layout and result), the WKV
+    recurrence computed by torch_rnn_ext's ``wkv4``."""
+    receptance, key, value, state = self.extract_key_value(hidden, state=state)
+    layer_state = tuple(s[:, :, self.layer_id] for s in state[2:]) if state is not None else None
+    rwkv, layer_state = _wkv4(self.time_decay, self.time_first, key, value, layer_state, use_cache)
+    if layer_state is not None:
+        for i in range(3):
+            state[2 + i][:, :, self.layer_id] = layer_state[i]
+    return self.output(receptance * rwkv), state
+
+
+# (module, class name) of a transformers class -> the forward its converted subclass runs.
+_TABLE: Dict[Tuple[str, str], Callable] = {
+    (_MAMBA, "MambaMixer"): _mamba_mixer_forward,
+    (_RWKV, "RwkvSelfAttention"): _rwkv_self_attention_forward,
+}
+_CONVERTED: Dict[type, type] = {}
+
+
+def converted_class(cls: type) -> Optional[type]:
+    """The subclass of transformers' ``cls`` that computes with our ops, or None when ``cls`` is not in the
+    table (exact classes only: a user's subclass keeps its own forward)."""
+    if cls in _CONVERTED:
+        return _CONVERTED[cls]
+    forward = _TABLE.get((cls.__module__, cls.__qualname__))
+    if forward is None:
+        return None
+    ours = type(cls.__name__, (cls,), {
+        "forward": forward,
+        "__module__": __name__,
+        "__qualname__": cls.__name__,
+        "__doc__": f"transformers' {cls.__name__}, computed with torch_rnn_ext's ops (see torch_rnn_ext.convert).",
+    })
+    _CONVERTED[cls] = ours
+    _CONVERTED[ours] = None  # converting again leaves it as it is
+    return ours
+
+
+def __getattr__(name: str) -> type:
+    # Unpickling a converted model looks its classes up here: build them from the table.
+    for (module, cls_name) in _TABLE:
+        if cls_name == name:
+            __import__(module)
+            return converted_class(getattr(sys.modules[module], cls_name))
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
