@@ -359,6 +359,7 @@ def main():
     p.add_argument("--rounds", type=int, default=None,
                    help=f"interleaved rounds per row (default {ROUNDS}, {FULL_ROUNDS} with --full)")
     p.add_argument("--no-scans", action="store_true", help="skip the scan rows")
+    p.add_argument("--no-hf", action="store_true", help="skip the Hugging Face model rows")
     args = p.parse_args()
     threads = [int(t) for t in args.threads.split(",")] if args.threads else ([1, 2] if args.full else [1])
     repeats = args.repeats or (10 if args.full else 7)
@@ -382,6 +383,18 @@ def main():
     from bench_streaming import markdown as streaming_markdown, run_streaming_benchmarks
     torch.set_num_threads(threads[0])
     streaming = run_streaming_benchmarks(quick=not args.full)
+    hf_rows, hf_note = {}, ""
+    if args.no_hf:
+        hf_note = "skipped (--no-hf)"
+    else:
+        try:
+            import transformers  # noqa: F401  (pinned in the torch 2.x environment only)
+        except ImportError:
+            hf_note = (f"skipped: transformers is not installed for this Python ({sys.executable}); it is pinned "
+                       "in the torch 2.x environment (make bench)")
+        if not hf_note:
+            from bench_hf import run_hf_benchmarks
+            hf_rows = run_hf_benchmarks(sorted(set(threads) | {1, 2}), quick=not args.full)
     sweeps = {}
     if args.full:
         torch.set_num_threads(1)
@@ -393,6 +406,11 @@ def main():
     table = markdown(rows, sgemm, info, command.strip(), memory, scans)
     table += ("\n\nStreaming, one step per call (batch 1, input 64, no_grad, state carried), median us per step:"
               "\n\n" + streaming_markdown(streaming))
+    from bench_hf import markdown as hf_markdown
+    table += ("\n\nHugging Face transformers models, converted by torch_rnn_ext.convert vs unconverted "
+              "(random weights of the real shapes, float32, batch 1, no_grad; bound: transformers' time over the "
+              "converted model's with its recurrence replaced by a no-op):\n\n"
+              + (hf_markdown(hf_rows) if hf_rows else hf_note))
     print()
     print(table)
     name = "full" if args.full else "quick"
@@ -400,7 +418,7 @@ def main():
     save_json(os.path.join(out_dir, f"{name}.json"),
               {"date": datetime.datetime.now().isoformat(timespec="seconds"), "command": command.strip(),
                "machine": info, "sgemm_gflops": sgemm, "rows": rows, "peak_memory": memory, "scans": scans,
-               "streaming": streaming, "sweeps": sweeps})
+               "streaming": streaming, "hf_models": hf_rows or hf_note, "sweeps": sweeps})
     with open(os.path.join(out_dir, f"{name}.md"), "w") as f:
         f.write(table + "\n")
 
