@@ -13,6 +13,8 @@ namespace kernels {
   template <typename T>                                                                                    \
   void selective_scan_forward_kernel(const ScanChannel<T>&, T*, T*, T*);                                   \
   template <typename T>                                                                                    \
+  void selective_scan_step_kernel(const ScanStepBlock<T>&, T*, T*);                                        \
+  template <typename T>                                                                                    \
   void selective_scan_backward_kernel(const ScanChannel<T>&, const T*, const T*, T*,                       \
                                       const ScanChannelGrads<T>&, T*);                                     \
   template <typename T>                                                                                    \
@@ -27,6 +29,11 @@ TRE_FOR_EACH_CAPABILITY(TRE_DECLARE_KERNELS)
 template <typename T>
 void selective_scan_forward(const ScanChannel<T>& p, T* h, T* out, T* checkpoints) {
   TRE_CALL_BEST(selective_scan_forward_kernel<T>(p, h, out, checkpoints));
+}
+
+template <typename T>
+void selective_scan_step(const ScanStepBlock<T>& p, T* h, T* out) {
+  TRE_CALL_BEST(selective_scan_step_kernel<T>(p, h, out));
 }
 
 template <typename T>
@@ -49,6 +56,7 @@ void wkv4_backward(const WkvBlock<T>& p, const WkvState<T>& checkpoints, int64_t
 
 #define TRE_INSTANTIATE(T)                                                                                  \
   template void selective_scan_forward<T>(const ScanChannel<T>&, T*, T*, T*);                              \
+  template void selective_scan_step<T>(const ScanStepBlock<T>&, T*, T*);                                   \
   template void selective_scan_backward<T>(const ScanChannel<T>&, const T*, const T*, T*,                  \
                                            const ScanChannelGrads<T>&, T*);                                \
   template void wkv4_forward<T>(const WkvBlock<T>&, const WkvState<T>&, T*, const WkvState<T>&, int64_t); \

@@ -59,6 +59,31 @@ struct ScanChannelGrads {
 template <typename T>
 void selective_scan_forward(const ScanChannel<T>& p, T* h, T* out, T* checkpoints);
 
+// One step (L = 1) of `count` consecutive channels of one batch row: u, delta, z (or nullptr), out, D and
+// delta_bias (or nullptr) hold channel i of the block at index i (the layout of an L = 1 scan); channel i
+// reads A + i N, B + i b_stride and C + i c_stride (0: the block shares one row of a varying B or C; N:
+// constant ones) and updates its state h + i N. Gives each channel the bits selective_scan_forward gives it
+// with L = 1 (the same expressions), with the per-channel scalar work (softplus, skip, gate) done in loops
+// across the channels: the streaming decode step.
+template <typename T>
+struct ScanStepBlock {
+  int64_t count, N;
+  const T* u;
+  const T* delta;
+  const T* z;
+  const T* A;
+  const T* B;
+  int64_t b_stride;
+  const T* C;
+  int64_t c_stride;
+  const T* D;
+  const T* delta_bias;
+  bool softplus;
+};
+
+template <typename T>
+void selective_scan_step(const ScanStepBlock<T>& p, T* h, T* out);
+
 // Values of workspace selective_scan_backward needs.
 inline int64_t selective_scan_backward_workspace(int64_t N) { return 2 * kChunk * N; }
 

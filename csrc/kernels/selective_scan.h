@@ -13,6 +13,7 @@
 #include <algorithm>
 #include <cstdint>
 #include <cstring>
+#include <type_traits>
 
 #include "kernels/scan_math.h"
 
@@ -157,6 +158,65 @@ template <typename T>
 void selective_scan_forward_kernel(const ScanChannel<T>& p, T* h, T* out, T* checkpoints) {
   if (p.N == 16) return selective_scan_forward_impl<16>(p, h, out, checkpoints);
   selective_scan_forward_impl<0>(p, h, out, checkpoints);
+}
+
+// selective_scan_step (scans.h): the block in pieces of kStepBlock channels, each piece's deltas, skips and
+// gates in loops across its channels, and per channel the step of selective_scan_forward_impl.
+constexpr int64_t kStepBlock = 64;
+
+template <int kN, typename T>
+void selective_scan_step_impl(const ScanStepBlock<T>& p, T* h, T* out) {
+  const int64_t N = kN ? kN : p.N;
+  T dt[kStepBlock], du[kStepBlock], y[kStepBlock];
+  for (int64_t c0 = 0; c0 < p.count; c0 += kStepBlock) {
+    const int64_t n = std::min(kStepBlock, p.count - c0);
+    const T* __restrict d = p.delta + c0;
+    const T* __restrict u = p.u + c0;
+    // As scan_deltas: delta' = softplus(delta + bias) (bias 0 when absent), du = delta' u; each case its
+    // own loop, so that GCC vectorises it.
+    if (p.delta_bias) {
+      const T* __restrict bias = p.delta_bias + c0;
+      for (int64_t i = 0; i < n; ++i) dt[i] = d[i] + bias[i];
+    } else {
+      for (int64_t i = 0; i < n; ++i) dt[i] = d[i] + T(0);
+    }
+    if (p.softplus)
+      for (int64_t i = 0; i < n; ++i) dt[i] = softplus_(dt[i]);
+    for (int64_t i = 0; i < n; ++i) du[i] = dt[i] * u[i];
+    for (int64_t i = 0; i < n; ++i) {
+      const int64_t c = c0 + i;
+      const T *A = p.A + c * N, *B = p.B + c * p.b_stride, *C = p.C + c * p.c_stride;
+      if constexpr (kN > 0 && std::is_same<T, double>::value) {
+        // float64 exp is libm's, whose loop in scan_decays GCC may vectorise (glibc's vector exp, other
+        // bits than the scalar call): the full scan's two passes, as it runs them
+        T hbuf[kN], abuf[kN];
+        scan_decays<kN>(N, 1, dt + i, A, abuf);
+        y[i] = scan_step_from<kN>(N, du[i], abuf, B, C, h + c * N, hbuf);
+        std::memcpy(h + c * N, hbuf, sizeof(hbuf));
+      } else {
+        // exp(dt A) within the step: float32's exp_ is exp_clamped_(exp_clamp_), scan_decays' two passes
+        y[i] = scan_step<kN>(N, dt[i], du[i], A, B, C, h + c * N);
+      }
+    }
+    if (p.D) {  // + ScanChannel::skip
+      const T* __restrict D = p.D + c0;
+      for (int64_t i = 0; i < n; ++i) y[i] = y[i] + D[i] * u[i];
+    } else {
+      for (int64_t i = 0; i < n; ++i) y[i] = y[i] + T(0);
+    }
+    T* __restrict o = out + c0;
+    if (p.z) {
+      scan_gate(p.z + c0, n, y, o);
+    } else {
+      std::memcpy(o, y, sizeof(T) * n);
+    }
+  }
+}
+
+template <typename T>
+void selective_scan_step_kernel(const ScanStepBlock<T>& p, T* h, T* out) {
+  if (p.N == 16) return selective_scan_step_impl<16>(p, h, out);
+  selective_scan_step_impl<0>(p, h, out);
 }
 
 // One backward step: gh (the gradient of h_t on entry, of h_{t-1} on exit), gA, gB, gC accumulated;

@@ -150,18 +150,48 @@ def test_gradcheck_short_without_options():
     assert torch.autograd.gradcheck(fn, tuple(args[n] for n in ["u", "delta", "A", "B", "C"]))
 
 
-def test_step_mode_equals_full_scan():
-    torch.manual_seed(0)
-    args = {k: (v.detach().float() if v is not None else None)
-            for k, v in make_args(2, 8, 20, 16, "varying", "varying", init=False).items()}
-    full, last = selective_scan(**args, delta_softplus=True, return_last_state=True)
+STEP_CASES = [  # (dtype, N, B kind, C kind, D, z, bias, softplus)
+    (torch.float32, 16, "varying", "varying", True, True, True, True),
+    (torch.float64, 16, "varying", "varying", True, True, True, True),
+    (torch.float32, 16, "grouped", "const", False, True, False, True),
+    (torch.float32, 5, "varying", "grouped", True, False, True, False),
+    (torch.float64, 5, "const", "varying", False, False, False, True),
+    (torch.float32, 16, "const", "const", True, True, True, False),
+]
+
+
+@pytest.mark.parametrize("dtype,N,B_kind,C_kind,D,z,bias,softplus", STEP_CASES)
+def test_step_mode_equals_full_scan(dtype, N, B_kind, C_kind, D, z, bias, softplus):
+    # L = 1 calls (the streaming step, which runs blocks of channels) carrying the state give the full
+    # scan's bits; 72 channels: blocks of up to 32, cut at the groups of grouped B (3) and C (2)
+    args = {k: (v.detach().to(dtype) if v is not None else None)
+            for k, v in make_args(2, 72, 20, N, B_kind, C_kind, D=D, z=z, bias=bias, init=False).items()}
+    args.pop("initial_state")
+    full, last = selective_scan(**args, delta_softplus=softplus, return_last_state=True)
     h = None
     for t in range(20):
-        sl = {k: args[k][..., t:t + 1] for k in ("u", "delta", "B", "C", "z")}
+        sl = {k: (args[k][..., t:t + 1] if args[k] is not None and args[k].dim() >= 3 and args[k].shape[-1] == 20
+                  else args[k]) for k in ("u", "delta", "B", "C", "z")}
         y, h = selective_scan(**sl, A=args["A"], D=args["D"], delta_bias=args["delta_bias"],
-                              delta_softplus=True, return_last_state=True, initial_state=h)
-        assert torch.equal(y[..., 0], full[..., t])
+                              delta_softplus=softplus, return_last_state=True, initial_state=h)
+        assert torch.equal(y[..., 0], full[..., t]), t
     assert torch.equal(h, last)
+
+
+def test_step_gradients_equal_full_scan():
+    args = make_args(2, 40, 6, 16, "varying", "grouped", init=True, seed=4)
+    full = outputs_and_grads(ours, args, True)
+
+    def stepped(u, delta, A, B, C, D, z, delta_bias, initial_state, delta_softplus):
+        h, outs = initial_state, []
+        for t in range(u.shape[-1]):
+            o, h = selective_scan(u[..., t:t + 1], delta[..., t:t + 1], A, B[..., t:t + 1], C[..., t:t + 1], D,
+                                  z[..., t:t + 1], delta_bias, delta_softplus, True, h)
+            outs.append(o)
+        return torch.cat(outs, -1), h
+
+    for a, b in zip(full, outputs_and_grads(stepped, args, True)):
+        torch.testing.assert_close(a, b, rtol=1e-12, atol=1e-12)
 
 
 def test_chunked_equals_full_with_gradients():

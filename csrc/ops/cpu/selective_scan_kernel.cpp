@@ -82,36 +82,9 @@ struct ScanInputs {
   }
 };
 
-Tensor initial_state(const optional<Tensor>& s, const Tensor& u, const ScanGeometry& g) {
-  if (!present(s)) return at::zeros({g.batch, g.dim, g.N}, u.options());
-  return s->contiguous().clone();
-}
-
-std::tuple<Tensor, Tensor, Tensor> forward(const Tensor& u, const Tensor& delta, const Tensor& A,
-                                           const Tensor& B, const Tensor& C, const optional<Tensor>& D,
-                                           const optional<Tensor>& z, const optional<Tensor>& delta_bias,
-                                           bool delta_softplus, const optional<Tensor>& initial,
-                                           bool save) {
-  const ScanGeometry g = check_selective_scan<int64_t>(at::kCPU, u, delta, A, B, C, D, z, delta_bias, initial);
-  Tensor h = initial_state(initial, u, g);
-  Tensor out = at::empty({g.batch, g.dim, g.L}, u.options());
-  const int64_t chunks = kernels::num_chunks(g.L);
-  Tensor ckpt = save ? at::empty({g.batch, g.dim, chunks, g.N}, u.options()) : Tensor();
-  AT_DISPATCH_FLOATING_TYPES(u.scalar_type(), "selective_scan", [&] {
-    const ScanInputs<scalar_t> in(g, u, delta, A, B, C, D, z, delta_bias, delta_softplus);
-    scalar_t* hp = h.data_ptr<scalar_t>();
-    scalar_t* op = out.data_ptr<scalar_t>();
-    scalar_t* cp = save ? ckpt.data_ptr<scalar_t>() : nullptr;
-    parallel_items(g.batch * g.dim, {g.L, g.N}, [&](int64_t ch) {
-      kernels::selective_scan_forward<scalar_t>(in.channel(ch / g.dim, ch % g.dim), hp + ch * g.N,
-                                                op + ch * g.L, cp ? cp + ch * chunks * g.N : nullptr);
-    });
-  });
-  return {out, h, ckpt};
-}
-
-// Backward tasks: runs of consecutive channels that share their B group and their C group, at most
-// kTaskChannels long. A task accumulates the gradients of varying B and C for its channels in order.
+// Tasks: runs of consecutive channels that share their B group and their C group, at most kTaskChannels
+// long. A backward task accumulates the gradients of varying B and C for its channels in order; a streaming
+// step (L = 1) runs a task's channels as one block.
 constexpr int64_t kTaskChannels = 32;
 
 std::vector<std::pair<int64_t, int64_t>> channel_tasks(const ScanGeometry& g) {
@@ -127,6 +100,55 @@ std::vector<std::pair<int64_t, int64_t>> channel_tasks(const ScanGeometry& g) {
   }
   return tasks;
 }
+
+Tensor initial_state(const optional<Tensor>& s, const Tensor& u, const ScanGeometry& g) {
+  if (!present(s)) return at::zeros({g.batch, g.dim, g.N}, u.options());
+  return s->contiguous().clone();
+}
+
+std::tuple<Tensor, Tensor, Tensor> forward(const Tensor& u, const Tensor& delta, const Tensor& A,
+                                           const Tensor& B, const Tensor& C, const optional<Tensor>& D,
+                                           const optional<Tensor>& z, const optional<Tensor>& delta_bias,
+                                           bool delta_softplus, const optional<Tensor>& initial,
+                                           bool save) {
+  const ScanGeometry g = check_selective_scan<int64_t>(at::kCPU, u, delta, A, B, C, D, z, delta_bias, initial);
+  Tensor h = initial_state(initial, u, g);
+  Tensor out = at::empty({g.batch, g.dim, g.L}, u.options());
+  const int64_t chunks = kernels::num_chunks(g.L);
+  Tensor ckpt = save ? at::empty({g.batch, g.dim, chunks, g.N}, u.options()) : Tensor();
+  if (g.L == 1) {  // a streaming step: blocks of channels (kernels::selective_scan_step)
+    if (save) ckpt.view_as(h).copy_(h);  // the state before the step, the one checkpoint
+    const auto blocks = channel_tasks(g);
+    const int64_t nblocks = static_cast<int64_t>(blocks.size());
+    AT_DISPATCH_FLOATING_TYPES(u.scalar_type(), "selective_scan", [&] {
+      const ScanInputs<scalar_t> in(g, u, delta, A, B, C, D, z, delta_bias, delta_softplus);
+      scalar_t* hp = h.data_ptr<scalar_t>();
+      scalar_t* op = out.data_ptr<scalar_t>();
+      parallel_items(g.batch * nblocks, {kTaskChannels, g.N}, [&](int64_t item) {
+        const int64_t b = item / nblocks, d0 = blocks[item % nblocks].first;
+        const int64_t ch = b * g.dim + d0;
+        const kernels::ScanStepBlock<scalar_t> block{
+            blocks[item % nblocks].second - d0, g.N, in.u + ch, in.delta + ch, in.z ? in.z + ch : nullptr,
+            in.A + d0 * g.N, in.operand(in.B, g.B, b, d0), g.B.varying ? 0 : g.N, in.operand(in.C, g.C, b, d0),
+            g.C.varying ? 0 : g.N, in.D ? in.D + d0 : nullptr, in.bias ? in.bias + d0 : nullptr, in.softplus};
+        kernels::selective_scan_step<scalar_t>(block, hp + ch * g.N, op + ch);
+      });
+    });
+    return {out, h, ckpt};
+  }
+  AT_DISPATCH_FLOATING_TYPES(u.scalar_type(), "selective_scan", [&] {
+    const ScanInputs<scalar_t> in(g, u, delta, A, B, C, D, z, delta_bias, delta_softplus);
+    scalar_t* hp = h.data_ptr<scalar_t>();
+    scalar_t* op = out.data_ptr<scalar_t>();
+    scalar_t* cp = save ? ckpt.data_ptr<scalar_t>() : nullptr;
+    parallel_items(g.batch * g.dim, {g.L, g.N}, [&](int64_t ch) {
+      kernels::selective_scan_forward<scalar_t>(in.channel(ch / g.dim, ch % g.dim), hp + ch * g.N,
+                                                op + ch * g.L, cp ? cp + ch * chunks * g.N : nullptr);
+    });
+  });
+  return {out, h, ckpt};
+}
+
 
 // Partial gradients of B or C: per (batch, channel) rows (batch, dim, N) when constant, per (batch,
 // task) sequences (batch, tasks, L, N) when varying.
