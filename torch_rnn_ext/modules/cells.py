@@ -8,6 +8,7 @@ from typing import Optional, Tuple
 import torch
 from torch import Tensor, nn
 
+from .. import _onnx_export
 from .rnn import check_lstm_state
 
 __all__ = ["LSTMCell", "GRUCell", "RNNCell"]
@@ -34,6 +35,10 @@ class LSTMCell(nn.LSTMCell):
             if not torch.jit.is_scripting():
                 check_lstm_state(hx, "lstm_cell")
             h, c = (hx[0], hx[1]) if is_batched else (hx[0].unsqueeze(0), hx[1].unsqueeze(0))
+        if not torch.jit.is_scripting():
+            if _onnx_export.exporting():  # a standard ONNX LSTM node (see _onnx_export.py)
+                h_new, c_new = _onnx_export.cell_forward(self, "LSTM", input, h, c)
+                return (h_new.squeeze(0), c_new.squeeze(0)) if not is_batched else (h_new, c_new)
         h_new, c_new = torch.ops.torch_rnn_ext.lstm_cell(input, h, c, self.weight_ih, self.weight_hh, self.bias_ih,
                                                          self.bias_hh)
         if not is_batched:
@@ -70,6 +75,9 @@ class GRUCell(nn.GRUCell):
     forward = _single_state_cell_forward  # type: ignore[assignment]
 
     def _step(self, input: Tensor, hx: Optional[Tensor]) -> Tensor:
+        if not torch.jit.is_scripting():
+            if _onnx_export.exporting():  # a standard ONNX GRU node (see _onnx_export.py)
+                return _onnx_export.cell_forward(self, "GRU", input, hx)
         return torch.ops.torch_rnn_ext.gru_cell(input, hx, self.weight_ih, self.weight_hh, self.bias_ih,
                                                 self.bias_hh)
 
@@ -88,6 +96,10 @@ class RNNCell(nn.RNNCell):
     forward = _single_state_cell_forward  # type: ignore[assignment]
 
     def _step(self, input: Tensor, hx: Optional[Tensor]) -> Tensor:
+        if not torch.jit.is_scripting():
+            if _onnx_export.exporting():  # a standard ONNX RNN node (see _onnx_export.py)
+                return _onnx_export.cell_forward(self, "RNN_TANH" if self.nonlinearity == "tanh" else "RNN_RELU",
+                                                 input, hx)
         if self.nonlinearity == "tanh":
             return torch.ops.torch_rnn_ext.rnn_tanh_cell(input, hx, self.weight_ih, self.weight_hh, self.bias_ih,
                                                          self.bias_hh)

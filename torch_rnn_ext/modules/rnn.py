@@ -16,6 +16,7 @@ from typing import Any, Optional, Tuple
 import torch
 from torch import Tensor, nn
 from torch.nn.utils.rnn import PackedSequence
+from .. import _onnx_export
 
 __all__ = ["LSTM", "GRU", "RNN"]
 
@@ -52,8 +53,11 @@ class LSTM(nn.RNNBase):
 
     def forward(self, input: Tensor, hx: Optional[Tuple[Tensor, Tensor]] = None
                 ) -> Tuple[Tensor, Tuple[Tensor, Tensor]]:  # type: ignore[override]
-        if not torch.jit.is_scripting() and hx is not None:
-            check_lstm_state(hx, "lstm")
+        if not torch.jit.is_scripting():
+            if _onnx_export.exporting():  # standard ONNX LSTM nodes (see _onnx_export.py)
+                return _onnx_export.rnn_forward(self, input, hx)
+            if hx is not None:
+                check_lstm_state(hx, "lstm")
         if isinstance(input, PackedSequence):
             return _packed_forward(self, input, hx)
         # One op call: it takes batched and unbatched input and checks every argument (torch.nn's
@@ -84,6 +88,9 @@ def _reject_proj_size(kwargs):
 
 def _single_state_forward(self, input: Tensor, hx: Optional[Tensor] = None) -> Tuple[Tensor, Tensor]:
     """forward of GRU and RNN (one state tensor); the op is chosen by torch.nn's ``mode``."""
+    if not torch.jit.is_scripting():
+        if _onnx_export.exporting():  # standard ONNX GRU / RNN nodes (see _onnx_export.py)
+            return _onnx_export.rnn_forward(self, input, hx)
     if isinstance(input, PackedSequence):
         return _packed_forward(self, input, hx)
     args = (input, hx, self._flat_weights, self.bias, self.num_layers, self.dropout, self.training,
