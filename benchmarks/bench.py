@@ -119,10 +119,12 @@ def nn_kernels(ref, x):
     return found
 
 
-def bench_pair(ref, ours, x, repeats, flops, floor=None, sgemm=None):
+def bench_pair(ref, ours, x, repeats, flops, floor=None, sgemm=None, anchors=None):
     """Times forward (no_grad) and forward+backward for both modules on the same input, `floor`
     (products_floor's functions) in the same rounds when given, and `sgemm` (a Sgemm) in the forward's
-    rounds when given: the "of sgemm" fraction then divides by the rate of the same seconds."""
+    rounds when given: the "of sgemm" fraction then divides by the rate of the same seconds. `anchors`
+    ({name: fn}, e.g. onnxruntime's run of the same model) are timed in the forward's rounds too:
+    `<name>_ms` and `<name>_speedup` (their time over ours) in the row."""
     ours.load_state_dict(ref.state_dict())
     xg = x.clone().requires_grad_()
 
@@ -140,6 +142,8 @@ def bench_pair(ref, ours, x, repeats, flops, floor=None, sgemm=None):
             fns["floor"] = floor[mode]
         if sgemm and mode == "forward":
             fns["sgemm"] = sgemm
+        if anchors and mode == "forward":
+            fns.update(anchors)
         t = interleaved_medians(fns, repeats)
         row[mode] = {"nn_ms": t["nn"] * 1e3, "ours_ms": t["ours"] * 1e3, "speedup": t["nn"] / t["ours"],
                      "ours_gflops": fl / t["ours"] / 1e9}
@@ -149,6 +153,9 @@ def bench_pair(ref, ours, x, repeats, flops, floor=None, sgemm=None):
         if "sgemm" in t:
             row[mode]["sgemm_gflops"] = sgemm.flops / t["sgemm"] / 1e9
             row[mode]["sgemm_fraction"] = row[mode]["ours_gflops"] / row[mode]["sgemm_gflops"]
+        for name in (anchors or {}) if mode == "forward" else ():
+            row[mode][f"{name}_ms"] = t[name] * 1e3
+            row[mode][f"{name}_speedup"] = t[name] / t["ours"]
     return row
 
 
@@ -180,7 +187,9 @@ def products_floor(kind, T, B, I, H, layers, directions):
     return {"forward": lambda: run_all(False), "forward+backward": lambda: run_all(True)}
 
 
-def run(full: bool, torch_threads, repeats: int):
+def run(full: bool, torch_threads, repeats: int, ort: bool = True):
+    from bench_onnx import available, forward_functions
+    ort_missing = available() if ort else "skipped (--no-ort)"
     rows = []
     cases = [(n, *c) for n in torch_threads for c in (FULL_CASES if full else QUICK_CASES)]
     sgemm = Sgemm()
@@ -191,14 +200,19 @@ def run(full: bool, torch_threads, repeats: int):
         x = torch.randn(T, B, I)
         directions = 2 if bidir else 1
         floor = products_floor(kind, T, B, I, H, layers, directions)
-        r = bench_pair(ref, ours, x, repeats, rnn_flops(kind, T, B, I, H, layers, directions), floor, sgemm)
+        anchors = None
+        if not ort_missing:  # onnxruntime on our export of the same weights, at torch's thread count
+            ours.load_state_dict(ref.state_dict())
+            anchors = forward_functions(ours, x, threads, int8=kind == "LSTM")
+        r = bench_pair(ref, ours, x, repeats, rnn_flops(kind, T, B, I, H, layers, directions), floor, sgemm,
+                       anchors)
         name = kind if layers == 1 and not bidir else f"{kind} {layers}-layer{' bidirectional' if bidir else ''}"
         rows.append({"module": name, "T": T, "B": B, "I": I, "H": H, "torch_threads": threads,
                      "nn_kernels": nn_kernels(ref, x), **r})
     rates = {}  # the range of the sgemm rates measured beside the rows, per thread count
     for r in rows:
         rates.setdefault(r["torch_threads"], []).append(r["forward"]["sgemm_gflops"])
-    return rows, {k: (min(v), max(v)) for k, v in rates.items()}
+    return rows, {k: (min(v), max(v)) for k, v in rates.items()}, ort_missing
 
 
 _MEMORY_SCRIPT = r"""
@@ -345,6 +359,31 @@ def markdown(rows, sgemm, info, command, memory, scans):
     return "\n".join(lines)
 
 
+def ort_markdown(rows, missing):
+    head = ("onnxruntime anchor, forward: the same weights exported by our ONNX path (standard LSTM/GRU/RNN "
+            "nodes) run by onnxruntime's CPU execution provider, intra_op_num_threads = torch's thread count, "
+            "timed in the forward's rounds; int8: onnxruntime.quantization.quantize_dynamic (LSTM -> "
+            "DynamicQuantizeLSTM). Speedup = onnxruntime's time / ours (> 1: ours is faster):")
+    if missing:
+        return head + "\n\n" + missing
+    try:
+        import onnxruntime
+        head = head.replace("onnxruntime's CPU", f"onnxruntime {onnxruntime.__version__}'s CPU")
+    except ImportError:
+        pass
+    lines = [head, "",
+             "| module | T, B, I, H | threads | ours ms | onnxruntime ms | speedup | onnxruntime int8 ms | "
+             "speedup vs int8 |", "|---|---|---|---|---|---|---|---|"]
+    for r in rows:
+        f = r["forward"]
+        if "ort_ms" not in f:
+            continue
+        int8 = (f"{f['ort_int8_ms']:.2f} | **{f['ort_int8_speedup']:.2f}x**" if "ort_int8_ms" in f else "- | -")
+        lines.append(f"| {r['module']} | {r['T']}, {r['B']}, {r['I']}, {r['H']} | {r['torch_threads']} | "
+                     f"{f['ours_ms']:.2f} | {f['ort_ms']:.2f} | **{f['ort_speedup']:.2f}x** | {int8} |")
+    return "\n".join(lines)
+
+
 MEMORY_CASES = [(kind, shape) for shape in ((100, 32, 256, 256), (1000, 1, 64, 64))
                 for kind in ("LSTM", "GRU", "RNN_TANH")]
 
@@ -360,6 +399,7 @@ def main():
                    help=f"interleaved rounds per row (default {ROUNDS}, {FULL_ROUNDS} with --full)")
     p.add_argument("--no-scans", action="store_true", help="skip the scan rows")
     p.add_argument("--no-hf", action="store_true", help="skip the Hugging Face model rows")
+    p.add_argument("--no-ort", action="store_true", help="skip the onnxruntime columns")
     args = p.parse_args()
     threads = [int(t) for t in args.threads.split(",")] if args.threads else ([1, 2] if args.full else [1])
     repeats = args.repeats or (10 if args.full else 7)
@@ -368,7 +408,7 @@ def main():
         set_blas_threads(args.blas_threads)
     info = dict(machine_info(), kernels=torch.ops.torch_rnn_ext._kernel_info())
     command = f"{sys.executable} benchmarks/bench.py " + " ".join(sys.argv[1:])
-    rows, sgemm = run(args.full, threads, repeats)
+    rows, sgemm, ort_missing = run(args.full, threads, repeats, ort=not args.no_ort)
     memory = []
     if args.full:
         for kind, (T, B, I, H) in tqdm(MEMORY_CASES, desc="peak memory", unit="row"):
@@ -404,6 +444,7 @@ def main():
         plot(sweeps, os.path.join(RESULTS, torch_rnn_ext._library.torch_tag(), "speedup.png"))
     info = dict(info, torch_threads=threads, rounds=ROUNDS)
     table = markdown(rows, sgemm, info, command.strip(), memory, scans)
+    table += "\n\n" + ort_markdown(rows, ort_missing)
     table += ("\n\nStreaming, one step per call (batch 1, input 64, no_grad, state carried), median us per step:"
               "\n\n" + streaming_markdown(streaming))
     from bench_hf import markdown as hf_markdown

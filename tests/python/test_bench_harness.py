@@ -80,3 +80,35 @@ def test_nn_kernels_names_what_the_profiler_saw(threads):
     with torch.backends.mkldnn.flags(enabled=False):  # no oneDNN: torch's own cells, whatever the version
         assert bench.nn_kernels(lstm, x) == {"forward": "ATen", "forward+backward": "ATen"}
     assert set(bench.nn_kernels(lstm, x).values()) <= {"oneDNN", "ATen"}
+
+
+def test_anchors_are_timed_in_the_forward_rounds_and_reported(fast_blocks, threads):
+    torch.set_num_threads(1)
+    T, B, I, H = 5, 2, 8, 8
+    ref, ours = bench.make_modules("LSTM", I, H, 1, False)
+    calls = []
+    row = bench.bench_pair(ref, ours, torch.randn(T, B, I), 3, bench.rnn_flops("LSTM", T, B, I, H),
+                           anchors={"ort": lambda: calls.append(1)})
+    assert len(calls) == bench.ROUNDS * 2  # a warm-up and one run per forward round
+    f = row["forward"]
+    assert f["ort_speedup"] == pytest.approx(f["ort_ms"] / f["ours_ms"])
+    assert "ort_ms" not in row["forward+backward"]
+    table = bench.ort_markdown([{"module": "LSTM", "T": T, "B": B, "I": I, "H": H, "torch_threads": 1, **row}],
+                               None)
+    assert "| LSTM | 5, 2, 8, 8 | 1 |" in table
+    assert "not installed" in bench.ort_markdown([], "onnxruntime is not installed")
+
+
+@pytest.mark.skipif(int(torch.__version__.split(".")[0]) < 2,
+                    reason="onnxruntime is pinned in the torch 2.x environment; runs in the 2.x leg")
+def test_onnxruntime_anchor_runs_the_rows_model():
+    import bench_onnx
+    assert bench_onnx.available() is None
+    torch.manual_seed(0)
+    ours = bench.make_modules("LSTM", 8, 8, 1, False)[1].eval()
+    x = torch.randn(5, 2, 8)
+    fns = bench_onnx.forward_functions(ours, x, 1, int8=True)
+    assert set(fns) == {"ort", "ort_int8"}
+    y, h, c = fns["ort"]()
+    torch.testing.assert_close(torch.from_numpy(y), ours(x)[0].detach(), rtol=1e-5, atol=1e-5)
+    assert fns["ort_int8"]()[0].shape == y.shape
