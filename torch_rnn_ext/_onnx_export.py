@@ -13,6 +13,10 @@ A cell is a node over a sequence of length 1.
   ``autograd.Function`` whose ``symbolic`` emits the node (its forward computes the layer with our op,
   for the tracer).
 
+The scans (``selective_scan``, ``wkv4`` below, used by the functional wrappers and by ``MambaMixer`` /
+``RWKV4TimeMix`` through torch_rnn_ext/scans.py) export, with the dynamo-based exporter only, as the
+recurrence in torch's ``scan`` higher-order op (an ONNX ``Scan``) and the rest as ordinary ops.
+
 Not exported (ValueError, naming the reason): ``proj_size`` > 0 (ONNX's LSTM has no projection),
 PackedSequence input (export the padded tensor; ONNX's ``sequence_lens`` is not used), and training mode
 with dropout between layers.
@@ -231,3 +235,91 @@ def cell_forward(cell, mode: str, input: Tensor, h0: Optional[Tensor], c0: Optio
     _, hs, cs = _run_layers(mode, cell.hidden_size, 1, 1, x, weights, cell.bias,
                             h0.unsqueeze(0) if h0 is not None else None, c0.unsqueeze(0) if c0 is not None else None)
     return (hs[0][0], cs[0][0]) if mode == "LSTM" else hs[0][0]
+
+
+# ---- The scans: the recurrence as an ONNX Scan (torch's scan higher-order op, which the dynamo-based
+# exporter translates to Scan), the rest as ordinary ops; onnxruntime runs it without our library.
+
+def _scan_export_check(op: str) -> None:
+    if torch.jit.is_tracing():
+        raise ValueError(f"torch_rnn_ext.{op}: ONNX export of the scans needs torch 2.x's dynamo-based exporter "
+                         "(torch.onnx.export(..., dynamo=True), the default): the TorchScript-based one has no "
+                         "loop for the recurrence")
+
+
+def _per_channel(X: Tensor, batch: int, dim: int) -> Tensor:
+    """B or C of the selective scan as (L, batch, dim, N): constant (dim, N), varying (batch, N, L) or
+    grouped (batch, G, N, L)."""
+    if X.dim() == 2:
+        return X[None, None]  # (1, 1, dim, N): broadcast in the step
+    if X.dim() == 3:
+        return X.permute(2, 0, 1)[:, :, None, :]  # (L, batch, 1, N)
+    G, N, L = X.shape[1], X.shape[2], X.shape[3]
+    per = X.permute(3, 0, 1, 2)[:, :, :, None, :]  # (L, batch, G, 1, N)
+    return per.expand(L, batch, G, dim // G, N).reshape(L, batch, dim, N)
+
+
+def selective_scan(u: Tensor, delta: Tensor, A: Tensor, B: Tensor, C: Tensor, D: Optional[Tensor],
+                   z: Optional[Tensor], delta_bias: Optional[Tensor], delta_softplus: bool,
+                   initial_state: Optional[Tensor]) -> Tuple[Tensor, Tensor]:
+    """torch.ops.torch_rnn_ext.selective_scan during ONNX export (same arguments and results)."""
+    _scan_export_check("selective_scan")
+    from torch._higher_order_ops.scan import scan
+    batch, dim = u.shape[0], u.shape[1]
+    dt = delta + delta_bias[:, None] if delta_bias is not None else delta
+    if delta_softplus:
+        dt = torch.nn.functional.softplus(dt)
+    du = dt * u
+    Bs, Cs = _per_channel(B, batch, dim), _per_channel(C, batch, dim)
+    xs = [dt.permute(2, 0, 1), du.permute(2, 0, 1)]
+    const_B, const_C = B.dim() == 2, C.dim() == 2
+    if not const_B:
+        xs.append(Bs)
+    if not const_C:
+        xs.append(Cs)
+    h0 = initial_state.clone() if initial_state is not None else u.new_zeros(batch, dim, A.shape[1])
+
+    def step(h, x):
+        dt_t, du_t = x[0], x[1]
+        b_t = Bs[0, 0] if const_B else x[2]
+        c_t = Cs[0, 0] if const_C else x[2 + (0 if const_B else 1)]
+        h = torch.exp(dt_t[..., None] * A) * h + du_t[..., None] * b_t
+        return h, (h * c_t).sum(-1)
+
+    last, ys = scan(step, h0, xs)
+    y = ys.permute(1, 2, 0)  # (batch, dim, L)
+    if D is not None:
+        y = y + D[:, None] * u
+    if z is not None:
+        y = y * torch.nn.functional.silu(z)
+    return y, last
+
+
+def wkv4(time_decay: Tensor, time_first: Tensor, k: Tensor, v: Tensor, state: Optional[Tensor]
+         ) -> Tuple[Tensor, Tensor]:
+    """torch.ops.torch_rnn_ext.wkv4 during ONNX export (same arguments and results): the numerically stable
+    recurrence of RWKV-4's kernel over the (aa, bb, pp) state."""
+    _scan_export_check("wkv4")
+    from torch._higher_order_ops.scan import scan
+    w = -torch.exp(time_decay)
+    # three separate tensors (the scan's carry must not alias its inputs or one another)
+    if state is None:
+        aa, bb = k.new_zeros(k.shape[0], k.shape[2]), k.new_zeros(k.shape[0], k.shape[2])
+        pp = k.new_full((k.shape[0], k.shape[2]), -1e38)
+    else:
+        aa, bb, pp = state[:, 0].clone(), state[:, 1].clone(), state[:, 2].clone()
+
+    def step(carry, x):
+        aa, bb, pp = carry
+        kk, vv = x
+        ww = time_first + kk
+        p = torch.maximum(pp, ww)
+        e1, e2 = torch.exp(pp - p), torch.exp(ww - p)
+        y = (e1 * aa + e2 * vv) / (e1 * bb + e2)
+        ww = w + pp
+        p = torch.maximum(ww, kk)
+        e1, e2 = torch.exp(ww - p), torch.exp(kk - p)
+        return (e1 * aa + e2 * vv, e1 * bb + e2, p), y
+
+    (aa, bb, pp), ys = scan(step, (aa, bb, pp), (k.transpose(0, 1), v.transpose(0, 1)))
+    return ys.transpose(0, 1), torch.stack([aa, bb, pp], 1)

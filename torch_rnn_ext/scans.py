@@ -7,6 +7,28 @@ from typing import Optional, Tuple, Union
 import torch
 from torch import Tensor
 
+from . import _onnx_export
+
+
+def _selective_scan_op(u: Tensor, delta: Tensor, A: Tensor, B: Tensor, C: Tensor, D: Optional[Tensor],
+                       z: Optional[Tensor], delta_bias: Optional[Tensor], delta_softplus: bool,
+                       initial_state: Optional[Tensor]) -> Tuple[Tensor, Tensor]:
+    """The op, or during ONNX export its standard-ops form (an ONNX Scan; see _onnx_export.py)."""
+    if not torch.jit.is_scripting():
+        if _onnx_export.exporting():
+            return _onnx_export.selective_scan(u, delta, A, B, C, D, z, delta_bias, delta_softplus, initial_state)
+    return torch.ops.torch_rnn_ext.selective_scan(u, delta, A, B, C, D, z, delta_bias, delta_softplus,
+                                                  initial_state)
+
+
+def _wkv4_op(time_decay: Tensor, time_first: Tensor, k: Tensor, v: Tensor,
+             state: Optional[Tensor]) -> Tuple[Tensor, Tensor]:
+    """The op, or during ONNX export its standard-ops form (an ONNX Scan; see _onnx_export.py)."""
+    if not torch.jit.is_scripting():
+        if _onnx_export.exporting():
+            return _onnx_export.wkv4(time_decay, time_first, k, v, state)
+    return torch.ops.torch_rnn_ext.wkv4(time_decay, time_first, k, v, state)
+
 
 def selective_scan(u: Tensor, delta: Tensor, A: Tensor, B: Tensor, C: Tensor, D: Optional[Tensor] = None,
                    z: Optional[Tensor] = None, delta_bias: Optional[Tensor] = None,
@@ -41,8 +63,7 @@ def selective_scan(u: Tensor, delta: Tensor, A: Tensor, B: Tensor, C: Tensor, D:
         >>> A, B, C = -torch.rand(8, 16), torch.randn(2, 16, 100), torch.randn(2, 16, 100)
         >>> out, h = torch_rnn_ext.selective_scan(u, delta, A, B, C, return_last_state=True)
     """
-    out, last_state = torch.ops.torch_rnn_ext.selective_scan(u, delta, A, B, C, D, z, delta_bias,
-                                                             delta_softplus, initial_state)
+    out, last_state = _selective_scan_op(u, delta, A, B, C, D, z, delta_bias, delta_softplus, initial_state)
     if return_last_state:
         return out, last_state
     return out
@@ -75,7 +96,7 @@ def wkv4(time_decay: Tensor, time_first: Tensor, k: Tensor, v: Tensor, state: Op
         >>> k, v = torch.randn(2, 100, 64), torch.randn(2, 100, 64)
         >>> y, s = torch_rnn_ext.wkv4(torch.zeros(64), torch.zeros(64), k, v, return_state=True)
     """
-    y, new_state = torch.ops.torch_rnn_ext.wkv4(time_decay, time_first, k, v, state)
+    y, new_state = _wkv4_op(time_decay, time_first, k, v, state)
     if return_state:
         return y, new_state
     return y

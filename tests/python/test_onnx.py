@@ -201,3 +201,113 @@ def test_packed_sequence_export_raises():
     packed = pack_padded_sequence(torch.randn(5, 2, I), [5, 3])
     with pytest.raises(ValueError, match="PackedSequence"):
         _onnx_export.rnn_forward(torch_rnn_ext.LSTM(I, H), packed, None)
+
+
+# ---- The scans: the recurrence as an ONNX Scan (the dynamo-based exporter, torch 2.x)
+
+class FunctionalScans(torch.nn.Module):
+    """selective_scan (grouped B, varying C, initial state, last state) and wkv4 (state in and out)."""
+
+    def __init__(self, dim=8, N=4):
+        super().__init__()
+        g = torch.Generator().manual_seed(3)
+        self.A = torch.nn.Parameter(-torch.rand(dim, N, generator=g))
+        self.D = torch.nn.Parameter(torch.randn(dim, generator=g))
+        self.bias = torch.nn.Parameter(torch.randn(dim, generator=g) * 0.3)
+        self.td = torch.nn.Parameter(torch.randn(dim, generator=g))
+        self.tf = torch.nn.Parameter(torch.randn(dim, generator=g))
+
+    def forward(self, u, delta, B, C, z, h0, k, v, s0):
+        y, h = torch_rnn_ext.selective_scan(u, delta, self.A, B, C, self.D, z, self.bias, True, True, h0)
+        w, s = torch_rnn_ext.wkv4(self.td, self.tf, k, v, s0, return_state=True)
+        return y, h, w, s
+
+
+def scan_inputs(L, seed=0):
+    g = torch.Generator().manual_seed(seed + L)
+    r = lambda *s: torch.randn(*s, generator=g)  # noqa: E731
+    s0 = torch.stack([r(2, 8).abs(), r(2, 8).abs() + 1, r(2, 8)], 1)
+    return (r(2, 8, L), r(2, 8, L) * 0.5, r(2, 2, 4, L), r(2, 4, L), r(2, 8, L), r(2, 8, 4), r(2, L, 8), r(2, L, 8),
+            s0)
+
+
+class Streaming(torch.nn.Module):
+    """MambaMixer and RWKV4TimeMix's forward_with_state (a chunk with the carried states)."""
+
+    def __init__(self):
+        super().__init__()
+        torch.manual_seed(4)
+        self.mamba, self.rwkv = torch_rnn_ext.MambaMixer(16, d_state=8), torch_rnn_ext.RWKV4TimeMix(16)
+
+    def forward(self, x, conv_state, ssm_state, last_x, wkv_state):
+        y1, c, s = self.mamba.forward_with_state(x, conv_state, ssm_state)
+        y2, lx, w = self.rwkv.forward_with_state(x, last_x, wkv_state)
+        return y1, c, s, y2, lx, w
+
+
+def streaming_inputs(L):
+    g = torch.Generator().manual_seed(L)
+    m = Streaming()
+    conv, ssm = m.mamba.allocate_state(2)
+    last_x, wkv = m.rwkv.allocate_state(2)
+    return (torch.randn(2, L, 16, generator=g), torch.randn(conv.shape, generator=g),
+            torch.randn(ssm.shape, generator=g), torch.randn(last_x.shape, generator=g), wkv)
+
+
+class Steps(Streaming):
+    """MambaMixer and RWKV4TimeMix's step (one token with the carried states)."""
+
+    def forward(self, x, conv_state, ssm_state, last_x, wkv_state):
+        y1, c, s = self.mamba.step(x, conv_state, ssm_state)
+        y2, lx, w = self.rwkv.step(x, last_x, wkv_state)
+        return y1, c, s, y2, lx, w
+
+
+def step_inputs(seed):
+    x, *states = streaming_inputs(seed)
+    return (x[:, 0], *states)
+
+
+def sequence(L):
+    return (torch.randn(2, L, 16, generator=torch.Generator().manual_seed(L)),)
+
+
+SCAN_MODELS = {
+    "MambaMixer": (lambda: torch_rnn_ext.MambaMixer(16, d_state=8), sequence, [1]),
+    "RWKV4TimeMix": (lambda: torch_rnn_ext.RWKV4TimeMix(16), sequence, [1]),
+    "functional": (FunctionalScans, scan_inputs, [2, 2, 3, 2, 2, None, 1, 1, None]),
+    "forward_with_state": (Streaming, streaming_inputs, [1, None, None, None, None]),
+    "step": (Steps, step_inputs, [None] * 5),
+}
+
+
+@pytest.mark.skipif(not HAS_PT2, reason="the scans export through torch 2.x's dynamo-based exporter (torch.onnx "
+                                        f"export's scan op); runs in the 2.x leg, this is torch {torch.__version__}")
+@pytest.mark.parametrize("name", list(SCAN_MODELS))
+def test_scans_export_as_an_onnx_scan(name, tmp_path):
+    make, make_inputs, time_dims = SCAN_MODELS[name]
+    torch.manual_seed(0)
+    model = make().eval()
+    L = torch.export.Dim("L", min=2)
+    shapes = tuple(None if d is None else {d: L} for d in time_dims) if any(time_dims) else None
+    path = str(tmp_path / "scan.onnx")
+    torch.onnx.export(model, make_inputs(7), path, dynamo=True, dynamic_shapes=shapes)
+    lengths = (7, 12, 33)
+    result = run_onnx(path, [list(make_inputs(n)) for n in lengths])
+    ops = [op for op, _ in result["nodes"]]
+    assert "Scan" in ops, ops
+    assert all(domain in ("", "ai.onnx") for _, domain in result["nodes"]), result["nodes"]
+    for n, got in zip(lengths, result["runs"]):
+        with torch.no_grad():
+            want = flat(model(*make_inputs(n)))
+        assert len(got) == len(want)
+        for g, w in zip(got, want):
+            np.testing.assert_allclose(np.asarray(g, dtype=np.float32), w.numpy(), rtol=1e-4, atol=1e-4,
+                                       err_msg=f"{name}, L={n}")
+
+
+def test_scans_with_the_torchscript_exporter_raise_a_clear_error(tmp_path):
+    kw = {"dynamo": False} if HAS_PT2 else {}
+    model = torch_rnn_ext.RWKV4TimeMix(16).eval()
+    raised_naming(lambda: torch.onnx.export(model, (torch.randn(2, 5, 16),), str(tmp_path / "s.onnx"), **kw),
+                  "dynamo")

@@ -1,6 +1,7 @@
 """Sequence-mixing layers built on the linear-time scan ops: Mamba's mixer and RWKV-4's time mixing.
 
-Both are scriptable (``torch.jit.script``) and call ``torch.ops.torch_rnn_ext.*`` directly; each has a
+Both are scriptable (``torch.jit.script``) and call ``torch.ops.torch_rnn_ext.*`` (through
+``torch_rnn_ext.scans``' helpers, which during ONNX export give the recurrence as an ONNX Scan); each has a
 ``step()`` for streaming decode and a ``forward_with_state()`` for streaming chunks (what
 :class:`torch_rnn_ext.Streamer` calls), whose outputs match the full-sequence ``forward``.
 """
@@ -11,6 +12,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from ..scans import _selective_scan_op, _wkv4_op
 
 def _check_stream_args(module: str, x: Tensor, x_name: str, x_sizes: Tuple[int, ...],
                        states: Tuple[Tuple[Tensor, str, Tuple[int, ...]], ...], like: Tensor) -> None:
@@ -100,7 +102,7 @@ class MambaMixer(nn.Module):
         x = F.silu(self.conv1d(x.transpose(1, 2))[..., :L])  # (batch, d_inner, L)
         dt, B, C = self._ssm_inputs(x.transpose(1, 2))
         A = -torch.exp(self.A_log)
-        y, _ = torch.ops.torch_rnn_ext.selective_scan(
+        y, _ = _selective_scan_op(
             x, dt.transpose(1, 2), A, B.transpose(1, 2), C.transpose(1, 2), self.D, z.transpose(1, 2),
             self.dt_proj.bias, True, None)
         return self.out_proj(y.transpose(1, 2))
@@ -130,7 +132,7 @@ class MambaMixer(nn.Module):
         x = F.silu(x)
         dt, B, C = self._ssm_inputs(x)
         A = -torch.exp(self.A_log)
-        y, ssm_state = torch.ops.torch_rnn_ext.selective_scan(
+        y, ssm_state = _selective_scan_op(
             x.unsqueeze(-1), dt.unsqueeze(-1), A, B.unsqueeze(-1), C.unsqueeze(-1), self.D, z.unsqueeze(-1),
             self.dt_proj.bias, True, ssm_state)
         return self.out_proj(y.squeeze(-1)), conv_state, ssm_state
@@ -155,7 +157,7 @@ class MambaMixer(nn.Module):
         x = F.silu(F.conv1d(x, self.conv1d.weight, self.conv1d.bias, groups=self.d_inner))  # (batch, d_inner, L)
         dt, B, C = self._ssm_inputs(x.transpose(1, 2))
         A = -torch.exp(self.A_log)
-        y, ssm_state = torch.ops.torch_rnn_ext.selective_scan(
+        y, ssm_state = _selective_scan_op(
             x, dt.transpose(1, 2), A, B.transpose(1, 2), C.transpose(1, 2), self.D, z.transpose(1, 2),
             self.dt_proj.bias, True, ssm_state)
         return self.out_proj(y.transpose(1, 2)), conv_state, ssm_state
@@ -216,7 +218,7 @@ class RWKV4TimeMix(nn.Module):
 
     def forward(self, x: Tensor) -> Tensor:
         k, v, sr = self._mix(x, self.time_shift(x))
-        wkv, _ = torch.ops.torch_rnn_ext.wkv4(self.time_decay, self.time_first, k, v, None)
+        wkv, _ = _wkv4_op(self.time_decay, self.time_first, k, v, None)
         return self.output(sr * wkv)
 
     @torch.jit.export
@@ -235,7 +237,7 @@ class RWKV4TimeMix(nn.Module):
                                ((last_x, "last_x", (-1, self.n_embd)), (state, "state", (-1, 3, self.attn_sz))),
                                self.time_decay)
         k, v, sr = self._mix(x.unsqueeze(1), last_x.unsqueeze(1))
-        wkv, state = torch.ops.torch_rnn_ext.wkv4(self.time_decay, self.time_first, k, v, state)
+        wkv, state = _wkv4_op(self.time_decay, self.time_first, k, v, state)
         return self.output(sr * wkv).squeeze(1), x, state
 
     @torch.jit.export
@@ -249,5 +251,5 @@ class RWKV4TimeMix(nn.Module):
                                ((last_x, "last_x", (-1, self.n_embd)), (state, "state", (-1, 3, self.attn_sz))),
                                self.time_decay)
         k, v, sr = self._mix(x, torch.cat([last_x.unsqueeze(1), x[:, :-1]], dim=1))
-        wkv, state = torch.ops.torch_rnn_ext.wkv4(self.time_decay, self.time_first, k, v, state)
+        wkv, state = _wkv4_op(self.time_decay, self.time_first, k, v, state)
         return self.output(sr * wkv), x[:, -1], state
