@@ -99,7 +99,7 @@ class _TracedNode(torch.autograd.Function):
     def symbolic(g, mode, H, dirs, x, W, R, B, h0, c0):  # noqa: D102
         kw = {}
         for name, value in _attrs(mode, H, dirs).items():
-            kw[name + ("_i" if isinstance(value, int) else "_s" if isinstance(value, str) else "_s")] = value
+            kw[name + ("_i" if isinstance(value, int) else "_s")] = value  # ints, strings or string lists
         inputs = [x, W, R, B if B is not None else _unused(g), _unused(g), h0 if h0 is not None else _unused(g)]
         if mode == "LSTM":
             inputs.append(c0 if c0 is not None else _unused(g))

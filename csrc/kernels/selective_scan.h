@@ -186,23 +186,21 @@ void selective_scan_step_impl(const ScanStepBlock<T>& p, T* h, T* out) {
     for (int64_t i = 0; i < n; ++i) {
       const int64_t c = c0 + i;
       const T *A = p.A + c * N, *B = p.B + c * p.b_stride, *C = p.C + c * p.c_stride;
+      T s;
       if constexpr (kN > 0 && std::is_same<T, double>::value) {
         // float64 exp is libm's, whose loop in scan_decays GCC may vectorise (glibc's vector exp, other
         // bits than the scalar call): the full scan's two passes, as it runs them
         T hbuf[kN], abuf[kN];
         scan_decays<kN>(N, 1, dt + i, A, abuf);
-        y[i] = scan_step_from<kN>(N, du[i], abuf, B, C, h + c * N, hbuf);
+        s = scan_step_from<kN>(N, du[i], abuf, B, C, h + c * N, hbuf);
         std::memcpy(h + c * N, hbuf, sizeof(hbuf));
       } else {
         // exp(dt A) within the step: float32's exp_ is exp_clamped_(exp_clamp_), scan_decays' two passes
-        y[i] = scan_step<kN>(N, dt[i], du[i], A, B, C, h + c * N);
+        s = scan_step<kN>(N, dt[i], du[i], A, B, C, h + c * N);
       }
-    }
-    if (p.D) {  // + ScanChannel::skip
-      const T* __restrict D = p.D + c0;
-      for (int64_t i = 0; i < n; ++i) y[i] = y[i] + D[i] * u[i];
-    } else {
-      for (int64_t i = 0; i < n; ++i) y[i] = y[i] + T(0);
+      // + ScanChannel::skip, written as scan_steps writes it (scalar, right after the step): in a loop of
+      // its own the compiler may fuse the multiply-add differently (seen at -O2), changing the last bit
+      y[i] = s + (p.D ? p.D[c] * u[i] : T(0));
     }
     T* __restrict o = out + c0;
     if (p.z) {
