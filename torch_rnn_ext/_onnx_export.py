@@ -143,16 +143,13 @@ def _eager_layer(mode: str, H: int, dirs: int, x: Tensor, params: List[Tensor], 
         return tuple(t.clone() for t in values)
 
     def compute():
-        x_, params_ = x.detach(), [t.detach() for t in params]
-        h0_ = h0.detach() if h0 is not None else None
-        c0_ = c0.detach() if c0 is not None else None
         with torch.no_grad():
             if mode == "LSTM":
-                out, h, c = _layer_op(mode)(x_, [] if h0_ is None else [h0_, c0_], params_, has_bias, 1, 0.0, False,
+                out, h, c = _layer_op(mode)(x, [] if h0 is None else [h0, c0], params, has_bias, 1, 0.0, False,
                                             dirs == 2, False, None)
                 states = [h, c]
             else:
-                out, h = _layer_op(mode)(x_, h0_, params_, has_bias, 1, 0.0, False, dirs == 2, False, None)
+                out, h = _layer_op(mode)(x, h0, params, has_bias, 1, 0.0, False, dirs == 2, False, None)
                 states = [h]
         T, batch = x.shape[0], x.shape[1]
         return tuple([out.view(T, batch, dirs, H).transpose(1, 2)] + states)

@@ -80,6 +80,24 @@ struct ScanInputs {
             softplus,
             D != nullptr};
   }
+
+  // The channels [d0, d1) of batch row b for an L = 1 step, as channel() lays out each of them.
+  kernels::ScanStepBlock<T> step_block(int64_t b, int64_t d0, int64_t d1) const {
+    const int64_t ch = b * g.dim + d0;
+    return {d1 - d0,
+            g.N,
+            u + ch,
+            delta + ch,
+            z ? z + ch : nullptr,
+            A + d0 * g.N,
+            operand(B, g.B, b, d0),
+            g.B.varying ? 0 : g.N,
+            operand(C, g.C, b, d0),
+            g.C.varying ? 0 : g.N,
+            D ? D + d0 : nullptr,
+            bias ? bias + d0 : nullptr,
+            softplus};
+  }
 };
 
 // Tasks: runs of consecutive channels that share their B group and their C group, at most kTaskChannels
@@ -116,30 +134,22 @@ std::tuple<Tensor, Tensor, Tensor> forward(const Tensor& u, const Tensor& delta,
   Tensor out = at::empty({g.batch, g.dim, g.L}, u.options());
   const int64_t chunks = kernels::num_chunks(g.L);
   Tensor ckpt = save ? at::empty({g.batch, g.dim, chunks, g.N}, u.options()) : Tensor();
-  if (g.L == 1) {  // a streaming step: blocks of channels (kernels::selective_scan_step)
-    if (save) ckpt.view_as(h).copy_(h);  // the state before the step, the one checkpoint
-    const auto blocks = channel_tasks(g);
-    const int64_t nblocks = static_cast<int64_t>(blocks.size());
-    AT_DISPATCH_FLOATING_TYPES(u.scalar_type(), "selective_scan", [&] {
-      const ScanInputs<scalar_t> in(g, u, delta, A, B, C, D, z, delta_bias, delta_softplus);
-      scalar_t* hp = h.data_ptr<scalar_t>();
-      scalar_t* op = out.data_ptr<scalar_t>();
-      parallel_items(g.batch * nblocks, {kTaskChannels, g.N}, [&](int64_t item) {
-        const int64_t b = item / nblocks, d0 = blocks[item % nblocks].first;
-        const int64_t ch = b * g.dim + d0;
-        const kernels::ScanStepBlock<scalar_t> block{
-            blocks[item % nblocks].second - d0, g.N, in.u + ch, in.delta + ch, in.z ? in.z + ch : nullptr,
-            in.A + d0 * g.N, in.operand(in.B, g.B, b, d0), g.B.varying ? 0 : g.N, in.operand(in.C, g.C, b, d0),
-            g.C.varying ? 0 : g.N, in.D ? in.D + d0 : nullptr, in.bias ? in.bias + d0 : nullptr, in.softplus};
-        kernels::selective_scan_step<scalar_t>(block, hp + ch * g.N, op + ch);
-      });
-    });
-    return {out, h, ckpt};
-  }
+  if (save && g.L == 1) ckpt.view_as(h).copy_(h);  // the state before the step, the one checkpoint
   AT_DISPATCH_FLOATING_TYPES(u.scalar_type(), "selective_scan", [&] {
     const ScanInputs<scalar_t> in(g, u, delta, A, B, C, D, z, delta_bias, delta_softplus);
     scalar_t* hp = h.data_ptr<scalar_t>();
     scalar_t* op = out.data_ptr<scalar_t>();
+    if (g.L == 1) {  // a streaming step: blocks of channels (kernels::selective_scan_step)
+      const auto blocks = channel_tasks(g);
+      const int64_t nblocks = static_cast<int64_t>(blocks.size());
+      parallel_items(g.batch * nblocks, {kTaskChannels, g.N}, [&](int64_t item) {
+        const int64_t b = item / nblocks;
+        const auto& blk = blocks[item % nblocks];
+        const int64_t ch = b * g.dim + blk.first;
+        kernels::selective_scan_step<scalar_t>(in.step_block(b, blk.first, blk.second), hp + ch * g.N, op + ch);
+      });
+      return;
+    }
     scalar_t* cp = save ? ckpt.data_ptr<scalar_t>() : nullptr;
     parallel_items(g.batch * g.dim, {g.L, g.N}, [&](int64_t ch) {
       kernels::selective_scan_forward<scalar_t>(in.channel(ch / g.dim, ch % g.dim), hp + ch * g.N,
