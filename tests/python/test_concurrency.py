@@ -262,14 +262,18 @@ def test_thread_count_changing_in_another_thread_changes_no_result(kind, threads
     torch.set_num_threads(low)
     assert_all_equal([forward_and_grads(model, args) for args in inputs[0]], serial[0])  # the other count too
     stop, toggles, done, lock = threading.Event(), [0], [0], threading.Lock()
+    toggling = threading.Event()  # set after two toggles: workers start only once the count is moving
 
     def target(i):
         if i == n_workers:  # the toggler: low <-> high until the workers are done
             while not stop.is_set():
                 torch.set_num_threads((low, high)[toggles[0] % 2])
                 toggles[0] += 1
+                if toggles[0] >= 2:
+                    toggling.set()
                 time.sleep(0.0005)
             return None
+        toggling.wait()
         try:
             return [forward_and_grads(model, args) for args in inputs[i]]
         finally:
