@@ -15,7 +15,8 @@ A cell is a node over a sequence of length 1.
 
 The scans (``selective_scan``, ``wkv4`` below, used by the functional wrappers and by ``MambaMixer`` /
 ``RWKV4TimeMix`` through torch_rnn_ext/scans.py) export, with the dynamo-based exporter only, as the
-recurrence in torch's ``scan`` higher-order op (an ONNX ``Scan``) and the rest as ordinary ops.
+recurrence in torch's ``scan`` higher-order op (an ONNX ``Scan``) and the rest as ordinary ops, dynamic in
+length and batch.
 
 Not exported (ValueError, naming the reason): ``proj_size`` > 0 (ONNX's LSTM has no projection),
 PackedSequence input (export the padded tensor; ONNX's ``sequence_lens`` is not used), and training mode
@@ -244,6 +245,20 @@ def _scan_export_check(op: str) -> None:
                          "loop for the recurrence")
 
 
+def _scan(step, init, xs, consts: List[Optional[Tensor]]):
+    """torch's scan of ``step(carry, x, *consts)`` over dim 0 of xs, on operands detached from autograd.
+
+    Detached because the exporter re-runs the decomposed graph on fake parameters that require grad (its
+    type promotion pass): scan's autograd path would then split the body into a forward and a backward and
+    return what the backward needs from the forward, the batch size among it, and a symbolic batch size
+    there fails the export ("Expected leaf to be a Tensor or None, got SymInt"). An export is inference only.
+    """
+    from torch._higher_order_ops.scan import scan
+    init, xs, consts = torch.utils._pytree.tree_map_only(Tensor, lambda t: t.detach(), (init, xs, consts))
+    # consts (closed over) reach the body as the scan's additional inputs; a None stays None
+    return scan(lambda carry, x: step(carry, x, *consts), init, xs)
+
+
 def _per_channel(X: Tensor, batch: int, dim: int) -> Tensor:
     """B or C of the selective scan as (L, batch, dim, N): constant (dim, N), varying (batch, N, L) or
     grouped (batch, G, N, L)."""
@@ -261,7 +276,6 @@ def selective_scan(u: Tensor, delta: Tensor, A: Tensor, B: Tensor, C: Tensor, D:
                    initial_state: Optional[Tensor]) -> Tuple[Tensor, Tensor]:
     """torch.ops.torch_rnn_ext.selective_scan during ONNX export (same arguments and results)."""
     _scan_export_check("selective_scan")
-    from torch._higher_order_ops.scan import scan
     batch, dim = u.shape[0], u.shape[1]
     dt = delta + delta_bias[:, None] if delta_bias is not None else delta
     if delta_softplus:
@@ -276,14 +290,14 @@ def selective_scan(u: Tensor, delta: Tensor, A: Tensor, B: Tensor, C: Tensor, D:
         xs.append(Cs)
     h0 = initial_state.clone() if initial_state is not None else u.new_zeros(batch, dim, A.shape[1])
 
-    def step(h, x):
+    def step(h, x, A, B0, C0):
         dt_t, du_t = x[0], x[1]
-        b_t = Bs[0, 0] if const_B else x[2]
-        c_t = Cs[0, 0] if const_C else x[2 + (0 if const_B else 1)]
+        b_t = B0 if const_B else x[2]
+        c_t = C0 if const_C else x[2 + (0 if const_B else 1)]
         h = torch.exp(dt_t[..., None] * A) * h + du_t[..., None] * b_t
         return h, (h * c_t).sum(-1)
 
-    last, ys = scan(step, h0, xs)
+    last, ys = _scan(step, h0, xs, [A, Bs[0, 0] if const_B else None, Cs[0, 0] if const_C else None])
     y = ys.permute(1, 2, 0)  # (batch, dim, L)
     if D is not None:
         y = y + D[:, None] * u
@@ -297,7 +311,6 @@ def wkv4(time_decay: Tensor, time_first: Tensor, k: Tensor, v: Tensor, state: Op
     """torch.ops.torch_rnn_ext.wkv4 during ONNX export (same arguments and results): the numerically stable
     recurrence of RWKV-4's kernel over the (aa, bb, pp) state."""
     _scan_export_check("wkv4")
-    from torch._higher_order_ops.scan import scan
     w = -torch.exp(time_decay)
     # three separate tensors (the scan's carry must not alias its inputs or one another)
     if state is None:
@@ -306,7 +319,7 @@ def wkv4(time_decay: Tensor, time_first: Tensor, k: Tensor, v: Tensor, state: Op
     else:
         aa, bb, pp = state[:, 0].clone(), state[:, 1].clone(), state[:, 2].clone()
 
-    def step(carry, x):
+    def step(carry, x, w, time_first):
         aa, bb, pp = carry
         kk, vv = x
         ww = time_first + kk
@@ -318,5 +331,5 @@ def wkv4(time_decay: Tensor, time_first: Tensor, k: Tensor, v: Tensor, state: Op
         e1, e2 = torch.exp(ww - p), torch.exp(kk - p)
         return (e1 * aa + e2 * vv, e1 * bb + e2, p), y
 
-    (aa, bb, pp), ys = scan(step, (aa, bb, pp), (k.transpose(0, 1), v.transpose(0, 1)))
+    (aa, bb, pp), ys = _scan(step, (aa, bb, pp), (k.transpose(0, 1), v.transpose(0, 1)), [w, time_first])
     return ys.transpose(0, 1), torch.stack([aa, bb, pp], 1)

@@ -22,6 +22,7 @@ VENV_PY = os.path.join(REPO, ".venv", "bin", "python")
 EXPORTERS = ["dynamo", "torchscript"] if HAS_PT2 else ["torchscript"]
 I, H = 4, 6
 SIZES = [(5, 3), (9, 2), (1, 4)]  # (T, batch): exported at the first, run at all three
+SCAN_SIZES = [(7, 2), (12, 1), (33, 3)]  # the scans' (L, batch): exported at the first, run at all three
 
 VERIFY = r"""
 import json, sys
@@ -223,11 +224,11 @@ class FunctionalScans(torch.nn.Module):
         return y, h, w, s
 
 
-def scan_inputs(L, seed=0):
-    g = torch.Generator().manual_seed(seed + L)
+def scan_inputs(L, b):
+    g = torch.Generator().manual_seed(L * 100 + b)
     r = lambda *s: torch.randn(*s, generator=g)  # noqa: E731
-    s0 = torch.stack([r(2, 8).abs(), r(2, 8).abs() + 1, r(2, 8)], 1)
-    return (r(2, 8, L), r(2, 8, L) * 0.5, r(2, 2, 4, L), r(2, 4, L), r(2, 8, L), r(2, 8, 4), r(2, L, 8), r(2, L, 8),
+    s0 = torch.stack([r(b, 8).abs(), r(b, 8).abs() + 1, r(b, 8)], 1)
+    return (r(b, 8, L), r(b, 8, L) * 0.5, r(b, 2, 4, L), r(b, 4, L), r(b, 8, L), r(b, 8, 4), r(b, L, 8), r(b, L, 8),
             s0)
 
 
@@ -245,12 +246,12 @@ class Streaming(torch.nn.Module):
         return y1, c, s, y2, lx, w
 
 
-def streaming_inputs(L):
-    g = torch.Generator().manual_seed(L)
+def streaming_inputs(L, b):
+    g = torch.Generator().manual_seed(L * 100 + b)
     m = Streaming()
-    conv, ssm = m.mamba.allocate_state(2)
-    last_x, wkv = m.rwkv.allocate_state(2)
-    return (torch.randn(2, L, 16, generator=g), torch.randn(conv.shape, generator=g),
+    conv, ssm = m.mamba.allocate_state(b)
+    last_x, wkv = m.rwkv.allocate_state(b)
+    return (torch.randn(b, L, 16, generator=g), torch.randn(conv.shape, generator=g),
             torch.randn(ssm.shape, generator=g), torch.randn(last_x.shape, generator=g), wkv)
 
 
@@ -263,16 +264,16 @@ class Steps(Streaming):
         return y1, c, s, y2, lx, w
 
 
-def step_inputs(seed):
-    x, *states = streaming_inputs(seed)
+def step_inputs(L, b):
+    x, *states = streaming_inputs(L, b)  # L only varies the values: a step is one token
     return (x[:, 0], *states)
 
 
-def sequence(L):
-    return (torch.randn(2, L, 16, generator=torch.Generator().manual_seed(L)),)
+def sequence(L, b):
+    return (torch.randn(b, L, 16, generator=torch.Generator().manual_seed(L * 100 + b)),)
 
 
-SCAN_MODELS = {
+SCAN_MODELS = {  # name: (model, inputs(L, batch), each input's time dim (its batch dim is 0))
     "MambaMixer": (lambda: torch_rnn_ext.MambaMixer(16, d_state=8), sequence, [1]),
     "RWKV4TimeMix": (lambda: torch_rnn_ext.RWKV4TimeMix(16), sequence, [1]),
     "functional": (FunctionalScans, scan_inputs, [2, 2, 3, 2, 2, None, 1, 1, None]),
@@ -285,25 +286,26 @@ SCAN_MODELS = {
                                         f"export's scan op); runs in the 2.x leg, this is torch {torch.__version__}")
 @pytest.mark.parametrize("name", list(SCAN_MODELS))
 def test_scans_export_as_an_onnx_scan(name, tmp_path):
+    # exported with a dynamic length and batch at the first size, run at two other lengths and batches
     make, make_inputs, time_dims = SCAN_MODELS[name]
     torch.manual_seed(0)
     model = make().eval()
-    L = torch.export.Dim("L", min=2)
-    shapes = tuple(None if d is None else {d: L} for d in time_dims) if any(time_dims) else None
+    L, batch = torch.export.Dim("L", min=2), torch.export.Dim("batch", min=1)
+    shapes = tuple({0: batch} if d is None else {0: batch, d: L} for d in time_dims)
     path = str(tmp_path / "scan.onnx")
-    torch.onnx.export(model, make_inputs(7), path, dynamo=True, dynamic_shapes=shapes)
-    lengths = (7, 12, 33)
-    result = run_onnx(path, [list(make_inputs(n)) for n in lengths])
+    torch.onnx.export(model, make_inputs(*SCAN_SIZES[0]), path, dynamo=True, dynamic_shapes=shapes)
+    result = run_onnx(path, [list(make_inputs(n, b)) for n, b in SCAN_SIZES])
     ops = [op for op, _ in result["nodes"]]
     assert "Scan" in ops, ops
     assert all(domain in ("", "ai.onnx") for _, domain in result["nodes"]), result["nodes"]
-    for n, got in zip(lengths, result["runs"]):
+    for (n, b), got in zip(SCAN_SIZES, result["runs"]):
         with torch.no_grad():
-            want = flat(model(*make_inputs(n)))
+            want = flat(model(*make_inputs(n, b)))  # the final states included
         assert len(got) == len(want)
         for g, w in zip(got, want):
-            np.testing.assert_allclose(np.asarray(g, dtype=np.float32), w.numpy(), rtol=1e-4, atol=1e-4,
-                                       err_msg=f"{name}, L={n}")
+            g = np.asarray(g, dtype=np.float32)
+            assert g.shape == tuple(w.shape), (name, n, b, g.shape, w.shape)
+            np.testing.assert_allclose(g, w.numpy(), rtol=1e-4, atol=1e-4, err_msg=f"{name}, L={n}, batch={b}")
 
 
 def test_scans_with_the_torchscript_exporter_raise_a_clear_error(tmp_path):
