@@ -123,6 +123,12 @@ std::tuple<Tensor, Tensor, Tensor> run_stack(const char* op, const Tensor& input
   // With projections, the hidden size is weight_hh's rows over the 4 gates (the layers check weight_hr
   // against it), so that a wrong weight_hr is reported as such rather than as a wrong c_0.
   const c10::SymInt P = params[1].sym_size(1), H = proj ? params[1].sym_size(0) / 4 : P;
+  // An LSTM stack's tensor count decides whether it projects: one missing weight_hr reads as no projection,
+  // and its weight_hh of (4 H, P) then disagrees with itself before any state is checked against it.
+  TORCH_CHECK(!can_project || proj || params[1].sym_size(0) == P * 4, op,
+              ": params[1] (weight_hh_l0): expected size (4 * hidden_size, hidden_size) with ", base,
+              " tensors per layer and direction (no projection), got ", params[1].sym_sizes(), "; with proj_size, "
+              "each layer and direction has ", base + 1, " tensors, weight_hr last");
   const int64_t LD = num_layers * D;
   if (h0.defined()) check_hidden(h0, {LD, B, P}, c0.defined() || can_project ? "hidden[0]" : "hidden");
   if (c0.defined()) check_hidden(c0, {LD, B, H}, "hidden[1]");

@@ -222,3 +222,17 @@ def test_lstm_one_state_raises_like_nn():
     ref.load_state_dict(m.state_dict())
     x = torch.randn(2, 1, 3)
     torch.testing.assert_close(m(x, list(h))[0], ref(x, h)[0])
+
+
+def test_lstm_stack_missing_weight_hr_names_params():
+    """Found by test_fuzz: an LSTM stack with projections given one tensor fewer reads as a stack without
+    projection, whose c_0 check then failed first ("Expected hidden[1] size ..."), naming no parameter."""
+    m = torch.nn.LSTM(1, 3, proj_size=1)
+    params = [p.detach() for p in m.parameters()]
+    x, h0, c0 = torch.randn(5, 1), torch.zeros(1, 1), torch.zeros(1, 3)
+    with pytest.raises(RuntimeError, match=r"params\[1\] \(weight_hh_l0\): expected size \(4 \* hidden_size, "
+                                           r"hidden_size\) with 4 tensors .*with proj_size, each layer and "
+                                           r"direction has 5 tensors"):
+        ops.lstm(x, [h0, c0], params[:-1], True, 1, 0.0, False, False, False)
+    out = ops.lstm(x, [h0, c0], params, True, 1, 0.0, False, False, False)  # all five: as nn computes
+    torch.testing.assert_close(out[0], m(x, (h0, c0))[0])
