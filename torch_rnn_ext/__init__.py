@@ -13,10 +13,11 @@ from .modules.cells import GRUCell, LSTMCell, RNNCell  # noqa: E402
 from .modules.convert import convert  # noqa: E402
 from .modules.rnn import GRU, LSTM, RNN  # noqa: E402
 from .modules.scans import MambaMixer, RWKV4TimeMix  # noqa: E402
+from .delta_rule import gated_delta_rule  # noqa: E402
 from .scans import selective_scan, wkv4  # noqa: E402
 from .streaming import Streamer  # noqa: E402
 
 __all__ = ["LSTM", "GRU", "RNN", "LSTMCell", "GRUCell", "RNNCell", "convert", "functional", "lstm", "gru",
            "rnn_tanh", "rnn_relu", "lstm_layer", "gru_layer", "rnn_tanh_layer", "rnn_relu_layer", "LIBRARY_PATH",
-           "selective_scan", "wkv4", "MambaMixer", "RWKV4TimeMix"]
+           "selective_scan", "wkv4", "gated_delta_rule", "MambaMixer", "RWKV4TimeMix"]
 __all__ += ["Streamer"]

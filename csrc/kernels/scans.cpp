@@ -22,6 +22,11 @@ namespace kernels {
   template <typename T>                                                                                    \
   void wkv4_backward_kernel(const WkvBlock<T>&, const WkvState<T>&, int64_t, const T*, const WkvState<T>&, \
                             T*, T*, T*, T*, T*);                                                           \
+  template <typename T>                                                                                    \
+  void delta_rule_forward_kernel(const DeltaPanel<T>&, const DeltaStates<T>&, T*, T*, int64_t, T*);       \
+  template <typename T>                                                                                    \
+  void delta_rule_backward_kernel(const DeltaPanel<T>&, const DeltaStates<T>&, const T*, int64_t,          \
+                                  const T*, const DeltaGrads<T>&, T*);                                     \
   }
 TRE_FOR_EACH_CAPABILITY(TRE_DECLARE_KERNELS)
 #undef TRE_DECLARE_KERNELS
@@ -54,6 +59,18 @@ void wkv4_backward(const WkvBlock<T>& p, const WkvState<T>& checkpoints, int64_t
   TRE_CALL_BEST(wkv4_backward_kernel<T>(p, checkpoints, chunk_stride, grad_y, gs, gk, gv, gw, gu, workspace));
 }
 
+template <typename T>
+void delta_rule_forward(const DeltaPanel<T>& p, const DeltaStates<T>& s, T* last, T* o, int64_t o_stride,
+                        T* workspace) {
+  TRE_CALL_BEST(delta_rule_forward_kernel<T>(p, s, last, o, o_stride, workspace));
+}
+
+template <typename T>
+void delta_rule_backward(const DeltaPanel<T>& p, const DeltaStates<T>& s, const T* grad_o, int64_t o_stride,
+                         const T* grad_last, const DeltaGrads<T>& g, T* workspace) {
+  TRE_CALL_BEST(delta_rule_backward_kernel<T>(p, s, grad_o, o_stride, grad_last, g, workspace));
+}
+
 #define TRE_INSTANTIATE(T)                                                                                  \
   template void selective_scan_forward<T>(const ScanChannel<T>&, T*, T*, T*);                              \
   template void selective_scan_step<T>(const ScanStepBlock<T>&, T*, T*);                                   \
@@ -61,7 +78,10 @@ void wkv4_backward(const WkvBlock<T>& p, const WkvState<T>& checkpoints, int64_t
                                            const ScanChannelGrads<T>&, T*);                                \
   template void wkv4_forward<T>(const WkvBlock<T>&, const WkvState<T>&, T*, const WkvState<T>&, int64_t); \
   template void wkv4_backward<T>(const WkvBlock<T>&, const WkvState<T>&, int64_t, const T*,               \
-                                 const WkvState<T>&, T*, T*, T*, T*, T*);
+                                 const WkvState<T>&, T*, T*, T*, T*, T*);                                \
+  template void delta_rule_forward<T>(const DeltaPanel<T>&, const DeltaStates<T>&, T*, T*, int64_t, T*);  \
+  template void delta_rule_backward<T>(const DeltaPanel<T>&, const DeltaStates<T>&, const T*, int64_t,    \
+                                       const T*, const DeltaGrads<T>&, T*);
 TRE_INSTANTIATE(float)
 TRE_INSTANTIATE(double)
 #undef TRE_INSTANTIATE

@@ -134,5 +134,78 @@ template <typename T>
 void wkv4_backward(const WkvBlock<T>& p, const WkvState<T>& checkpoints, int64_t chunk_stride,
                    const T* grad_y, const WkvState<T>& gs, T* gk, T* gv, T* gw, T* gu, T* workspace);
 
+// ---- gated delta rule (Gated DeltaNet), one value head of one sequence (see delta_rule.h):
+//   S' = a_t S_{t-1}  (a_t = exp(g_t): one value, or one per key row; 1 without gate)
+//   p  = S'^T k_t,  u = beta_t (v_t - p),  S_t = S' + k_t u^T,  o_t = S_t^T (scale q_t)
+// S is (K, V), key-first. Its columns are independent of each other, so a head runs as panels of
+// kDeltaWidth columns, each held in a contiguous (K, kDeltaWidth) buffer in cache for the whole sequence.
+constexpr int64_t kDeltaWidth = 16;
+
+// One panel's inputs: columns [0, width) of the value head's panel (width <= kDeltaWidth). q and k step t
+// at q + t * qk_stride (K values), v at v + t * v_stride (the panel's width values), decay (exp(g)) at
+// decay + t * decay_stride (K values when per_key, else 1; nullptr: no gate), beta at beta + t * beta_stride.
+// t0 is the global position of step 0 (states are saved at global positions that are multiples of kChunk).
+template <typename T>
+struct DeltaPanel {
+  int64_t steps, t0, K, width;
+  const T* q;
+  const T* k;
+  int64_t qk_stride;
+  const T* v;
+  int64_t v_stride;
+  const T* decay;
+  int64_t decay_stride;
+  bool per_key;
+  const T* beta;
+  int64_t beta_stride;
+  T scale;
+};
+
+// Where a panel's states live: rows of the panel at state + i * row_stride (width values each). init and
+// checkpoints are read, last and checkpoints written; checkpoint c (the state before global step c kChunk)
+// at checkpoints + c * chunk_stride.
+template <typename T>
+struct DeltaStates {
+  const T* init;  // nullptr: zeros
+  int64_t row_stride;
+  T* checkpoints;  // nullptr: not saved (forward) / required (backward)
+  int64_t chunk_stride;
+};
+
+inline int64_t delta_rule_forward_workspace(int64_t K) { return K * kDeltaWidth; }
+
+// Forward of one panel: o step t at o + t * o_stride (width values); last (rows at last + i * row_stride)
+// gets the state after the last step.
+template <typename T>
+void delta_rule_forward(const DeltaPanel<T>& p, const DeltaStates<T>& s, T* last, T* o, int64_t o_stride,
+                        T* workspace);
+
+// Where one panel's gradients go. dq, dk (K values per step, step t at + t * dqk_stride), dg (K or 1 per
+// step) and dbeta are accumulated (+=: the panels of a head add up into them, in panel order); dv (width
+// per step) and d_init (rows at + i * row_stride) are written.
+template <typename T>
+struct DeltaGrads {
+  T* dq;
+  T* dk;
+  int64_t dqk_stride;
+  T* dv;
+  int64_t dv_stride;
+  T* dg;  // nullptr: no gate
+  int64_t dg_stride;
+  T* dbeta;
+  int64_t dbeta_stride;
+  T* d_init;
+};
+
+inline int64_t delta_rule_backward_workspace(int64_t K) {
+  return (kChunk + 2) * K * kDeltaWidth + kChunk * kDeltaWidth + K;
+}
+
+// Backward of one panel: grad_o (step t at + t * o_stride, or nullptr), grad_last (rows at + i * row_stride,
+// or nullptr); recomputes the states of each chunk from the saved ones.
+template <typename T>
+void delta_rule_backward(const DeltaPanel<T>& p, const DeltaStates<T>& s, const T* grad_o, int64_t o_stride,
+                         const T* grad_last, const DeltaGrads<T>& g, T* workspace);
+
 }  // namespace kernels
 }  // namespace torch_rnn_ext

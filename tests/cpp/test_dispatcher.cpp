@@ -14,6 +14,7 @@
 #include <unordered_map>
 #include <vector>
 
+#include "ops/gated_delta_rule.h"
 #include "ops/recurrent_layers.h"
 #include "ops/rnn_stack.h"
 #include "ops/selective_scan.h"
@@ -34,6 +35,7 @@ const std::set<std::string> kExpectedOps = {
     "lstm_cell", "gru_cell", "rnn_tanh_cell", "rnn_relu_cell",
     "selective_scan", "_selective_scan_forward", "_selective_scan_backward",
     "wkv4", "_wkv4_forward", "_wkv4_backward",
+    "gated_delta_rule", "_gated_delta_rule_forward", "_gated_delta_rule_backward",
 };
 
 std::set<std::string>& called_ops() {
@@ -460,6 +462,42 @@ TEST(Dispatcher, PrivateWkv4ForwardAndBackwardMatchTypedApiAndAutograd) {
   bargs.push_back(fwd[2]);
   bargs.push_back(mask(std::vector<bool>(5, true)));
   expect_same(tensors_of(call_boxed("_wkv4_backward", bargs)), grads, "_wkv4_backward");
+}
+
+TEST(Dispatcher, GatedDeltaRuleMatchesTypedApi) {
+  torch::manual_seed(10);
+  Tensor q = randn({2, 5, 1, 4}), k = randn({2, 5, 1, 4}), v = randn({2, 5, 2, 3}), g = -torch::rand({2, 5, 2}),
+         beta = torch::rand({2, 5, 2}), s0 = randn({2, 2, 4, 3});
+  auto [o, s] = torch_rnn_ext::gated_delta_rule(q, k, v, g, beta, 0.5, s0, true);
+  auto boxed = tensors_of(call_boxed("gated_delta_rule", {q, k, v, g, beta},
+                                     {{"scale", 0.5}, {"initial_state", s0}, {"use_qk_l2norm_in_kernel", true}}));
+  expect_same(boxed, {o, s}, "gated_delta_rule");
+  auto [o0, s00] = torch_rnn_ext::gated_delta_rule(q, k, v, {}, beta);
+  expect_same(tensors_of(call_boxed("gated_delta_rule", {q, k, v, IValue(), beta})), {o0, s00},
+              "gated_delta_rule, defaults");
+}
+
+TEST(Dispatcher, PrivateGatedDeltaRuleForwardAndBackwardMatchTypedApiAndAutograd) {
+  torch::manual_seed(11);
+  const auto f64 = at::kDouble;
+  Tensor q = randn({1, 7, 1, 4}, f64), k = randn({1, 7, 1, 4}, f64), v = randn({1, 7, 2, 3}, f64),
+         g = -torch::rand({1, 7, 2, 4}, f64), beta = torch::rand({1, 7, 2}, f64), s0 = randn({2, 2, 4, 3}, f64);
+  Tensor cu = torch::tensor({0, 3, 7}, at::kLong);
+  const std::vector<IValue> args{q, k, v, g, beta, 0.7, s0, true, cu};
+  auto fwd = tensors_of(call_boxed("_gated_delta_rule_forward", args));
+  std::vector<Tensor> leaves{q, k, v, g, beta, s0};
+  for (Tensor& t : leaves) t = t.detach().requires_grad_(true);
+  auto [o, s] = torch_rnn_ext::gated_delta_rule(leaves[0], leaves[1], leaves[2], leaves[3], leaves[4], 0.7,
+                                                leaves[5], true, cu);
+  EXPECT_TRUE(same(fwd[0], o.detach()));
+  EXPECT_TRUE(same(fwd[1], s.detach()));
+  Tensor g_o = randn(o.sizes(), f64), g_s = randn(s.sizes(), f64);
+  auto grads = torch::autograd::grad({(o * g_o).sum() + (s * g_s).sum()}, leaves);
+  std::vector<IValue> bargs{g_o, g_s};
+  bargs.insert(bargs.end(), args.begin(), args.end());
+  bargs.push_back(fwd[2]);
+  bargs.push_back(mask(std::vector<bool>(6, true)));
+  expect_same(tensors_of(call_boxed("_gated_delta_rule_backward", bargs)), grads, "_gated_delta_rule_backward");
 }
 
 // --- errors: a c10::Error that names the argument -------------------------------------------------------

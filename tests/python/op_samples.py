@@ -1,6 +1,7 @@
 """Representative calls of every op, public and private, for the Meta, FakeTensor and opcheck tests:
 packed and reverse layers, projection, bidirectional stacks, cells, selective scan with every optional
-argument and each B/C layout, wkv4 with and without state, and each backward op on its forward's results.
+argument and each B/C layout, wkv4 with and without state, the gated delta rule (scalar, per-key and no
+gate, packed sequences), and each backward op on its forward's results.
 
 Each sample is (name, op overload, args, kwargs). Inputs are float64 CPU tensors; `grad` makes the
 differentiable floating-point inputs of public ops require grad (private ops run below autograd).
@@ -151,6 +152,29 @@ def _wkv_args(with_state, grad=False, batch=2, T=70, C=5):
     return args
 
 
+DELTA_CONFIGS = {  # tag -> gate ("scalar", "per_key" or None), initial state, l2norm, scale, cu_seqlens
+    "gate,state,l2norm": ("scalar", True, True, None, None),
+    "per_key_gate,scale": ("per_key", False, False, 0.3, None),
+    "no_gate,varlen,state": (None, True, False, None, [0, 30, 31, 70]),
+}
+
+
+def _delta_args(tag, grad=False, T=70, H=2, HV=4, K=5, V=20):
+    """gated_delta_rule's arguments; V = 20 spans a full and a partial panel of 16 state columns."""
+    gate, with_state, l2norm, scale, cu = DELTA_CONFIGS[tag]
+    B = 1 if cu else 2
+    N = len(cu) - 1 if cu else B
+    q, k, v = _r(B, T, H, K, grad=grad), _r(B, T, H, K, grad=grad), _r(B, T, HV, V, grad=grad)
+    g = None
+    if gate:
+        shape = (B, T, HV, K) if gate == "per_key" else (B, T, HV)
+        g = torch.nn.functional.logsigmoid(torch.randn(*shape, dtype=DT) + 2).requires_grad_(grad)
+    beta = torch.rand(B, T, HV, dtype=DT).requires_grad_(grad)
+    init = _r(N, HV, K, V, grad=grad) if with_state else None
+    cu_seqlens = torch.tensor(cu, dtype=torch.long) if cu else None
+    return (q, k, v, g, beta, scale, init, l2norm, cu_seqlens)
+
+
 def scan_samples(grad=False):
     out = []
     for layout in ("constant", "varying", "grouped"):
@@ -160,6 +184,8 @@ def scan_samples(grad=False):
                         args, kw))
     for with_state in (True, False):
         out.append((f"wkv4[state={with_state}]", OPS.wkv4.default, _wkv_args(with_state, grad=grad), {}))
+    for tag in DELTA_CONFIGS:
+        out.append((f"gated_delta_rule[{tag}]", OPS.gated_delta_rule.default, _delta_args(tag, grad=grad), {}))
     return out
 
 
@@ -183,6 +209,13 @@ def private_scan_samples():
         out.append((f"_wkv4_backward[state={with_state}]", OPS._wkv4_backward.default,
                     (torch.randn_like(y), torch.randn_like(s) if with_state else None) + fwd +
                     (ck, [True, True, True, True, with_state]), {}))
+    for tag, (gate, with_state, _, _, _) in DELTA_CONFIGS.items():
+        fwd = _delta_args(tag)
+        out.append((f"_gated_delta_rule_forward[{tag}]", OPS._gated_delta_rule_forward.default, fwd, {}))
+        o, last, ck = OPS._gated_delta_rule_forward(*fwd)
+        mask = [True, True, True, gate is not None, True, with_state]
+        out.append((f"_gated_delta_rule_backward[{tag}]", OPS._gated_delta_rule_backward.default,
+                    (torch.randn_like(o), torch.randn_like(last) if with_state else None) + fwd + (ck, mask), {}))
     return out
 
 

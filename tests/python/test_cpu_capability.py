@@ -53,6 +53,17 @@ for threads in (1, 2):
         y, s = tre.wkv4(w, u4, k, v, s0, return_state=True)
         (y.pow(2).sum() + s.sum()).backward()
         results[(threads, "wkv4", str(dt))] = [y.detach(), s.detach(), w.grad, u4.grad, k.grad, v.grad]
+        for gate_shape in [(2, 70, 4), (2, 70, 4, 24)]:  # one decay per head, one per key
+            leaves = [torch.randn(2, 70, 2, 24, dtype=dt), torch.randn(2, 70, 2, 24, dtype=dt),
+                      torch.randn(2, 70, 4, 40, dtype=dt), -torch.rand(gate_shape, dtype=dt),
+                      torch.rand(2, 70, 4, dtype=dt), torch.randn(2, 4, 24, 40, dtype=dt)]
+            for t in leaves:
+                t.requires_grad_()
+            o, s = tre.gated_delta_rule(*leaves[:5], initial_state=leaves[5], output_final_state=True,
+                                        use_qk_l2norm_in_kernel=True)
+            (o.pow(2).sum() + s.pow(2).sum()).backward()
+            results[(threads, "gated_delta_rule", len(gate_shape), str(dt))] = [o.detach(), s.detach()] + \
+                [t.grad for t in leaves]
 torch.save(results, sys.argv[2])
 """
 

@@ -72,7 +72,8 @@ def test_opcheck(name, op, args, kwargs):
 
 
 def test_ops_are_tagged_pt2_compliant():
-    for name in ["lstm_layer", "gru_layer", "lstm", "gru", "lstm_cell", "selective_scan", "wkv4",
+    for name in ["lstm_layer", "gru_layer", "lstm", "gru", "lstm_cell", "selective_scan", "wkv4", "gated_delta_rule",
+                 "_gated_delta_rule_forward", "_gated_delta_rule_backward",
                  "_recurrent_layer_forward", "_recurrent_layer_backward", "_layer_products"]:
         op = getattr(torch.ops.torch_rnn_ext, name).default
         assert torch.Tag.pt2_compliant_tag in op.tags, name
@@ -99,6 +100,23 @@ class CellLoop(nn.Module):
         return torch.stack(outs, 1)
 
 
+class DeltaRuleBlock(nn.Module):
+    """Projections around gated_delta_rule: 2 q/k heads of 4 key channels, 4 value heads of 5."""
+
+    def __init__(self, width=8, K=4, V=5):
+        super().__init__()
+        self.K, self.V = K, V
+        self.proj = nn.Linear(width, 4 * K + 4 * V + 8)
+
+    def forward(self, x):
+        B, T, _ = x.shape
+        q, k, v, a, b = self.proj(x).split([2 * self.K, 2 * self.K, 4 * self.V, 4, 4], -1)
+        o, s = torch_rnn_ext.gated_delta_rule(q.reshape(B, T, 2, self.K), k.reshape(B, T, 2, self.K),
+                                              v.reshape(B, T, 4, self.V), nn.functional.logsigmoid(a),
+                                              torch.sigmoid(b), output_final_state=True, use_qk_l2norm_in_kernel=True)
+        return o.reshape(B, T, 4 * self.V), s
+
+
 MODELS = {  # name -> (module factory, input (batch, seq) layout: "bt" batch-major, "tb" time-major, width)
     "lstm_stack": (lambda: torch_rnn_ext.LSTM(4, 8, num_layers=2, bidirectional=True, proj_size=3), "tb", 4),
     "gru_stack": (lambda: torch_rnn_ext.GRU(4, 8, num_layers=2, bidirectional=True, batch_first=True), "bt", 4),
@@ -106,6 +124,7 @@ MODELS = {  # name -> (module factory, input (batch, seq) layout: "bt" batch-maj
     "cell_loop": (CellLoop, "bt", 4),
     "mamba": (lambda: torch_rnn_ext.MambaMixer(8, d_state=4), "bt", 8),
     "rwkv4": (lambda: torch_rnn_ext.RWKV4TimeMix(8), "bt", 8),
+    "gated_delta_rule": (DeltaRuleBlock, "bt", 8),
 }
 
 
@@ -209,3 +228,16 @@ def test_export_save_load_in_fresh_process(tmp_path):
     r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=str(tmp_path),
                        env={k: v for k, v in os.environ.items() if k != "PYTHONPATH"})
     assert r.returncode == 0 and r.stdout.strip() == "ok", r.stderr[-3000:]
+
+
+def test_export_gated_delta_rule_dynamic_batch_and_length():
+    torch.manual_seed(0)
+    model = DeltaRuleBlock().eval()
+    batch, seq = torch.export.Dim("batch", min=1, max=64), torch.export.Dim("seq", min=2, max=4096)
+    ep = torch.export.export(model, (torch.randn(2, 10, 8),), dynamic_shapes=({0: batch, 1: seq},))
+    for B, L in ((2, 10), (3, 37), (1, 130)):
+        x = torch.randn(B, L, 8)
+        for a, b in zip(ep.module()(x), model(x)):
+            torch.testing.assert_close(a, b, atol=1e-6, rtol=1e-6)
+    targets = {str(n.target) for n in ep.graph.nodes if n.op == "call_function"}
+    assert "torch_rnn_ext.gated_delta_rule.default" in targets, targets

@@ -27,6 +27,16 @@ void parallel_items(int64_t n, std::initializer_list<int64_t> work, const F& f) 
   });
 }
 
+// Calls f(i, part) for i in [0, n) across threads, in `parts` contiguous ranges of items (part < parts
+// names the range): a caller gives each range its own scratch space, whichever thread runs it.
+template <typename F>
+void parallel_parts(int64_t n, int64_t parts, const F& f) {
+  at::parallel_for(0, parts, 1, [&](int64_t begin, int64_t end) {
+    for (int64_t part = begin; part < end; ++part)
+      for (int64_t i = n * part / parts; i < n * (part + 1) / parts; ++i) f(i, part);
+  });
+}
+
 // Sums ranges of rows: in is (outer, K, inner) and bounds (R + 1 values) cut [0, K) into R ranges;
 // returns (outer, R, inner) with out[o, r] = sum of in[o, k] for k in [bounds[r], bounds[r + 1]),
 // added in increasing k.
