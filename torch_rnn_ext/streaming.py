@@ -11,11 +11,12 @@ from typing import Any, Callable, Dict, List, Optional, Tuple
 import torch
 from torch import Tensor, nn
 
+from .modules.gated_deltanet import GatedDeltaNet
 from .modules.scans import MambaMixer, RWKV4TimeMix
 
 __all__ = ["Streamer"]
 
-_STREAMED_NAMES = {"LSTM", "GRU", "RNN", "MambaMixer", "RWKV4TimeMix"}
+_STREAMED_NAMES = {"LSTM", "GRU", "RNN", "MambaMixer", "RWKV4TimeMix", "GatedDeltaNet"}
 
 
 def _map_state(state: Any, fn: Callable[[Tensor], Tensor]) -> Any:
@@ -33,8 +34,9 @@ class Streamer:
       kept exactly as the layer returned it: (h_n, c_n) for LSTM (with ``proj_size``, h_n has width P),
       h_n otherwise; ``(L, B, H)`` batched (``batch_first`` does not change it), ``(L, H)`` for unbatched
       input. A call that passes its own ``hx`` runs untouched and updates nothing.
-    - :class:`torch_rnn_ext.MambaMixer` (state ``(conv_state, ssm_state)``) and
-      :class:`torch_rnn_ext.RWKV4TimeMix` (state ``(last_x, wkv_state)``), through their
+    - :class:`torch_rnn_ext.MambaMixer` (state ``(conv_state, ssm_state)``),
+      :class:`torch_rnn_ext.RWKV4TimeMix` (state ``(last_x, wkv_state)``) and
+      :class:`torch_rnn_ext.GatedDeltaNet` (state ``(conv_state, recurrent_state)``), through their
       ``forward_with_state``; the first chunk starts from ``allocate_state(batch)``.
 
     Cells (``LSTMCell``, ...) are not sequence layers and are left alone. For chunked results to equal
@@ -105,7 +107,7 @@ class Streamer:
                     raise ValueError(f"Streamer: {label} is bidirectional; a bidirectional layer needs the "
                                      "whole sequence and cannot stream")
                 self._layers.append((name, m, self._wrap(name, m)))
-            elif isinstance(m, (MambaMixer, RWKV4TimeMix)):
+            elif isinstance(m, (MambaMixer, RWKV4TimeMix, GatedDeltaNet)):
                 self._layers.append((name, m, self._wrap(name, m)))
         self._state: Dict[str, Any] = {}
         self._calls: Dict[str, int] = {}  # in the running call: how many times each layer ran

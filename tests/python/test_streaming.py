@@ -12,7 +12,7 @@ from torch_rnn_ext import Streamer
 TOL = {torch.float64: 1e-12, torch.float32: 1e-5}
 I, H, P = 5, 6, 3
 SCHEDULES = {"ones": [1] * 11, "mixed": [3, 1, 4, 1, 2], "whole": [11]}
-KINDS = ["lstm", "lstm_proj_2layers", "gru", "rnn_tanh", "rnn_relu", "mamba", "rwkv"]
+KINDS = ["lstm", "lstm_proj_2layers", "gru", "rnn_tanh", "rnn_relu", "mamba", "rwkv", "gated_deltanet"]
 
 
 def make_layer(kind, dtype, batch_first=True):
@@ -27,6 +27,9 @@ def make_layer(kind, dtype, batch_first=True):
         m = torch_rnn_ext.RNN(I, H, nonlinearity=kind.split("_")[1], batch_first=batch_first)
     elif kind == "mamba":
         m = torch_rnn_ext.MambaMixer(I, d_state=4, d_conv=3)
+    elif kind == "gated_deltanet":
+        m = torch_rnn_ext.GatedDeltaNet(I, num_k_heads=1, num_v_heads=2, head_k_dim=3, head_v_dim=2,
+                                        conv_kernel_size=3)
     else:
         m = torch_rnn_ext.RWKV4TimeMix(I, layer_id=1, n_layer=3)
     return m.to(dtype)
@@ -311,7 +314,7 @@ def test_truncated_bptt_loop_learns_a_delay_across_chunk_boundaries():
 
 # --- the scan layers' forward_with_state ---------------------------------------------------------
 
-@pytest.mark.parametrize("kind", ["mamba", "rwkv"])
+@pytest.mark.parametrize("kind", ["mamba", "rwkv", "gated_deltanet"])
 def test_forward_with_state_equals_forward_interleaves_with_step_and_scripts(kind):
     layer = make_layer(kind, torch.float64)
     x = torch.randn(2, 9, I, dtype=torch.float64)

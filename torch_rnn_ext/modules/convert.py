@@ -23,9 +23,10 @@ def convert(model: nn.Module) -> nn.Module:
     the plain torch.nn modules beside or inside them are converted.
 
     Hugging Face transformers' recurrent mixers are converted too: ``MambaMixer`` (in ``MambaModel`` /
-    ``MambaForCausalLM``) and ``RwkvSelfAttention`` (in ``RwkvModel`` / ``RwkvForCausalLM``) get a subclass of
-    their own class whose forward computes the scan with our ``selective_scan`` / ``wkv4`` ops instead of
-    transformers' per-token Python loop, prefill and cached generation alike (see modules/hf.py). Everything
+    ``MambaForCausalLM``), ``RwkvSelfAttention`` (in ``RwkvModel`` / ``RwkvForCausalLM``) and
+    ``Qwen3NextGatedDeltaNet`` (in ``Qwen3NextModel`` / ``Qwen3NextForCausalLM``) get a subclass of their own
+    class whose forward computes the recurrence with our ``selective_scan`` / ``wkv4`` / ``gated_delta_rule``
+    ops instead of transformers' PyTorch fallbacks, prefill and cached generation alike (see modules/hf.py). Everything
     else of the model is untouched. Converting twice changes nothing; a model with none of these classes
     is returned unchanged.
 
