@@ -398,6 +398,7 @@ def main():
     p.add_argument("--rounds", type=int, default=None,
                    help=f"interleaved rounds per row (default {ROUNDS}, {FULL_ROUNDS} with --full)")
     p.add_argument("--no-scans", action="store_true", help="skip the scan rows")
+    p.add_argument("--no-delta", action="store_true", help="skip the gated delta rule rows")
     p.add_argument("--no-hf", action="store_true", help="skip the Hugging Face model rows")
     p.add_argument("--no-ort", action="store_true", help="skip the onnxruntime columns")
     args = p.parse_args()
@@ -420,6 +421,13 @@ def main():
         from bench_scans import run_scan_benchmarks
         torch.set_num_threads(threads[0])
         scans = run_scan_benchmarks(quick=not args.full)
+    delta = []
+    if not args.no_delta:
+        from bench_delta_rule import check_forms_agree, run_delta_benchmarks
+        check_forms_agree()
+        for n in threads:
+            torch.set_num_threads(n)
+            delta += run_delta_benchmarks(quick=not args.full)
     from bench_streaming import markdown as streaming_markdown, run_streaming_benchmarks
     torch.set_num_threads(threads[0])
     streaming = run_streaming_benchmarks(quick=not args.full)
@@ -445,6 +453,12 @@ def main():
     info = dict(info, torch_threads=threads, rounds=ROUNDS)
     table = markdown(rows, sgemm, info, command.strip(), memory, scans)
     table += "\n\n" + ort_markdown(rows, ort_missing)
+    if delta:
+        from bench_delta_rule import format_rows as delta_markdown
+        table += ("\n\nGated delta rule (Gated DeltaNet), float32, ms of ours and speedup over each PyTorch form "
+                  "(written from the equation in benchmarks/bench_delta_rule.py; transformers' Qwen3-Next fallbacks), "
+                  "medians of interleaved rounds; GFLOP/s count 7 K V per token and value head:\n\n"
+                  + "\n".join(delta_markdown(delta)))
     table += ("\n\nStreaming, one step per call (batch 1, input 64, no_grad, state carried), median us per step:"
               "\n\n" + streaming_markdown(streaming))
     from bench_hf import markdown as hf_markdown
@@ -459,7 +473,7 @@ def main():
     save_json(os.path.join(out_dir, f"{name}.json"),
               {"date": datetime.datetime.now().isoformat(timespec="seconds"), "command": command.strip(),
                "machine": info, "sgemm_gflops": sgemm, "rows": rows, "peak_memory": memory, "scans": scans,
-               "streaming": streaming, "hf_models": hf_rows or hf_note, "sweeps": sweeps})
+               "gated_delta_rule": delta, "streaming": streaming, "hf_models": hf_rows or hf_note, "sweeps": sweeps})
     with open(os.path.join(out_dir, f"{name}.md"), "w") as f:
         f.write(table + "\n")
 
