@@ -157,7 +157,7 @@ inline Row<T> decay_and_project(int64_t K, const Decay<T>& a, const T* __restric
 
 // One forward step on the panel S (in place); with kOutput, o (width values) gets S_t^T (scale q). A full
 // panel (width W) can read the state before the step from src (rows at src + i * src_ld) instead of S, and
-// write the state after it to also (rows at also + i * also_ld) besides S: a stream's state read and
+// write the state after it to also (rows at also + i * also_ld) instead of S: a stream's state read and
 // written in place, without separate passes to load and store it.
 template <bool kOutput, typename T>
 inline void forward_step(const DeltaPanel<T>& p, int64_t t, T* S, T* o, const T* src = nullptr,
@@ -176,8 +176,10 @@ inline void forward_step(const DeltaPanel<T>& p, int64_t t, T* S, T* o, const T*
     for (int r = 0; r < 4; ++r) {
       Row<T> row = load_row(S + (i + r) * W);
       add_scaled(row, k[i + r], u);
-      store_row(S + (i + r) * W, row);
-      if (also) store_row(also + (i + r) * also_ld, row);
+      if (also)  // the last step of a stream: its state goes out only
+        store_row(also + (i + r) * also_ld, row);
+      else
+        store_row(S + (i + r) * W, row);
       if (kOutput) add_scaled(acc[r], scale * q[i + r], row);
     }
   }
@@ -186,8 +188,10 @@ inline void forward_step(const DeltaPanel<T>& p, int64_t t, T* S, T* o, const T*
     if (i + r >= K) break;
     Row<T> row = load_row(S + (i + r) * W);
     add_scaled(row, k[i + r], u);
-    store_row(S + (i + r) * W, row);
-    if (also) store_row(also + (i + r) * also_ld, row);
+    if (also)  // the last step of a stream: its state goes out only
+      store_row(also + (i + r) * also_ld, row);
+    else
+      store_row(S + (i + r) * W, row);
     if (kOutput) add_scaled(acc[r], scale * q[i + r], row);
   }
   if (kOutput) {
