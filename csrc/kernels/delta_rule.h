@@ -68,7 +68,7 @@ inline Row<T> zero_row() {
   return r;
 }
 
-// a x + b y (a, b scalars) and x + b y, row-wise.
+// Row-wise a x + b y, a x, and acc += a x (a, b scalars).
 template <typename T>
 inline Row<T> axpby(T a, const Row<T>& x, T b, const Row<T>& y) {
   Row<T> r;

@@ -347,3 +347,40 @@ def test_none_arguments_are_named():
     inp = make_inputs(T=3, K=4, V=4)
     with pytest.raises(RuntimeError, match="beta: expected a tensor, got None"):
         OPS.gated_delta_rule(inp["q"], inp["k"], inp["v"], inp["g"], None)
+
+
+def test_empty_batch_forward_and_backward():
+    inp = make_inputs(B=0, T=5, H=1, HV=2, K=3, V=4, with_state=True)
+    o, s, grads = run("ours", inp, l2norm=True)
+    assert o.shape == (0, 5, 2, 4) and s.shape == (0, 2, 3, 4)
+    assert all(grads[n].shape == inp[n].shape for n in grads)
+
+
+def test_strided_inputs_equal_contiguous_ones():
+    inp = make_inputs(B=2, T=9, H=3, HV=3, K=4, V=5, with_state=True)
+    strided = {}
+    for n, t in inp.items():  # the same values behind transposed, then sliced, storage
+        if t is None or t.dtype == torch.long:
+            strided[n] = t
+            continue
+        big = torch.zeros(*reversed(t.shape[:2]), *t.shape[2:-1], 2 * t.shape[-1], dtype=t.dtype) if t.dim() > 2 \
+            else None
+        if big is None:
+            strided[n] = t
+            continue
+        big = big.transpose(0, 1)[..., ::2]
+        big.copy_(t)
+        assert not big.is_contiguous()
+        strided[n] = big
+    a, b = run("ours", inp, l2norm=True), run("ours", strided, l2norm=True)
+    assert torch.equal(a[0], b[0]) and torch.equal(a[1], b[1])
+    assert all(torch.equal(a[2][n], b[2][n]) for n in a[2])
+
+
+def test_nan_in_a_key_reaches_every_later_step_only():
+    inp = make_inputs(B=1, T=6, H=1, HV=1, K=4, V=4)
+    inp["k"][0, 2, 0, 1] = float("nan")
+    o, s, _ = run("ours", inp)
+    steps_with_nan = torch.isnan(o).flatten(2).any(-1)[0].tolist()
+    assert steps_with_nan == [False, False, True, True, True, True]
+    assert torch.isnan(s).any()
