@@ -297,7 +297,7 @@ def gen_cell(d, variant, aspect):
 
 
 def gen_scan(d, variant, aspect):
-    """variant: selective_scan, wkv4."""
+    """variant: selective_scan, wkv4, gated_delta_rule."""
     s = dict(family="scan", variant=variant, aspect=aspect, dtype=d.choice(["float64", "float32"]),
              seed=d.seed(), threads=2 if d.bool(0.15) else 1, entry=d.choice(["functional", "ops"]))
     s["batch"] = d.choice([1, 2, 0, 3])
@@ -318,6 +318,23 @@ def gen_scan(d, variant, aspect):
         first = "u"
         if s["L"] == 0:
             s["expect_size"] = ["u"]
+    elif variant == "gated_delta_rule":
+        s["T"] = d.choice([63, 64, 65, 130]) if long_ else d.choice([1, 2, 5, 0, 9])
+        s["H"], s["G"] = d.choice([1, 2]), d.choice([1, 2, 3])  # q/k heads, value heads per q/k head
+        s["K"], s["V"] = d.choice([1, 3, 16, 17]), d.choice([1, 5, 16, 33])  # V: whole and partial panels
+        s["gate"] = d.choice(["scalar", "per_key", None])
+        s["l2norm"], s["scale"] = d.bool(), d.choice([None, 0.5])
+        s["cu"] = None
+        if s["T"] >= 2 and d.bool(0.3):  # packed sequences in a batch of one
+            s["batch"] = 1
+            cut = d.int(1, s["T"] - 1)
+            s["cu"] = [0, cut, s["T"]]
+        s["present"] = ["initial_state"] if d.bool(0.5) else []
+        s["output_final_state"] = d.bool(0.7)
+        tensors = ["q", "k", "v", "beta"] + (["g"] if s["gate"] else []) + s["present"]
+        first = "q"
+        if s["T"] == 0:
+            s["expect_size"] = ["q"]
     else:
         s["T"] = d.choice([63, 64, 65, 130]) if long_ else d.choice([1, 2, 5, 0, 9])
         s["C"] = d.choice([1, 2, 3, 0, 8, 17])
@@ -338,9 +355,32 @@ def gen_scan(d, variant, aspect):
         # other tensors, -Inf log-weights and an infinite time_decay (w = -0 or -Inf) have one answer.
         s["specials"] = [[n, ("inf" if k == "nan" else k) if n == "time_decay" else
                           "nan" if n == "v" or k == "inf" else k, p] for n, k, p in s["specials"]]
+    if variant == "gated_delta_rule":
+        # NaN only: an infinity meets zeros (0 * Inf) in other places in the reference's einsums than in the
+        # kernel's panels; a NaN reaches the same outputs in both.
+        s["specials"] = [[n, "nan", p] for n, k, p in s["specials"]]
     s["fault"] = None
     expect = set(s.get("expect_size", []))
-    if aspect == "errors":
+    if aspect == "errors" and variant == "gated_delta_rule":
+        kinds = ["dim", "size", "dtype", "meta", "type", "none", "int"] + (["heads"] if s["H"] > 1 else []) + \
+            (["cu"] if s["cu"] else [])
+        kind = d.choice(kinds)
+        # g and initial_state are optional (None is valid); v's V (size 3) and HV define them, so a v of
+        # another V or HV may be valid: its batch or T is resized instead
+        arg = d.choice(tensors if kind not in ("none",) else ["q", "k", "v", "beta"])
+        r = d.int(0, 10 ** 6)
+        names = [arg]
+        if kind == "size" and arg == "v":
+            r = r // 4 * 4 + r % 2
+        if kind in ("size", "dtype") and arg == first or kind == "meta":
+            names = tensors
+        if kind == "heads":
+            arg, names = "v", ["q", "v"]
+        if kind == "cu":
+            arg, names = "cu_seqlens", ["cu_seqlens"]
+        s["fault"] = dict(arg=arg, kind=kind, names=names, r=r)
+        expect |= set(names)
+    elif aspect == "errors":
         kind = d.choice(["dim", "size", "dtype", "meta", "type", "none", "int"] +
                         (["groups", "d_state", "softplus.type"] if variant == "selective_scan" else []))
         arg = d.choice(tensors if kind != "none" else tensors[:5 if variant == "selective_scan" else 4])
@@ -515,7 +555,7 @@ GENERATORS = {
     "layer": (gen_layer, ["lstm_layer", "gru_layer", "rnn_tanh_layer", "rnn_relu_layer"]),
     "stack": (gen_stack, ["lstm", "gru", "rnn_tanh", "rnn_relu"]),
     "cell": (gen_cell, ["lstm_cell", "gru_cell", "rnn_tanh_cell", "rnn_relu_cell"]),
-    "scan": (gen_scan, ["selective_scan", "wkv4"]),
+    "scan": (gen_scan, ["selective_scan", "wkv4", "gated_delta_rule"]),
     "rnn_module": (gen_rnn_module, ["LSTM", "GRU", "RNN_TANH", "RNN_RELU"]),
     "cell_module": (gen_cell_module, ["LSTMCell", "GRUCell", "RNNCell_TANH", "RNNCell_RELU"]),
     "seq_module": (gen_seq_module, ["MambaMixer", "RWKV4TimeMix"]),
@@ -1206,9 +1246,10 @@ def run_cell(s):
 
 def _refs():
     sys.path.insert(0, HERE)
+    import test_gated_delta_rule
     import test_selective_scan
     import test_wkv4
-    return test_selective_scan, test_wkv4
+    return test_selective_scan, test_wkv4, test_gated_delta_rule
 
 
 def _times(n, w):
@@ -1262,6 +1303,21 @@ def run_scan(s):
             kind = "positive" if n == "delta_bias" and not soft else "normal"
             a[n] = mk(n, shapes[n], kind, scale=0.5 if n == "delta_bias" else 1.0)
         order = ["u", "delta", "A", "B", "C", "D", "z", "delta_bias"]
+    elif s["variant"] == "gated_delta_rule":
+        b, T, H, K, V = s["batch"], s["T"], s["H"], s["K"], s["V"]
+        HV = H * s["G"]
+        a["q"] = mk("q", (b, T, H, K), scale=1.0)
+        # |k| < 1 without the L2 norm, beta in (0, 1): the delta rule's transition stays a contraction
+        a["k"] = mk("k", (b, T, H, K), scale=1.0 if s["l2norm"] else 0.5 / K ** 0.5)
+        a["v"] = mk("v", (b, T, HV, V), scale=1.0)
+        a["beta"] = mk("beta", (b, T, HV), "positive", scale=0.9)
+        if s["gate"]:
+            a["g"] = mk("g", (b, T, HV, K) if s["gate"] == "per_key" else (b, T, HV), "negative", scale=1.0)
+        N = len(s["cu"]) - 1 if s["cu"] else b
+        if s["present"]:
+            a["initial_state"] = mk("initial_state", (N, HV, K, V), scale=0.5)
+        a["cu_seqlens"] = torch.tensor(s["cu"], dtype=torch.long) if s["cu"] else None
+        order = ["q", "k", "v", "g", "beta", "initial_state"]
     else:
         b, T, C = s["batch"], s["T"], s["C"]
         a["time_decay"] = mk("time_decay", (C,), scale=1.0)
@@ -1305,6 +1361,14 @@ def run_scan(s):
         names = [n for n in order + ["initial_state"] if n in originals]
         if s["grad"]:
             compare_grads(s, out, want, [originals[n] for n in names], [r[n] for n in names], names, s["dtype"])
+    elif s["variant"] == "gated_delta_rule":
+        ref = _refs()[2].reference
+        want = list(ref(r["q"], r["k"], r["v"], r.get("g"), r["beta"], s["scale"], r.get("initial_state"),
+                        s["l2norm"], a["cu_seqlens"]))
+        compare_results(["o", "final_state"], out, want, s["dtype"])
+        names = [n for n in order if n in originals]
+        if s["grad"]:
+            compare_grads(s, out, want, [originals[n] for n in names], [r[n] for n in names], names, s["dtype"])
     else:
         y, new_state = out
         ry, mean, lse = _wkv_reference(r["time_decay"], r["time_first"], r["k"], r["v"], r.get("state"))
@@ -1334,6 +1398,18 @@ def _scan_call(s, a):
                 return r
             return r, _last_state_of(s, a)
         return call
+    if s["variant"] == "gated_delta_rule":
+        args = (a["q"], a["k"], a["v"], a.get("g"), a["beta"])
+        ops_call = lambda: OPS.gated_delta_rule(*args, s["scale"], a.get("initial_state"), s["l2norm"],  # noqa: E731
+                                                a.get("cu_seqlens"))
+        if s["entry"] == "ops":
+            return ops_call
+
+        def call():
+            o, final = torch_rnn_ext.gated_delta_rule(*args, s["scale"], a.get("initial_state"),
+                                                      s["output_final_state"], s["l2norm"], a.get("cu_seqlens"))
+            return (o, final) if s["output_final_state"] else (o, ops_call()[1])
+        return call
     if s["entry"] == "ops":
         return lambda: OPS.wkv4(a["time_decay"], a["time_first"], a["k"], a["v"], a.get("state"))
 
@@ -1351,7 +1427,16 @@ def _last_state_of(s, a):
 
 def _apply_scan_fault(a, f, dtype):
     arg, kind, r = f["arg"], f["kind"], f["r"]
-    if kind == "type":
+    if kind == "heads":  # a number of value heads that the q/k heads do not divide
+        v = a["v"].detach()
+        a["v"] = torch.zeros(v.shape[0], v.shape[1], v.shape[2] + 1, v.shape[3], dtype=dtype)
+    elif kind == "cu":
+        T = a["q"].shape[1]
+        cut = int(a["cu_seqlens"][1])  # N stays 2 (the states are sized by it): only the offsets go wrong
+        a["cu_seqlens"] = [torch.tensor([0, T, cut]), torch.tensor([0, cut, cut]), torch.tensor([1, cut, T]),
+                           torch.tensor([0, cut, T - 1]), torch.tensor([0, cut, T], dtype=torch.int32),
+                           torch.tensor([0, cut, T]).float()][r % 6]
+    elif kind == "type":
         a[arg] = ["not", "a", "tensor"]
     elif kind == "none":
         a[arg] = None
@@ -1613,7 +1698,7 @@ def _seq_module(s, dtype):
 
 
 def _seq_reference(s, m64, x):
-    ts, tw = _refs()
+    ts, tw, _ = _refs()
     if s["variant"] == "MambaMixer":
         return ts.mamba_reference(m64, x)
     xx = torch.cat([torch.zeros_like(x[:, :1]), x[:, :-1]], 1)

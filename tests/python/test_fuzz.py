@@ -15,9 +15,9 @@ command instead), torch 1.13 draws from random.Random seeded per case and report
 (up to 5 in full). Every case runs in a persistent worker subprocess, so a segfault or a hang fails that
 case (a crash costs a worker restart) instead of the run.
 
-Cases per leg (EXAMPLES): 14 op variants x 3 aspects (valid values, NaN/Inf, one bad argument) x 80 =
-3,360; 8 torch.nn-twinned module variants x 3 x 50 = 1,200; MambaMixer and RWKV4TimeMix x 3 x 30 = 180;
-5 near-overflow families x 40 = 200; 16 reproducers: 4,956 cases, about a minute on one core (when
+Cases per leg (EXAMPLES): 15 op variants (the gated delta rule among them) x 3 aspects (valid values,
+NaN/Inf, one bad argument) x 80 = 3,600; 8 torch.nn-twinned module variants x 3 x 50 = 1,200; MambaMixer
+and RWKV4TimeMix x 3 x 30 = 180; 5 near-overflow families x 40 = 200; 16 reproducers: 5,196 cases, about a minute on one core (when
 everything passes; a hang costs its timeout). FUZZ_SCALE=k multiplies the counts for a longer hunt. A
 failure prints the case as JSON with a replay command: PY tests/python/fuzz_cases.py --replay 'JSON'.
 """
