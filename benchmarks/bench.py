@@ -416,11 +416,14 @@ def main():
             memory.append({"module": kind, "T": T, "B": B, "I": I, "H": H,
                            "nn_mib": peak_memory_mb(kind, T, B, I, H, 1, False, "nn"),
                            "ours_mib": peak_memory_mb(kind, T, B, I, H, 1, False, "ours")})
-    scans = []
+    scans, scan_decode = [], []
     if not args.no_scans:
-        from bench_scans import run_scan_benchmarks
+        from bench_scans import run_decode_benchmarks, run_scan_benchmarks
         torch.set_num_threads(threads[0])
         scans = run_scan_benchmarks(quick=not args.full)
+        for n in threads:
+            torch.set_num_threads(n)
+            scan_decode += run_decode_benchmarks(quick=not args.full)
     delta = []
     if not args.no_delta:
         from bench_delta_rule import check_forms_agree, run_delta_benchmarks
@@ -453,6 +456,11 @@ def main():
     info = dict(info, torch_threads=threads, rounds=ROUNDS)
     table = markdown(rows, sgemm, info, command.strip(), memory, scans)
     table += "\n\n" + ort_markdown(rows, ort_missing)
+    if scan_decode:
+        from bench_scans import decode_markdown
+        table += ("\n\nScan decode (the streaming step, L = 1, state carried) against torch.exp over as many elements "
+                  "as the state has, and per step and state element at longer calls (medians of interleaved rounds):"
+                  "\n\n" + "\n".join(decode_markdown(scan_decode)))
     if delta:
         from bench_delta_rule import format_rows as delta_markdown
         table += ("\n\nGated delta rule (Gated DeltaNet), float32, ms of ours and speedup over each PyTorch form "
@@ -473,7 +481,8 @@ def main():
     save_json(os.path.join(out_dir, f"{name}.json"),
               {"date": datetime.datetime.now().isoformat(timespec="seconds"), "command": command.strip(),
                "machine": info, "sgemm_gflops": sgemm, "rows": rows, "peak_memory": memory, "scans": scans,
-               "gated_delta_rule": delta, "streaming": streaming, "hf_models": hf_rows or hf_note, "sweeps": sweeps})
+               "scan_decode": scan_decode, "gated_delta_rule": delta, "streaming": streaming,
+               "hf_models": hf_rows or hf_note, "sweeps": sweeps})
     with open(os.path.join(out_dir, f"{name}.md"), "w") as f:
         f.write(table + "\n")
 

@@ -12,7 +12,6 @@ against a 1024^3 sgemm timed in the same rounds.
 """
 import argparse
 import os
-import statistics
 import sys
 from typing import Callable, Dict, List, Optional
 
@@ -23,7 +22,7 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 import torch_rnn_ext  # noqa: E402
-from common import sample_times  # noqa: E402
+from common import interleaved  # noqa: E402
 
 
 def l2norm(x):
@@ -112,15 +111,6 @@ def expand_heads(args, H, HV):
     """The PyTorch forms take one q/k head per value head."""
     q, k = (x.repeat_interleave(HV // H, dim=2) for x in args[:2])
     return [q, k] + list(args[2:])
-
-
-def interleaved(fns: Dict[str, Callable[[], object]], rounds: int, repeats: int) -> Dict[str, float]:
-    """Median seconds of each fn, timed in turn for `rounds` rounds (one warm-up call each first)."""
-    times = {name: [] for name in fns}
-    for r in range(rounds):
-        for name, fn in fns.items():
-            times[name] += sample_times(fn, warmup=1 if r == 0 else 0, repeats=repeats)
-    return {name: statistics.median(t) for name, t in times.items()}
 
 
 def sgemm_rate() -> Callable[[], object]:

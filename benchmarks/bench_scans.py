@@ -4,7 +4,8 @@ this machine's exp throughput and copy bandwidth, and how close each scan's forw
 
     /usr/bin/python3 benchmarks/bench_scans.py [--full] [--threads 1 2]
 
-``run_scan_benchmarks(quick)`` returns the rows (used by benchmarks/bench.py).
+``run_scan_benchmarks(quick)`` returns the rows (used by benchmarks/bench.py), ``run_decode_benchmarks(quick)``
+the streaming-step rows (L = 1 against torch.exp over the state; per element at L = 1, 8, 512).
 """
 import argparse
 import os
@@ -18,7 +19,7 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 import torch_rnn_ext  # noqa: E402,F401  (loads the op library)
-from common import median_time  # noqa: E402
+from common import interleaved, median_time  # noqa: E402
 
 OPS = torch.ops.torch_rnn_ext
 
@@ -140,6 +141,49 @@ def run_scan_benchmarks(quick: bool) -> List[dict]:
     return rows
 
 
+def run_decode_benchmarks(quick: bool) -> List[dict]:
+    """The streaming step of both scans (L = 1 with the state carried, batch 1, a Mamba 130M mixer's and an
+    RWKV-4 169M layer's shapes) against torch.exp over as many elements as the state has, and the time per
+    step and state element at L = 1, 8 and 512, all interleaved in one process at the current thread count."""
+    rounds, repeats = (3, 20) if quick else (5, 50)
+    g = torch.Generator().manual_seed(0)
+    rows = []
+
+    def sel_args(L, dim=1536, N=16):
+        r = lambda *shape: torch.randn(*shape, generator=g)  # noqa: E731
+        return (r(1, dim, L), torch.rand(1, dim, L, generator=g), -torch.rand(dim, N, generator=g), r(1, N, L),
+                r(1, N, L), r(dim), r(1, dim, L), r(dim), True, r(1, dim, N))
+
+    def wkv_args(L, C=768):
+        r = lambda *shape: torch.randn(*shape, generator=g)  # noqa: E731
+        state = torch.cat([r(1, 2, C).abs(), r(1, 1, C)], 1)
+        return (r(C), r(C), r(1, L, C), r(1, L, C), state)
+
+    for name, op, make, shape, state_elems in [
+            ("selective_scan", OPS.selective_scan, sel_args, "dim 1536, N 16", 1536 * 16),
+            ("wkv4", OPS.wkv4, wkv_args, "C 768", 3 * 768)]:
+        x = torch.randn(state_elems)
+        out = torch.empty_like(x)
+        fns = {L: (lambda a=make(L): op(*a)) for L in (1, 8, 512)}
+        fns["exp"] = lambda: torch.exp(x, out=out)
+        with torch.no_grad():
+            t = interleaved(fns, rounds, repeats)
+        rows.append({"name": f"{name} decode", "shape": f"batch 1, {shape}", "threads": torch.get_num_threads(),
+                     "step_us": t[1] * 1e6, "exp_us": t["exp"] * 1e6, "vs_exp": t[1] / t["exp"],
+                     "ns_per_step_element": {L: t[L] / (L * state_elems) * 1e9 for L in (1, 8, 512)}})
+    return rows
+
+
+def decode_markdown(rows: List[dict]) -> List[str]:
+    lines = ["| op | shape | threads | step us (L = 1) | torch.exp over the state us | step / exp | "
+             "ns per step and state element at L = 1 / 8 / 512 |", "|---|---|---|---|---|---|---|"]
+    for r in rows:
+        ns = r["ns_per_step_element"]
+        lines.append(f"| {r['name']} | {r['shape']} | {r['threads']} | {r['step_us']:.1f} | {r['exp_us']:.1f} | "
+                     f"**{r['vs_exp']:.2f}x** | {ns[1]:.2f} / {ns[8]:.2f} / {ns[512]:.2f} |")
+    return lines
+
+
 def main():
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--full", action="store_true", help="sequences of 1024 steps (default: quick, 256)")
@@ -161,6 +205,7 @@ def main():
                          f"(bound {r['exp_bound_ms']:.2f} ms, max {r['max_speedup']:.0f}x); "
                          f"{r['GB_per_s']:.2f} GB/s = {100 * r['bandwidth_fraction']:.0f}% of copy")
             print(f"{r['name']:32s} {r['shape']:46s} {r['ours_ms']:8.2f} {r['ref_ms']:8.1f} {r['speedup']:6.0f}x  {extra}")
+        print("\n".join(decode_markdown(run_decode_benchmarks(quick=not args.full))))
 
 
 if __name__ == "__main__":
