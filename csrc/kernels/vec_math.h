@@ -1,8 +1,8 @@
 #pragma once
 // exp, sigmoid and tanh written with arithmetic and bit operations only, so that the compiler vectorises
 // the loops that call them (libm calls block vectorisation). float: Cephes' polynomial for exp (max
-// relative error ~2 ulp), a rational function for tanh and sigmoid (abs. error < 3e-7).
-// double: the standard library, for full float64 accuracy.
+// relative error ~2 ulp), a rational function for tanh and sigmoid (abs. error < 3e-7). double: Cephes'
+// exp and tanh (a few ulp: float64 accuracy); log, log1p and softplus stay libm's.
 //
 // Included by capability-specific translation units, so everything here lives in the capability
 // namespace TRE_CPU_CAPABILITY (see recurrence.h).
@@ -94,14 +94,63 @@ inline float fast_sigmoid(float x) { return 0.5f * fast_tanh(0.5f * x) + 0.5f; }
 inline float exp_(float x) { return fast_exp(x); }
 inline float sigmoid_(float x) { return fast_sigmoid(x); }
 inline float tanh_(float x) { return fast_tanh(x); }
-inline double exp_(double x) { return std::exp(x); }
+
+inline uint64_t as_bits(double x) {
+  uint64_t b;
+  std::memcpy(&b, &x, sizeof(b));
+  return b;
+}
+inline double from_bits(uint64_t b) {
+  double x;
+  std::memcpy(&x, &b, sizeof(x));
+  return x;
+}
+
+// 2^n for a float fn holding an integer n in [-1022, 1023]: exponent bits in unsigned arithmetic (vectorises
+// without 64-bit arithmetic shifts, which AVX2 lacks). fn + 1.5 * 2^52 keeps n in its low bits.
+inline double pow2_of(double fn) {
+  constexpr double kShift = 6755399441055744.0;
+  return from_bits((as_bits(fn + kShift) - as_bits(kShift) + 1023u) << 52);
+}
+
+// e^x in double: Cephes' exp (x = n ln 2 + r, e^r = 1 + 2 r P(r^2) / (Q(r^2) - r P(r^2)), max relative error
+// ~1 ulp), 2^n applied as two exact factors so that results from the largest double down through the
+// denormals come out (libm's range: inf above 709.78, 0 below -745.13). NaN stays NaN.
+inline double fast_exp(double x) {
+  x = x < -746.0 ? -746.0 : (x > 710.0 ? 710.0 : x);
+  constexpr double kShift = 6755399441055744.0;  // 1.5 * 2^52: adding it rounds to an integer
+  const double fn = (x * 1.4426950408889634074 + kShift) - kShift;
+  const double r = (x - fn * 6.93145751953125e-1) - fn * 1.42860682030941723212e-6;
+  const double rr = r * r;
+  const double p = r * ((1.26177193074810590878e-4 * rr + 3.02994407707441961300e-2) * rr +
+                        9.99999999999999999910e-1);
+  const double q = ((3.00198505138664455042e-6 * rr + 2.52448340349684104192e-3) * rr +
+                    2.27265548208155028766e-1) * rr + 2.00000000000000000009e0;
+  const double e = 1.0 + 2.0 * (p / (q - p));
+  const double half = ((fn * 0.5 + kShift) - kShift);  // n split in two halves, each within the exponent range
+  return e * pow2_of(half) * pow2_of(fn - half);
+}
+
+// tanh in double: Cephes' rational x + x^3 P(x^2) / Q(x^2) for |x| <= 0.625, 1 - 2 / (e^{2|x|} + 1) above
+// (no cancellation there); max relative error ~2 ulp.
+inline double fast_tanh(double x) {
+  const double z = std::fabs(x), s = x * x;
+  const double p = (-9.64399179425052238628e-1 * s - 9.92877231001918586564e1) * s - 1.61468768441708447952e3;
+  const double q = ((s + 1.12811678491632931402e2) * s + 2.23548839060100448583e3) * s + 4.84406305325125486048e3;
+  const double small = x + x * s * (p / q);
+  const double big = 1.0 - 2.0 / (fast_exp(2.0 * z) + 1.0);
+  const double t = z > 0.625 ? big : small;
+  return z > 0.625 && x < 0 ? -t : t;
+}
+
+inline double exp_(double x) { return fast_exp(x); }
 // exp_(x) == exp_clamped_(exp_clamp_(x)), for loops that clamp in a separate pass.
 inline float exp_clamp_(float x) { return exp_clamp(x); }
 inline float exp_clamped_(float x) { return fast_exp_clamped(x); }
 inline double exp_clamp_(double x) { return x; }
-inline double exp_clamped_(double x) { return std::exp(x); }
-inline double sigmoid_(double x) { return 1.0 / (1.0 + std::exp(-x)); }
-inline double tanh_(double x) { return std::tanh(x); }
+inline double exp_clamped_(double x) { return fast_exp(x); }
+inline double sigmoid_(double x) { return 1.0 / (1.0 + fast_exp(-x)); }
+inline double tanh_(double x) { return fast_tanh(x); }
 
 // ---- log, log1p and softplus (float: branch-free, so loops over them vectorise; double: libm).
 

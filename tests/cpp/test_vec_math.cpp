@@ -1,5 +1,5 @@
-// The vectorisable float exp / sigmoid / tanh / log / log1p / softplus against the standard library over
-// their whole range.
+// The vectorisable float exp / sigmoid / tanh / log / log1p / softplus, and double exp / sigmoid / tanh,
+// against the standard library over their whole range.
 #include <gtest/gtest.h>
 
 #include <cmath>
@@ -79,6 +79,45 @@ TEST(VecMath, SoftplusRelativeErrorBelowSixUlpAndLinearAbove20) {
   EXPECT_EQ(fast_softplus(1e30f), 1e30f);
   EXPECT_GE(fast_softplus(-1000.0f), 0.0f);
   EXPECT_LT(fast_softplus(-1000.0f), 1e-37f);
+}
+
+TEST(VecMath, DoubleExpWithinTwoUlpOverDoublesRange) {
+  double worst = 0;
+  for (double x = -708.0; x <= 709.7; x += 0.0123456789) {
+    const double ref = std::exp(x);
+    worst = std::max(worst, std::abs(fast_exp(x) - ref) / ref);
+  }
+  EXPECT_LT(worst, 2 * 2.3e-16);
+  for (double x : {-1e-300, 0.0, 1e-17, -1e-10, 0.5 * std::log(2.0), 1.0})
+    EXPECT_NEAR(fast_exp(x), std::exp(x), 2.3e-16 * std::exp(x)) << x;
+  // denormal results as libm gives them (to the last bits), then 0; inf above the range; NaN stays NaN
+  for (double x : {-709.0, -720.0, -740.0, -745.0})
+    EXPECT_NEAR(fast_exp(x), std::exp(x), 1e-3 * std::exp(x) + 1e-323) << x;
+  EXPECT_EQ(fast_exp(-746.0), 0.0);
+  EXPECT_EQ(fast_exp(-std::numeric_limits<double>::infinity()), 0.0);
+  EXPECT_EQ(fast_exp(709.8), std::numeric_limits<double>::infinity());
+  EXPECT_EQ(fast_exp(std::numeric_limits<double>::infinity()), std::numeric_limits<double>::infinity());
+  EXPECT_TRUE(std::isnan(fast_exp(std::numeric_limits<double>::quiet_NaN())));
+  EXPECT_TRUE(std::isfinite(fast_exp(709.7)));
+}
+
+TEST(VecMath, DoubleTanhAndSigmoidWithinFewUlp) {
+  double worst_tanh = 0, worst_sig = 0;
+  for (double x = -40.0; x <= 40.0; x += 0.000731) {
+    worst_tanh = std::max(worst_tanh, std::abs(fast_tanh(x) - std::tanh(x)) / std::max(std::abs(std::tanh(x)), 1e-300));
+    const double sig = 1.0 / (1.0 + std::exp(-x));
+    worst_sig = std::max(worst_sig, std::abs(sigmoid_(x) - sig) / sig);
+  }
+  EXPECT_LT(worst_tanh, 4 * 2.3e-16);
+  EXPECT_LT(worst_sig, 4 * 2.3e-16);
+  for (double x : {1e-300, -1e-20, 1e-8, 0.6249, 0.6251, -0.625})
+    EXPECT_NEAR(fast_tanh(x), std::tanh(x), 4 * 2.3e-16 * std::abs(std::tanh(x))) << x;
+  EXPECT_EQ(fast_tanh(0.0), 0.0);
+  EXPECT_EQ(fast_tanh(1000.0), 1.0);
+  EXPECT_EQ(fast_tanh(-std::numeric_limits<double>::infinity()), -1.0);
+  EXPECT_TRUE(std::isnan(fast_tanh(std::numeric_limits<double>::quiet_NaN())));
+  EXPECT_EQ(sigmoid_(-1000.0), 0.0);
+  EXPECT_EQ(sigmoid_(1000.0), 1.0);
 }
 
 }  // namespace
