@@ -424,6 +424,12 @@ def main():
         for n in threads:
             torch.set_num_threads(n)
             scan_decode += run_decode_benchmarks(quick=not args.full)
+    float64 = []
+    if args.full:
+        from bench_float64 import run_float64_benchmarks
+        for n in threads:
+            torch.set_num_threads(n)
+            float64 += run_float64_benchmarks(rounds=ROUNDS)
     delta = []
     if not args.no_delta:
         from bench_delta_rule import check_forms_agree, run_delta_benchmarks
@@ -456,6 +462,11 @@ def main():
     info = dict(info, torch_threads=threads, rounds=ROUNDS)
     table = markdown(rows, sgemm, info, command.strip(), memory, scans)
     table += "\n\n" + ort_markdown(rows, ort_missing)
+    if float64:
+        from bench_float64 import markdown as float64_markdown
+        table += ("\n\nfloat64 layers and cells against torch.nn (medians of interleaved rounds; the cells at batch 97, "
+                  "hidden 51, the shape of pytorch/examples' time_sequence_prediction):\n\n"
+                  + "\n".join(float64_markdown(float64)))
     if scan_decode:
         from bench_scans import decode_markdown
         table += ("\n\nScan decode (the streaming step, L = 1, state carried) against torch.exp over as many elements "
@@ -481,7 +492,7 @@ def main():
     save_json(os.path.join(out_dir, f"{name}.json"),
               {"date": datetime.datetime.now().isoformat(timespec="seconds"), "command": command.strip(),
                "machine": info, "sgemm_gflops": sgemm, "rows": rows, "peak_memory": memory, "scans": scans,
-               "scan_decode": scan_decode, "gated_delta_rule": delta, "streaming": streaming,
+               "scan_decode": scan_decode, "float64": float64, "gated_delta_rule": delta, "streaming": streaming,
                "hf_models": hf_rows or hf_note, "sweeps": sweeps})
     with open(os.path.join(out_dir, f"{name}.md"), "w") as f:
         f.write(table + "\n")
