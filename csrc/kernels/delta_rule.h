@@ -16,7 +16,7 @@
 #include <cstdint>
 #include <cstring>
 
-#include "kernels/scan_math.h"
+#include "kernels/scans.h"       // DeltaPanel, kChunk
 #include "kernels/small_gemm.h"  // Vec, sum4
 
 namespace torch_rnn_ext {

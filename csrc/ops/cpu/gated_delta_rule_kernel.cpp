@@ -66,13 +66,6 @@ DeltaGeometry check_cpu(const Tensor& q, const Tensor& k, const Tensor& v, const
   return d;
 }
 
-// x / sqrt(sum over K of x^2 + eps), and its backward given the forward's input.
-Tensor l2norm_rstd(const Tensor& x) { return (x * x).sum(-1, /*keepdim=*/true).add(kL2NormEps).rsqrt(); }
-Tensor l2norm_backward(const Tensor& dy, const Tensor& x) {
-  const Tensor r = l2norm_rstd(x), y = x * r;
-  return r * (dy - y * (dy * y).sum(-1, /*keepdim=*/true));
-}
-
 double scale_of(optional<double> scale, const DeltaGeometry& d) {
   return scale.has_value() ? *scale : 1.0 / std::sqrt(static_cast<double>(d.K));
 }
@@ -107,13 +100,41 @@ void exp_row(const T* src, T* dst, int64_t n) {
   for (int64_t i = 0; i < n; ++i) dst[i] = std::exp(src[i]);
 }
 
-// x / sqrt(sum of x^2 + eps), the sum in order.
+// 1 / sqrt(sum of x^2 + eps) of one row, the sum in order: the L2 norm's forward and backward share it.
+template <typename T>
+T l2norm_rstd(const T* x, int64_t n) {
+  T sum = 0;
+  for (int64_t i = 0; i < n; ++i) sum += x[i] * x[i];
+  return T(1) / std::sqrt(sum + T(kL2NormEps));
+}
+
+// y = x / sqrt(sum of x^2 + eps).
 template <typename T>
 void l2norm_row(const T* src, T* dst, int64_t n) {
-  T sum = 0;
-  for (int64_t i = 0; i < n; ++i) sum += src[i] * src[i];
-  const T r = T(1) / std::sqrt(sum + T(kL2NormEps));
+  const T r = l2norm_rstd(src, n);
   for (int64_t i = 0; i < n; ++i) dst[i] = src[i] * r;
+}
+
+// The L2 norm's backward over rows of the last dimension: dx = r (dy - y (dy . y)) with y = x r.
+Tensor l2norm_backward(const Tensor& dy, const Tensor& x) {
+  const Tensor g = dy.contiguous(), in = x.contiguous();
+  Tensor out = at::empty_like(in);
+  const int64_t n = in.size(-1), rows = n == 0 ? 0 : in.numel() / n;
+  AT_DISPATCH_FLOATING_TYPES(in.scalar_type(), "l2norm_backward", [&] {
+    using T = scalar_t;
+    const T *gp = g.data_ptr<T>(), *xp = in.data_ptr<T>();
+    T* op = out.data_ptr<T>();
+    at::parallel_for(0, rows, std::max<int64_t>(1, 16384 / std::max<int64_t>(1, n)), [&](int64_t r0, int64_t r1) {
+      for (int64_t row = r0; row < r1; ++row) {
+        const T *dyr = gp + row * n, *xr = xp + row * n;
+        const T r = l2norm_rstd(xr, n);
+        T dot = 0;
+        for (int64_t i = 0; i < n; ++i) dot += dyr[i] * (xr[i] * r);
+        for (int64_t i = 0; i < n; ++i) op[row * n + i] = r * (dyr[i] - (xr[i] * r) * dot);
+      }
+    });
+  });
+  return out;
 }
 
 // The inverse, for outputs: (batch, heads, T, ...) -> contiguous (batch, T, heads, ...).
