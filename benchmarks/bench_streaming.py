@@ -11,11 +11,17 @@ preemptions of a shared machine); the variants take turns in rounds of `block` s
 machine load hit all alike), and a row reports the median over rounds of each round's median, after
 warm-up. ``ratio`` = nn.LSTM time / ours (> 1: ours is faster).
 
-``run_streaming_benchmarks(quick)`` returns the rows.
+``run_streaming_benchmarks(quick)`` returns the rows. ``run_cpp_stepping(quick)`` runs the C++ example
+examples/cpp/stream_model (built with the library, in build/torch-<version>/) on the weights
+examples/cpp/make_stream_model.py saves, and returns the microseconds per step it reports: our Stepper
+(csrc/api/stepper.h), our lstm_cell op through the dispatcher, the scripted module, and ATen's at::lstm_cell.
 """
 import argparse
 import os
+import re
+import subprocess
 import sys
+import tempfile
 from typing import Callable, Dict, List
 
 import torch
@@ -105,6 +111,48 @@ def run_streaming_benchmarks(quick: bool = True) -> List[Dict[str, object]]:
     return rows
 
 
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+CPP_LINE = re.compile(r"LSTM\((\d+), (\d+)\), batch 1, us per step \((\d+) torch thread\(s\)\): Stepper ([\d.]+), "
+                      r"lstm_cell op ([\d.]+), scripted module forward ([\d.]+); ATen's at::lstm_cell ([\d.]+)")
+
+
+def run_cpp_stepping(quick: bool = True) -> List[Dict[str, object]]:
+    """Rows of the C++ example's report: input, hidden, threads and us per step of each way it steps.
+    Raises when the example is not built or fails (make bench builds it with the library)."""
+    exe = os.path.join(ROOT, "build", torch_rnn_ext._library.torch_tag(), "stream_model")
+    if not os.path.exists(exe):
+        raise FileNotFoundError(f"{exe} is missing: build the library with its tests (make build-one)")
+    env = dict(os.environ, PYTHONPATH=ROOT + os.pathsep + os.environ.get("PYTHONPATH", ""))
+    def run(cmd):
+        p = subprocess.run(cmd, env=env, capture_output=True, text=True)
+        if p.returncode != 0:
+            raise RuntimeError(f"{' '.join(cmd)} failed ({p.returncode}):\n{p.stdout}{p.stderr}")
+        return p.stdout
+
+    with tempfile.TemporaryDirectory() as d:
+        run([sys.executable, os.path.join(ROOT, "examples", "cpp", "make_stream_model.py"), d])
+        out = run([exe, d, "20000" if quick else "200000"])
+    rows = []
+    for m in CPP_LINE.finditer(out):
+        i, h, threads = (int(v) for v in m.groups()[:3])
+        stepper, op, module, aten = (float(v) for v in m.groups()[3:])
+        rows.append({"input": i, "hidden": h, "threads": threads, "stepper_us": stepper, "op_us": op,
+                     "module_us": module, "aten_lstm_cell_us": aten})
+    if not rows:
+        raise RuntimeError(f"{exe} printed no timing line:\n{out}")
+    return rows
+
+
+def cpp_markdown(rows: List[Dict[str, object]]) -> str:
+    lines = ["| I, H | torch threads | Stepper us | our lstm_cell op us | scripted module us | ATen at::lstm_cell us |"
+             " at::lstm_cell / Stepper |", "|---|---|---|---|---|---|---|"]
+    for r in rows:
+        lines.append(f"| {r['input']}, {r['hidden']} | {r['threads']} | {r['stepper_us']} | {r['op_us']} | "
+                     f"{r['module_us']} | {r['aten_lstm_cell_us']} | "
+                     f"**{r['aten_lstm_cell_us'] / r['stepper_us']:.1f}x** |")
+    return "\n".join(lines)
+
+
 def markdown(rows: List[Dict[str, object]]) -> str:
     lines = ["| path (per step, hx carried) | I, H | ours us | nn.LSTM us | nn.LSTMCell us | nn.LSTM / ours |",
              "|---|---|---|---|---|---|"]
@@ -125,6 +173,10 @@ def main() -> None:
           "float32, no_grad; median us per step")
     print()
     print(markdown(rows))
+    print()
+    print("From C++ (examples/cpp/stream_model), median us per step:")
+    print()
+    print(cpp_markdown(run_cpp_stepping(quick=not args.full)))
 
 
 if __name__ == "__main__":

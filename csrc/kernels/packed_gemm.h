@@ -237,8 +237,7 @@ void packed_gemm(int64_t M, int64_t N, int64_t K, const T* A, int64_t rsa, int64
 // C(M, N) = op(A) op(B) (+ C when accumulate), row-major as kernels::gemm takes them (gemm.h): op(A) is
 // A (M, K) with row stride lda, or A stored (K, M) when trans_a; op(B) is B (K, N) with row stride ldb,
 // or B stored (N, K) when trans_b, which is first packed into panels (a copy of B, outside any loop)
-// unless A has fewer than kPackMinRows rows.
-constexpr int64_t kPackMinRows = 8;
+// unless A has fewer than kPackMinRows rows (packing.h).
 
 template <typename T>
 void packed_product(bool trans_a, bool trans_b, int64_t M, int64_t N, int64_t K, const T* A, int64_t lda,

@@ -16,6 +16,10 @@ struct Tile {
   static constexpr int64_t kKc = 256;
 };
 
+// A product with a transposed B (B stored (N, K), as torch stores weights) packs B into panels first, unless
+// A has fewer rows than this: then each row is a set of dot products with B's rows as stored.
+constexpr int64_t kPackMinRows = 8;
+
 // Elements of pack_b's output (packed_gemm.h) for a (K, N) op(B): N rounded up to whole panels, times K.
 // Defined once, in gemm.cpp (a translation unit without -mavx2), for float and double.
 template <typename T>
