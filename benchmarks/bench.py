@@ -89,14 +89,15 @@ def settled_times(fn, repeats, min_seconds):
     return sample_times(fn, warmup=1, repeats=repeats, min_seconds=min_seconds)
 
 
-def interleaved_medians(fns, repeats):
-    """Median time (s) of each of fns (a dict), timed in ROUNDS rounds that each run one block of every fn
-    in turn: a drift of the machine's speed between blocks (this VM's move by 10-30% within seconds) then
-    falls on every fn alike instead of on one. Each block lasts at least BLOCK_S: a few calls of a 1 ms
-    function right after the pause would time the VM's wake-up."""
+def interleaved_medians(fns, repeats, rounds=None):
+    """Median time (s) of each of fns (a dict), timed in `rounds` (default ROUNDS) rounds that each run one
+    block of every fn in turn: a drift of the machine's speed between blocks (this VM's move by 10-30% within
+    seconds) then falls on every fn alike instead of on one. Each block lasts at least BLOCK_S: a few calls
+    of a 1 ms function right after the pause would time the VM's wake-up."""
+    rounds = rounds or ROUNDS
     samples = {k: [] for k in fns}
-    per_round = -(-repeats // ROUNDS)
-    for _ in range(ROUNDS):
+    per_round = -(-repeats // rounds)
+    for _ in range(rounds):
         for k, fn in fns.items():
             samples[k] += settled_times(fn, per_round, BLOCK_S)
     return {k: statistics.median(v) for k, v in samples.items()}
@@ -104,7 +105,9 @@ def interleaved_medians(fns, repeats):
 
 def nn_kernels(ref, x):
     """Which kernels torch.nn's module runs, forward and forward+backward, from the profiler's op names:
-    "oneDNN" when an mkldnn_rnn op ran, else "ATen"."""
+    "oneDNN" when an mkldnn_rnn op ran, else "ATen". Profiles the first two steps: the choice does not depend
+    on the length, and ATen's cells log several ops per step (seconds of profiling at T = 1000)."""
+    x = x[:2]
     xg = x.clone().requires_grad_()
     found = {}
     for mode in ("forward", "forward+backward"):
@@ -388,6 +391,19 @@ MEMORY_CASES = [(kind, shape) for shape in ((100, 32, 256, 256), (1000, 1, 64, 6
                 for kind in ("LSTM", "GRU", "RNN_TANH")]
 
 
+class Laps:
+    """Prints how long each section of the run took (stderr, beside the progress bars)."""
+
+    def __init__(self):
+        self.start = self.last = time.perf_counter()
+
+    def __call__(self, section):
+        now = time.perf_counter()
+        print(f"[bench] {section}: {now - self.last:.0f} s (total {now - self.start:.0f} s)", file=sys.stderr,
+              flush=True)
+        self.last = now
+
+
 def main():
     global ROUNDS
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -401,6 +417,7 @@ def main():
     p.add_argument("--no-delta", action="store_true", help="skip the gated delta rule rows")
     p.add_argument("--no-hf", action="store_true", help="skip the Hugging Face model rows")
     p.add_argument("--no-ort", action="store_true", help="skip the onnxruntime columns")
+    p.add_argument("--no-compile", action="store_true", help="skip the torch.compile rows")
     args = p.parse_args()
     threads = [int(t) for t in args.threads.split(",")] if args.threads else ([1, 2] if args.full else [1])
     repeats = args.repeats or (10 if args.full else 7)
@@ -409,13 +426,16 @@ def main():
         set_blas_threads(args.blas_threads)
     info = dict(machine_info(), kernels=torch.ops.torch_rnn_ext._kernel_info())
     command = f"{sys.executable} benchmarks/bench.py " + " ".join(sys.argv[1:])
+    lap = Laps()
     rows, sgemm, ort_missing = run(args.full, threads, repeats, ort=not args.no_ort)
+    lap("torch.nn rows")
     memory = []
     if args.full:
         for kind, (T, B, I, H) in tqdm(MEMORY_CASES, desc="peak memory", unit="row"):
             memory.append({"module": kind, "T": T, "B": B, "I": I, "H": H,
                            "nn_mib": peak_memory_mb(kind, T, B, I, H, 1, False, "nn"),
                            "ours_mib": peak_memory_mb(kind, T, B, I, H, 1, False, "ours")})
+        lap("peak memory")
     scans, scan_decode = [], []
     if not args.no_scans:
         from bench_scans import run_decode_benchmarks, run_scan_benchmarks
@@ -424,12 +444,14 @@ def main():
         for n in threads:
             torch.set_num_threads(n)
             scan_decode += run_decode_benchmarks(quick=not args.full)
+        lap("scans")
     float64 = []
     if args.full:
         from bench_float64 import run_float64_benchmarks
         for n in threads:
             torch.set_num_threads(n)
             float64 += run_float64_benchmarks(rounds=ROUNDS)
+        lap("float64")
     delta = []
     if not args.no_delta:
         from bench_delta_rule import check_forms_agree, run_delta_benchmarks
@@ -437,9 +459,28 @@ def main():
         for n in threads:
             torch.set_num_threads(n)
             delta += run_delta_benchmarks(quick=not args.full)
-    from bench_streaming import markdown as streaming_markdown, run_streaming_benchmarks
+        lap("gated delta rule")
+    from bench_streaming import (cpp_markdown, markdown as streaming_markdown, run_cpp_stepping,
+                                 run_streaming_benchmarks)
     torch.set_num_threads(threads[0])
     streaming = run_streaming_benchmarks(quick=not args.full)
+    cpp_stepping = run_cpp_stepping(quick=not args.full)
+    lap("streaming")
+    from bench_packed import markdown as packed_markdown, run_packed_benchmarks
+    packed = []
+    for n in threads:
+        torch.set_num_threads(n)
+        packed += run_packed_benchmarks(quick=not args.full)
+    lap("packed sequences")
+    from bench_compile import SKIPPED as compile_note, markdown as compile_markdown, run_compile_benchmarks
+    compile_rows = []
+    if args.no_compile:
+        compile_note = "skipped (--no-compile)"
+    else:
+        for n in threads:
+            torch.set_num_threads(n)
+            compile_rows += run_compile_benchmarks(quick=not args.full, rounds=ROUNDS)
+        lap("torch.compile")
     hf_rows, hf_note = {}, ""
     if args.no_hf:
         hf_note = "skipped (--no-hf)"
@@ -452,6 +493,7 @@ def main():
         if not hf_note:
             from bench_hf import run_hf_benchmarks
             hf_rows = run_hf_benchmarks(sorted(set(threads) | {1, 2}), quick=not args.full)
+            lap("Hugging Face models")
     sweeps = {}
     if args.full:
         torch.set_num_threads(1)
@@ -459,6 +501,7 @@ def main():
                   "T": {k: sweep(k, [(t, 8, 128, 128) for t in (10, 50, 200, 1000)], 5) for k in ("LSTM", "GRU")}}
         os.makedirs(os.path.join(RESULTS, torch_rnn_ext._library.torch_tag()), exist_ok=True)
         plot(sweeps, os.path.join(RESULTS, torch_rnn_ext._library.torch_tag(), "speedup.png"))
+        lap("speedup sweeps")
     info = dict(info, torch_threads=threads, rounds=ROUNDS)
     table = markdown(rows, sgemm, info, command.strip(), memory, scans)
     table += "\n\n" + ort_markdown(rows, ort_missing)
@@ -479,7 +522,14 @@ def main():
                   "medians of interleaved rounds; GFLOP/s count 7 K V per token and value head:\n\n"
                   + "\n".join(delta_markdown(delta)))
     table += ("\n\nStreaming, one step per call (batch 1, input 64, no_grad, state carried), median us per step:"
-              "\n\n" + streaming_markdown(streaming))
+              "\n\n" + streaming_markdown(streaming)
+              + "\n\nThe same from C++ (examples/cpp/stream_model: our Stepper, our lstm_cell op through the dispatcher, "
+              "the scripted module, and ATen's at::lstm_cell for a LibTorch user without us), median us per step:\n\n"
+              + cpp_markdown(cpp_stepping))
+    table += ("\n\nVariable-length PackedSequence (GitHub issue 22), float32, ours against torch.nn on the same "
+              "packed batch and each on the padded one:\n\n" + packed_markdown(packed))
+    table += ("\n\ntorch.compile (GitHub issue 22): torch.nn's modules and ours, eager and compiled, float32, against "
+              "torch.nn eager:\n\n" + (compile_markdown(compile_rows) if compile_rows else compile_note))
     from bench_hf import markdown as hf_markdown
     table += ("\n\nHugging Face transformers models, converted by torch_rnn_ext.convert vs unconverted "
               "(random weights of the real shapes, float32, batch 1, no_grad; bound: transformers' time over the "
@@ -493,6 +543,8 @@ def main():
               {"date": datetime.datetime.now().isoformat(timespec="seconds"), "command": command.strip(),
                "machine": info, "sgemm_gflops": sgemm, "rows": rows, "peak_memory": memory, "scans": scans,
                "scan_decode": scan_decode, "float64": float64, "gated_delta_rule": delta, "streaming": streaming,
+               "cpp_stepping": cpp_stepping,
+               "packed": packed, "compile": compile_rows or compile_note,
                "hf_models": hf_rows or hf_note, "sweeps": sweeps})
     with open(os.path.join(out_dir, f"{name}.md"), "w") as f:
         f.write(table + "\n")

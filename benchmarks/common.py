@@ -104,3 +104,23 @@ def save_json(path: str, payload: dict) -> None:
     os.makedirs(os.path.dirname(path), exist_ok=True)
     with open(path, "w") as f:
         json.dump(payload, f, indent=2)
+
+
+def thread_rows_main(doc: str, run_rows: Callable[[bool], list], markdown: Callable[[list], str],
+                     full_help: str) -> None:
+    """The command line of a benchmark module run on its own: --full (passed to run_rows as quick=False)
+    and --threads (run_rows at each torch thread count); prints the machine and markdown(rows)."""
+    import argparse
+    parser = argparse.ArgumentParser(description=doc.splitlines()[0])
+    parser.add_argument("--full", action="store_true", help=full_help)
+    parser.add_argument("--threads", type=int, nargs="+", default=[1], help="torch thread counts (default 1)")
+    args = parser.parse_args()
+    rows = []
+    for n in args.threads:
+        torch.set_num_threads(n)
+        rows += run_rows(not args.full)
+    info = machine_info()
+    print(f"torch {info['torch']}, BLAS {info['blas']} with {info['blas_threads']} threads, {info['cores']} cores "
+          f"({info['cpu']}); float32")
+    print()
+    print(markdown(rows))

@@ -122,3 +122,63 @@ def test_delta_rule_benchmark_forms_compute_what_the_op_computes():
     row = {"name": "decode", "mode": "forward", "shape": "s", "threads": 1, "ms": {"ours": 1.0, "state copy": 0.5},
            "vs_state_copy": 2.0, "speedups": {"state copy": 0.5}}
     assert "2.00x a state copy (500 us)" in format_rows([row])[-1]
+
+
+def test_compile_rows_say_what_dynamo_made_of_each_module(fast_blocks, monkeypatch, threads):
+    """bench_compile on one tiny row: every variant timed in each mode, compiled nn a graph break (dynamo refuses
+    nn's RNN modules, so it runs eagerly), compiled ours one graph; on torch 1.13 no rows and a skip note."""
+    import bench_compile
+    if bench_compile.SKIPPED:
+        assert bench_compile.run_compile_benchmarks(quick=True) == []
+        assert bench_compile.markdown([]).startswith("skipped: torch.compile needs torch 2.x")
+        return
+    torch.set_num_threads(1)
+    monkeypatch.setattr(bench_compile, "QUICK_CASES", [("LSTM", (5, 2, 4, 4))])
+    try:
+        rows = bench_compile.run_compile_benchmarks(quick=True, rounds=1)
+    finally:
+        torch._dynamo.reset()  # no compiled frames left for later tests
+    (row,) = rows
+    assert row["max_abs_diff"] <= bench_compile.ATOL
+    for mode in bench_compile.MODES:
+        m = row[mode]
+        assert set(m["ms"]) == set(bench_compile.VARIANTS) and m["speedup"]["nn"] == 1.0
+        compiled_nn, compiled_ours = m["first_call"]["compiled nn"], m["first_call"]["compiled ours"]
+        assert compiled_nn["graphs"] == 0 and compiled_nn["graph_breaks"] >= 1
+        assert (compiled_ours["graphs"], compiled_ours["graph_breaks"]) == (1, 0)
+        assert m["compiled_nn_kernels"] in ("oneDNN", "ATen")
+    assert "| LSTM | 5, 2, 4, 4 | 1 | forward |" in bench_compile.markdown(rows)
+
+
+def test_packed_rows_time_the_same_packed_batch_and_report_both_targets(monkeypatch, threads):
+    """bench_packed on one tiny row: lengths in [T/4, T], every time and ratio reported, and a disagreement
+    between ours and nn raises instead of being timed."""
+    import bench_packed
+    monkeypatch.setattr(bench_packed, "SHAPES", [(12, 5, 4, 3)])
+    monkeypatch.setattr(bench_packed, "KINDS", ("GRU",))
+    monkeypatch.setattr(bench_packed, "QUICK_TIMING", (1, 1))
+    torch.set_num_threads(1)
+    rows = bench_packed.run_packed_benchmarks(quick=True)
+    assert [r["mode"] for r in rows] == list(bench_packed.MODES)
+    for r in rows:
+        assert 0.25 <= r["fraction"] <= 1.0 and r["max_abs_diff"] <= bench_packed.ATOL
+        assert r["padded_ratio"] == pytest.approx(r["ours_packed_ms"] / (r["ours_padded_ms"] * r["fraction"]))
+        assert r["bound"] == pytest.approx(r["nn_packed_ms"] / (r["products_ms"] * r["fraction"]))
+    assert "| GRU | 12, 5, 4, 3 | 1 | forward |" in bench_packed.markdown(rows)
+    ref, ours = bench_packed.make_modules("GRU", 4, 3)
+    with torch.no_grad():
+        ours.weight_hh_l0.add_(1.0)
+    with pytest.raises(AssertionError, match="differ"):
+        bench_packed.check_agree(ref, ours, bench_packed.packed_input(12, 5, 4)[1])
+
+
+def test_cpp_stepping_runs_the_built_example_and_reads_its_report():
+    """bench_streaming.run_cpp_stepping runs examples/cpp/stream_model (built with the library) and parses
+    every way it steps, at both hidden sizes."""
+    import bench_streaming
+    rows = bench_streaming.run_cpp_stepping(quick=True)
+    assert [(r["input"], r["hidden"]) for r in rows] == [(64, 64), (64, 256)]
+    for r in rows:
+        assert r["threads"] == 1
+        assert all(r[k] > 0 for k in ("stepper_us", "op_us", "module_us", "aten_lstm_cell_us"))
+    assert "| 64, 64 | 1 |" in bench_streaming.cpp_markdown(rows)
