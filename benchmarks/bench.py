@@ -445,6 +445,11 @@ def main():
             torch.set_num_threads(n)
             scan_decode += run_decode_benchmarks(quick=not args.full)
         lap("scans")
+    thread_ab = []
+    if args.full and set(threads) >= {1, 2}:
+        from bench_threads import run_thread_ab
+        thread_ab = run_thread_ab(quick=False)
+        lap("threads A/B")
     float64 = []
     if args.full:
         from bench_float64 import run_float64_benchmarks
@@ -505,6 +510,10 @@ def main():
     info = dict(info, torch_threads=threads, rounds=ROUNDS)
     table = markdown(rows, sgemm, info, command.strip(), memory, scans)
     table += "\n\n" + ort_markdown(rows, ort_missing)
+    if thread_ab:
+        from bench_threads import markdown as threads_markdown
+        table += ("\n\n1 against 2 torch threads, each row's times in the same interleaved rounds (ratio = time at 1 "
+                  "thread / time at 2; < 1: slower at 2 threads):\n\n" + threads_markdown(thread_ab))
     if float64:
         from bench_float64 import markdown as float64_markdown
         table += ("\n\nfloat64 layers and cells against torch.nn (medians of interleaved rounds; the cells at batch 97, "
@@ -543,7 +552,7 @@ def main():
               {"date": datetime.datetime.now().isoformat(timespec="seconds"), "command": command.strip(),
                "machine": info, "sgemm_gflops": sgemm, "rows": rows, "peak_memory": memory, "scans": scans,
                "scan_decode": scan_decode, "float64": float64, "gated_delta_rule": delta, "streaming": streaming,
-               "cpp_stepping": cpp_stepping,
+               "cpp_stepping": cpp_stepping, "threads_ab": thread_ab,
                "packed": packed, "compile": compile_rows or compile_note,
                "hf_models": hf_rows or hf_note, "sweeps": sweeps})
     with open(os.path.join(out_dir, f"{name}.md"), "w") as f:

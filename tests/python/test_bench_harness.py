@@ -182,3 +182,23 @@ def test_cpp_stepping_runs_the_built_example_and_reads_its_report():
         assert r["threads"] == 1
         assert all(r[k] > 0 for k in ("stepper_us", "op_us", "module_us", "aten_lstm_cell_us"))
     assert "| 64, 64 | 1 |" in bench_streaming.cpp_markdown(rows)
+
+
+def test_thread_ab_times_each_module_at_both_thread_counts_in_one_process(fast_blocks, monkeypatch):
+    """bench_threads on one tiny row: ours and nn at 1 and 2 threads, the thread count set for each call and
+    restored afterwards, the ratio time at 1 / time at 2."""
+    import bench_threads
+    monkeypatch.setattr(bench_threads, "QUICK_CASES", [("GRU", (6, 2, 4, 3), 1, False)])
+    seen = []
+    real_set = torch.set_num_threads
+    monkeypatch.setattr(torch, "set_num_threads", lambda n: (seen.append(n), real_set(n)))
+    real_set(3)
+    rows = bench_threads.run_thread_ab(quick=True, repeats=bench.ROUNDS)
+    assert torch.get_num_threads() == 3
+    assert {1, 2} <= set(seen)
+    assert [(r["mode"], r["impl"]) for r in rows] == [(m, i) for m in ("forward", "forward+backward")
+                                                      for i in ("ours", "nn")]
+    for r in rows:
+        assert r["ratio"] == pytest.approx(r["ms"][1] / r["ms"][2])
+        assert r["slower"] == (r["ratio"] < 1 / bench_threads.SLOWER)
+    assert "| GRU | 6, 2, 4, 3 | forward |" in bench_threads.markdown(rows)
