@@ -122,13 +122,8 @@ def nn_kernels(ref, x):
     return found
 
 
-def bench_pair(ref, ours, x, repeats, flops, floor=None, sgemm=None, anchors=None):
-    """Times forward (no_grad) and forward+backward for both modules on the same input, `floor`
-    (products_floor's functions) in the same rounds when given, and `sgemm` (a Sgemm) in the forward's
-    rounds when given: the "of sgemm" fraction then divides by the rate of the same seconds. `anchors`
-    ({name: fn}, e.g. onnxruntime's run of the same model) are timed in the forward's rounds too:
-    `<name>_ms` and `<name>_speedup` (their time over ours) in the row."""
-    ours.load_state_dict(ref.state_dict())
+def mode_functions(x):
+    """[(mode, fn)]: fn(module) runs one forward (no_grad) or forward+backward of the sum of its outputs on x."""
     xg = x.clone().requires_grad_()
 
     def fwd(m):
@@ -137,9 +132,18 @@ def bench_pair(ref, ours, x, repeats, flops, floor=None, sgemm=None, anchors=Non
 
     def fwd_bwd(m):
         sum(o.sum() for o in _outputs(m(xg))).backward()
+    return [("forward", fwd), ("forward+backward", fwd_bwd)]
 
+
+def bench_pair(ref, ours, x, repeats, flops, floor=None, sgemm=None, anchors=None):
+    """Times forward (no_grad) and forward+backward for both modules on the same input, `floor`
+    (products_floor's functions) in the same rounds when given, and `sgemm` (a Sgemm) in the forward's
+    rounds when given: the "of sgemm" fraction then divides by the rate of the same seconds. `anchors`
+    ({name: fn}, e.g. onnxruntime's run of the same model) are timed in the forward's rounds too:
+    `<name>_ms` and `<name>_speedup` (their time over ours) in the row."""
+    ours.load_state_dict(ref.state_dict())
     row = {}
-    for mode, fn, fl in (("forward", fwd, flops), ("forward+backward", fwd_bwd, 3 * flops)):
+    for (mode, fn), fl in zip(mode_functions(x), (flops, 3 * flops)):
         fns = {"nn": lambda: fn(ref), "ours": lambda: fn(ours)}
         if floor:
             fns["floor"] = floor[mode]

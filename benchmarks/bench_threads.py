@@ -21,7 +21,7 @@ import torch
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from bench import FULL_CASES, QUICK_CASES, _outputs, interleaved_medians, make_modules, tqdm  # noqa: E402
+from bench import FULL_CASES, QUICK_CASES, interleaved_medians, make_modules, mode_functions, tqdm  # noqa: E402
 
 SLOWER = 1.05
 THREADS = (1, 2)
@@ -45,17 +45,8 @@ def run_thread_ab(quick: bool = False, repeats: int = 7) -> List[Dict[str, objec
             ref, ours = make_modules(kind, I, H, layers, bidir)
             ours.load_state_dict(ref.state_dict())
             x = torch.randn(T, B, I)
-            xg = x.clone().requires_grad_()
-
-            def fwd(m):
-                with torch.no_grad():
-                    m(x)
-
-            def fwd_bwd(m):
-                sum(o.sum() for o in _outputs(m(xg))).backward()
-
             name = kind if layers == 1 and not bidir else f"{kind} {layers}-layer{' bidirectional' if bidir else ''}"
-            for mode, fn in (("forward", fwd), ("forward+backward", fwd_bwd)):
+            for mode, fn in mode_functions(x):
                 fns = {(impl, n): _at(n, (lambda m: lambda: fn(m))(m))
                        for impl, m in (("ours", ours), ("nn", ref)) for n in THREADS}
                 t = interleaved_medians(fns, repeats)
