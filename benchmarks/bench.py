@@ -249,7 +249,8 @@ rss = (kib("VmHWM:") - base) / 1024
 # of the bytes live at once.
 with torch.autograd.profiler.profile(profile_memory=True) as prof:
     step()
-events = sorted((e.start_us(), i, e.nbytes()) for i, e in enumerate(prof.kineto_results.events())
+start = lambda e: e.start_ns() if hasattr(e, "start_ns") else e.start_us() * 1000  # start_us: torch < 2.x
+events = sorted((start(e), i, e.nbytes()) for i, e in enumerate(prof.kineto_results.events())
                 if e.name() == "[memory]")
 live = peak = 0
 for _, _, n in events:

@@ -202,3 +202,12 @@ def test_thread_ab_times_each_module_at_both_thread_counts_in_one_process(fast_b
         assert r["ratio"] == pytest.approx(r["ms"][1] / r["ms"][2])
         assert r["slower"] == (r["ratio"] < 1 / bench_threads.SLOWER)
     assert "| GRU | 6, 2, 4, 3 | forward |" in bench_threads.markdown(rows)
+
+
+def test_peak_memory_runs_in_a_fresh_process_and_counts_the_allocator():
+    """bench.peak_memory_mb (make bench-full) on a tiny row: its subprocess runs on this torch (the profiler's
+    event API differs between versions) and reports the allocator's peak and the RSS rise."""
+    for impl in ("nn", "ours"):
+        m = bench.peak_memory_mb("GRU", 10, 3, 4, 5, 1, False, impl)
+        assert set(m) == {"allocated", "rss"}
+        assert m["allocated"] > 0
