@@ -17,15 +17,15 @@ at::Tensor owned_copy(const at::Tensor& t) { return t.contiguous().clone(); }
 
 Stepper::Stepper(const std::string& mode, const at::Tensor& weight_ih, const at::Tensor& weight_hh,
                  const optional<at::Tensor>& bias_ih, const optional<at::Tensor>& bias_hh, int64_t batch)
-    : mode_(mode), batch_(batch) {
+    : batch_(batch) {
   const char* op = "Stepper";
   TORCH_CHECK(batch >= 1, op, ": batch: expected at least 1 row per step, got ", batch);
   check_defined(weight_ih, "weight_ih");
   check_dim(weight_ih, 2, "weight_ih");
+  const auto opts = weight_ih.options().memory_format(at::MemoryFormat::Contiguous);
   with_cell(mode, [&](auto kind) {
     constexpr kernels::CellKind K = decltype(kind)::value;
     using Cell = kernels::CellTraits<K>;
-    gates_ = Cell::kGates;
     // The layer ops' own checks, on a one-step input of this batch (never read).
     const at::Tensor step_input = at::empty({1, batch, weight_ih.size(1)}, weight_ih.options());
     const auto g = check_layer_shape<int64_t>(op, c10::Device(c10::kCPU), step_input, weight_ih, weight_hh,
@@ -33,28 +33,23 @@ Stepper::Stepper(const std::string& mode, const at::Tensor& weight_ih, const at:
                                               /*can_project=*/false);
     input_size_ = g.I;
     hidden_ = g.H;
+    const int64_t GH = Cell::kGates * hidden_;
+    c_ = Cell::kHasCell ? at::zeros({batch, hidden_}, opts) : at::Tensor();
+    gh_ = Cell::kSameGateGrads ? at::Tensor() : at::empty({batch, GH}, opts);  // GRU's recurrent product
+    b_hh_ = present(bias_hh) ? owned_copy(*bias_hh) : at::zeros({GH}, opts);
+    gi_ = at::empty({batch, GH}, opts);
     AT_DISPATCH_FLOATING_TYPES(weight_ih.scalar_type(), "Stepper", [&] {
       step_fn_ = &Stepper::step_impl<K, scalar_t>;
+      // The time loop's packed copy of W_hh, for steps of 2 or more rows (the loop packs it once per call).
+      if (batch >= 2) w_hh_packed_ = at::empty({kernels::packed_b_size<scalar_t>(hidden_, GH)}, opts);
     });
   });
-  const int64_t GH = gates_ * hidden_;
-  const auto opts = weight_ih.options().memory_format(at::MemoryFormat::Contiguous);
   w_ih_transposed_ = batch >= kernels::kPackMinRows;
   w_ih_ = owned_copy(w_ih_transposed_ ? weight_ih.t() : weight_ih);
   w_hh_ = owned_copy(weight_hh);
   b_ih_ = present(bias_ih) ? owned_copy(*bias_ih) : at::Tensor();
-  b_hh_ = present(bias_hh) ? owned_copy(*bias_hh) : at::zeros({GH}, opts);
   h_ = at::zeros({batch, hidden_}, opts);
-  c_ = gates_ == 4 ? at::zeros({batch, hidden_}, opts) : at::Tensor();
-  gi_ = at::empty({batch, GH}, opts);
   out_ = at::empty({batch, hidden_}, opts);
-  gh_ = mode == "gru" ? at::empty({batch, GH}, opts) : at::Tensor();
-  // The time loop's packed copy of W_hh, for steps of 2 or more rows (the loop packs it once per call).
-  if (batch >= 2) {
-    AT_DISPATCH_FLOATING_TYPES(weight_ih.scalar_type(), "Stepper", [&] {
-      w_hh_packed_ = at::empty({kernels::packed_b_size<scalar_t>(hidden_, GH)}, opts);
-    });
-  }
 }
 
 const at::Tensor& Stepper::step(const at::Tensor& x) {
@@ -71,7 +66,7 @@ const at::Tensor& Stepper::step(const at::Tensor& x) {
 
 template <kernels::CellKind K, typename T>
 void Stepper::step_impl(const at::Tensor& x) {
-  const int64_t B = batch_, I = input_size_, GH = gates_ * hidden_;
+  const int64_t B = batch_, I = input_size_, GH = kernels::CellTraits<K>::kGates * hidden_;
   T* gi = gi_.data_ptr<T>();
   // gi = x W_ih^T + b_ih: the input product, as the layer op makes it for a one-step input.
   if (b_ih_.defined()) {

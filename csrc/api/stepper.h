@@ -48,8 +48,7 @@ class Stepper {
   template <kernels::CellKind K, typename T>
   void step_impl(const at::Tensor& x);
 
-  std::string mode_;
-  int64_t batch_, input_size_, hidden_, gates_;
+  int64_t batch_, input_size_, hidden_;
   // w_ih_ as stored (G*H, I) for batches below packed_gemm's packing threshold, else transposed (I, G*H),
   // so that the input product reads it in place either way (no packed copy per step).
   at::Tensor w_ih_, w_hh_, b_ih_, b_hh_;
