@@ -95,16 +95,28 @@ void copy_row(const T* src, T* dst, int64_t n) {
   std::copy(src, src + n, dst);
 }
 
+// head_major without a transform: with one step (a decode call) both layouts are the same memory.
+template <typename T>
+Tensor head_major_copy(const Tensor& x, int64_t X) {
+  return x.size(1) == 1 ? x.contiguous() : head_major<T>(x, X, copy_row<T>);
+}
+
 template <typename T>
 void exp_row(const T* src, T* dst, int64_t n) {
   for (int64_t i = 0; i < n; ++i) dst[i] = std::exp(src[i]);
 }
 
-// 1 / sqrt(sum of x^2 + eps) of one row, the sum in order: the L2 norm's forward and backward share it.
+// 1 / sqrt(sum of x^2 + eps) of one row: the L2 norm's forward and backward share it. The sum runs in 8
+// lanes (element i into lane i % 8, which the compiler makes one vector) added by a fixed tree: a fixed
+// order for any thread count, without a chain of n dependent additions.
 template <typename T>
 T l2norm_rstd(const T* x, int64_t n) {
-  T sum = 0;
-  for (int64_t i = 0; i < n; ++i) sum += x[i] * x[i];
+  T lane[8] = {};
+  int64_t i = 0;
+  for (; i + 8 <= n; i += 8)
+    for (int j = 0; j < 8; ++j) lane[j] += x[i + j] * x[i + j];
+  for (int j = 0; i + j < n; ++j) lane[j] += x[i + j] * x[i + j];
+  const T sum = ((lane[0] + lane[1]) + (lane[2] + lane[3])) + ((lane[4] + lane[5]) + (lane[6] + lane[7]));
   return T(1) / std::sqrt(sum + T(kL2NormEps));
 }
 
@@ -153,11 +165,11 @@ struct DeltaInputs {
               const optional<Tensor>& g, const Tensor& beta_, optional<double> scale_,
               const optional<Tensor>& initial_state, bool l2norm)
       : d(geo),
-        tq(head_major<T>(q_, geo.K, l2norm ? l2norm_row<T> : copy_row<T>)),
-        tk(head_major<T>(k_, geo.K, l2norm ? l2norm_row<T> : copy_row<T>)),
-        tv(head_major<T>(v_, geo.V, copy_row<T>)),
+        tq(l2norm ? head_major<T>(q_, geo.K, l2norm_row<T>) : head_major_copy<T>(q_, geo.K)),
+        tk(l2norm ? head_major<T>(k_, geo.K, l2norm_row<T>) : head_major_copy<T>(k_, geo.K)),
+        tv(head_major_copy<T>(v_, geo.V)),
         tdecay(present(g) ? head_major<T>(*g, geo.gate_width(), exp_row<T>) : Tensor()),
-        tbeta(head_major<T>(beta_, 1, copy_row<T>)),
+        tbeta(head_major_copy<T>(beta_, 1)),
         tinit(present(initial_state) ? initial_state->contiguous() : Tensor()),
         q(tq.data_ptr<T>()),
         k(tk.data_ptr<T>()),
@@ -262,7 +274,7 @@ Grads backward(const optional<Tensor>& grad_o, const optional<Tensor>& grad_fina
   AT_DISPATCH_FLOATING_TYPES(q.scalar_type(), "gated_delta_rule_backward", [&] {
     using T = scalar_t;
     const DeltaInputs<T> in(d, q, k, v, g, beta, scale, initial_state, l2norm);
-    if (present(grad_o)) go = head_major<T>(*grad_o, d.V, copy_row<T>);
+    if (present(grad_o)) go = head_major_copy<T>(*grad_o, d.V);
     const T *gop = go.defined() ? go.data_ptr<T>() : nullptr, *glp = gl.defined() ? gl.data_ptr<T>() : nullptr;
     T *ckp = ck.data_ptr<T>(), *dqp = dq.data_ptr<T>(), *dkp = dk.data_ptr<T>(), *dvp = dv.data_ptr<T>(),
       *dip = dinit.data_ptr<T>(), *dbp = dbeta.data_ptr<T>(), *dgp = dg.defined() ? dg.data_ptr<T>() : nullptr,
