@@ -98,11 +98,16 @@ void selective_scan_backward(const ScanChannel<T>& p, const T* checkpoints, cons
 // pp of the empty state: exp(pp - anything finite) is 0.
 constexpr double kWkvEmptyPP = -1e38;
 
-// A block of `width` channels: k and v hold step t at k + t * stride. w = -exp(time_decay), u = time_first.
+// Channels of a block at most.
+constexpr int64_t kWkvMaxWidth = 64;
+
+// A block of `width` (<= kWkvMaxWidth) channels: k and v hold step t at k + t * stride; u = time_first.
+// The kernels compute w = -exp(time_decay) themselves: a decode step is short enough that two more ATen
+// ops per call would take a third of its time.
 template <typename T>
 struct WkvBlock {
   int64_t T_, width, stride;
-  const T* w;
+  const T* time_decay;
   const T* u;
   const T* k;
   const T* v;
@@ -128,11 +133,11 @@ void wkv4_forward(const WkvBlock<T>& p, const WkvState<T>& s, T* y, const WkvSta
 inline int64_t wkv4_backward_workspace(int64_t width) { return 3 * kChunk * width; }
 
 // Backward. grad_y (step t at grad_y + t * stride) or nullptr. gs: the gradient of the last state on
-// entry (zeros when it has none), of the initial state on exit. gk, gv written like y; gw, gu (width)
-// accumulated (gradients of w and u).
+// entry (zeros when it has none), of the initial state on exit. gk, gv written like y; gdecay, gu (width)
+// written (gradients of time_decay and u).
 template <typename T>
 void wkv4_backward(const WkvBlock<T>& p, const WkvState<T>& checkpoints, int64_t chunk_stride,
-                   const T* grad_y, const WkvState<T>& gs, T* gk, T* gv, T* gw, T* gu, T* workspace);
+                   const T* grad_y, const WkvState<T>& gs, T* gk, T* gv, T* gdecay, T* gu, T* workspace);
 
 // ---- gated delta rule (Gated DeltaNet), one value head of one sequence (see delta_rule.h):
 //   S' = a_t S_{t-1}  (a_t = exp(g_t): one value, or one per key row; 1 without gate)

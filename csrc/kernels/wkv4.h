@@ -125,10 +125,18 @@ inline void wkv4_backward_step(int64_t W, const T* __restrict w, const T* __rest
   }
 }
 
+// w = -exp(time_decay) of a block's channels.
+template <typename T>
+inline void decay_weights(const WkvBlock<T>& p, T* __restrict w) {
+  for (int64_t j = 0; j < p.width; ++j) w[j] = -exp_(p.time_decay[j]);
+}
+
 template <typename T>
 void wkv4_forward_kernel(const WkvBlock<T>& p, const WkvState<T>& s, T* y, const WkvState<T>& checkpoints,
                          int64_t chunk_stride) {
   const int64_t W = p.width;
+  T w[kWkvMaxWidth];
+  decay_weights(p, w);
   for (int64_t t = 0; t < p.T_; ++t) {
     if (checkpoints.aa && t % kChunk == 0) {
       const WkvState<T> c = checkpoints.at((t / kChunk) * chunk_stride);
@@ -136,14 +144,19 @@ void wkv4_forward_kernel(const WkvBlock<T>& p, const WkvState<T>& s, T* y, const
       std::memcpy(c.bb, s.bb, sizeof(T) * W);
       std::memcpy(c.pp, s.pp, sizeof(T) * W);
     }
-    wkv4_forward_step(W, p.w, p.u, p.k + t * p.stride, p.v + t * p.stride, s.aa, s.bb, s.pp, y + t * p.stride);
+    wkv4_forward_step(W, w, p.u, p.k + t * p.stride, p.v + t * p.stride, s.aa, s.bb, s.pp, y + t * p.stride);
   }
 }
 
 template <typename T>
 void wkv4_backward_kernel(const WkvBlock<T>& p, const WkvState<T>& checkpoints, int64_t chunk_stride,
-                          const T* grad_y, const WkvState<T>& gs, T* gk, T* gv, T* gw, T* gu, T* workspace) {
+                          const T* grad_y, const WkvState<T>& gs, T* gk, T* gv, T* gdecay, T* gu,
+                          T* workspace) {
   const int64_t W = p.width;
+  T w[kWkvMaxWidth], gw[kWkvMaxWidth];
+  decay_weights(p, w);
+  std::fill(gw, gw + W, T(0));
+  std::fill(gu, gu + W, T(0));
   // sb.at(i * W): the state before step t0 + i.
   const WkvState<T> sb{workspace, workspace + kChunk * W, workspace + 2 * kChunk * W};
   for (int64_t c = num_chunks(p.T_) - 1; c >= 0; --c) {
@@ -155,16 +168,17 @@ void wkv4_backward_kernel(const WkvBlock<T>& p, const WkvState<T>& checkpoints, 
     for (int64_t t = t0; t + 1 < t1; ++t) {
       const int64_t i = t - t0;
       const WkvState<T> from = sb.at(i * W), to = sb.at((i + 1) * W);
-      wkv4_state_step(W, p.w, p.u, p.k + t * p.stride, p.v + t * p.stride, from.aa, from.bb, from.pp, to.aa,
+      wkv4_state_step(W, w, p.u, p.k + t * p.stride, p.v + t * p.stride, from.aa, from.bb, from.pp, to.aa,
                       to.bb, to.pp);
     }
     for (int64_t t = t1 - 1; t >= t0; --t) {
       const WkvState<T> s = sb.at((t - t0) * W);
       const int64_t off = t * p.stride;
-      wkv4_backward_step(W, p.w, p.u, p.k + off, p.v + off, s.aa, s.bb, s.pp, grad_y ? grad_y + off : nullptr,
+      wkv4_backward_step(W, w, p.u, p.k + off, p.v + off, s.aa, s.bb, s.pp, grad_y ? grad_y + off : nullptr,
                          gk + off, gv + off, gw, gu, gs.aa, gs.bb, gs.pp);
     }
   }
+  for (int64_t j = 0; j < W; ++j) gdecay[j] = gw[j] * w[j];  // d w / d time_decay = w
 }
 
 }  // namespace TRE_CPU_CAPABILITY

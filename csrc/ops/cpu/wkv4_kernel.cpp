@@ -17,7 +17,7 @@ using at::Tensor;
 using kernels::kChunk;
 
 // Channels per task: the inner loops run across a block's channels.
-constexpr int64_t kBlock = 64;
+constexpr int64_t kBlock = kernels::kWkvMaxWidth;
 
 struct WkvGeometry : WkvShape<int64_t> {
   int64_t blocks() const { return (C + kBlock - 1) / kBlock; }
@@ -36,11 +36,11 @@ template <typename T>
 struct WkvInputs {
   Tensor tw, tu, tk, tv;
   WkvGeometry g;
-  const T *w, *u, *k, *v;
+  const T *w, *u, *k, *v;  // w: time_decay
 
   WkvInputs(const WkvGeometry& geo, const Tensor& time_decay, const Tensor& time_first, const Tensor& k_,
             const Tensor& v_)
-      : tw(time_decay.exp().neg().contiguous()),
+      : tw(time_decay.contiguous()),
         tu(time_first.contiguous()),
         tk(k_.contiguous()),
         tv(v_.contiguous()),
@@ -103,14 +103,12 @@ std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor> backward(
   const Tensor ck = checkpoints.contiguous();
   Tensor gs = present(grad_new_state) ? grad_new_state->contiguous().clone() : at::zeros({g.batch, 3, g.C}, opts);
   Tensor gk = at::empty({g.batch, g.T, g.C}, opts), gv = at::empty({g.batch, g.T, g.C}, opts);
-  Tensor gw = at::zeros({g.batch, g.C}, opts), gu = at::zeros({g.batch, g.C}, opts);
+  Tensor gw = at::empty({g.batch, g.C}, opts), gu = at::empty({g.batch, g.C}, opts);  // every block writes its own
   const int64_t tasks = g.batch * g.blocks(), ws_size = kernels::wkv4_backward_workspace(kBlock);
   Tensor ws = at::empty({tasks, ws_size}, opts);
-  Tensor w;
   AT_DISPATCH_FLOATING_TYPES(k.scalar_type(), "wkv4_backward", [&] {
     using T = scalar_t;
     const WkvInputs<T> in(g, time_decay, time_first, k, v);
-    w = in.tw;
     const T* gyp = gy.defined() ? gy.data_ptr<T>() : nullptr;
     T *ckp = ck.data_ptr<T>(), *gsp = gs.data_ptr<T>(), *gkp = gk.data_ptr<T>(), *gvp = gv.data_ptr<T>(),
       *gwp = gw.data_ptr<T>(), *gup = gu.data_ptr<T>(), *wsp = ws.data_ptr<T>();
@@ -121,8 +119,7 @@ std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor> backward(
                                 gvp + off, gwp + row, gup + row, wsp + task * ws_size);
     });
   });
-  // w = -exp(time_decay), so d w / d time_decay = w.
-  return {mask[0] ? sum_leading(gw) * w : Tensor(), mask[1] ? sum_leading(gu) : Tensor(),
+  return {mask[0] ? sum_leading(gw) : Tensor(), mask[1] ? sum_leading(gu) : Tensor(),
           mask[2] ? gk : Tensor(), mask[3] ? gv : Tensor(), mask[4] ? gs : Tensor()};
 }
 
