@@ -19,6 +19,8 @@ blocks' runs: a change of the machine's speed during a row (this VM's move by 10
 falls on all three alike. Each block (one module, one mode) starts after a pause of SETTLE_S: the worker
 threads of the previous block (OpenBLAS's spin up to ~0.1 s after a product, libgomp's a few ms after a
 parallel region) go idle first, so neither module is timed while the other's threads still occupy a core.
+With one torch thread and no multi-threaded OpenBLAS (the quick run on torch 2.x, whose MKL follows
+torch's thread count) there is no such pool, and the pause is SETTLE_ALONE_S.
 """
 import argparse
 import datetime
@@ -35,7 +37,7 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 import torch_rnn_ext  # noqa: E402
-from common import machine_info, sample_times, save_json, set_blas_threads  # noqa: E402
+from common import blas_info, machine_info, sample_times, save_json, set_blas_threads  # noqa: E402
 
 try:
     from tqdm import tqdm
@@ -48,6 +50,7 @@ RESULTS = os.path.join(HERE, "results")
 
 GATES = {"LSTM": 4, "GRU": 3, "RNN_TANH": 1}
 SETTLE_S = 0.3
+SETTLE_ALONE_S = 0.02
 ROUNDS = 3  # --rounds; --full makes it FULL_ROUNDS
 FULL_ROUNDS = 5
 BLOCK_S = 0.1
@@ -83,9 +86,20 @@ def _outputs(result):
     return [out] + (list(hidden) if isinstance(hidden, tuple) else [hidden])
 
 
+_OPENBLAS_THREADS = []  # OpenBLAS's thread count (None: none loaded), read once
+
+
+def settle_seconds():
+    """The pause before a block (see the module docstring): SETTLE_S when a worker pool of torch's or
+    OpenBLAS's may still spin from the previous block, SETTLE_ALONE_S when everything runs on one thread."""
+    if not _OPENBLAS_THREADS:
+        _OPENBLAS_THREADS.append(blas_info()["blas_threads"])
+    return SETTLE_S if torch.get_num_threads() > 1 or (_OPENBLAS_THREADS[0] or 1) > 1 else SETTLE_ALONE_S
+
+
 def settled_times(fn, repeats, min_seconds):
-    """sample_times of fn after a pause of SETTLE_S (see the module docstring)."""
-    time.sleep(SETTLE_S)
+    """sample_times of fn after settle_seconds()'s pause."""
+    time.sleep(settle_seconds())
     return sample_times(fn, warmup=1, repeats=repeats, min_seconds=min_seconds)
 
 
@@ -425,7 +439,7 @@ def main():
     p.add_argument("--no-compile", action="store_true", help="skip the torch.compile rows")
     args = p.parse_args()
     threads = [int(t) for t in args.threads.split(",")] if args.threads else ([1, 2] if args.full else [1])
-    repeats = args.repeats or (10 if args.full else 7)
+    repeats = args.repeats or (10 if args.full else 6)
     ROUNDS = max(1, args.rounds or (FULL_ROUNDS if args.full else ROUNDS))
     if args.blas_threads:
         set_blas_threads(args.blas_threads)

@@ -32,13 +32,14 @@ def median_time(fn: Callable[[], object], warmup: int = 2, repeats: int = 7, min
     return statistics.median(sample_times(fn, warmup, repeats, min_seconds))
 
 
-def interleaved(fns: Dict[str, Callable[[], object]], rounds: int, repeats: int) -> Dict[str, float]:
+def interleaved(fns: Dict[str, Callable[[], object]], rounds: int, repeats: int, warmup: bool = True
+                ) -> Dict[str, float]:
     """Median seconds of each fn, timed in turn for `rounds` rounds of `repeats` runs (one warm-up call each
-    first), so that a change of the machine's speed falls on all of them alike."""
+    first, unless not `warmup`), so that a change of the machine's speed falls on all of them alike."""
     times = {name: [] for name in fns}
     for r in range(rounds):
         for name, fn in fns.items():
-            times[name] += sample_times(fn, warmup=1 if r == 0 else 0, repeats=repeats)
+            times[name] += sample_times(fn, warmup=1 if r == 0 and warmup else 0, repeats=repeats)
     return {name: statistics.median(t) for name, t in times.items()}
 
 

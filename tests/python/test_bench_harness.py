@@ -15,7 +15,21 @@ import bench  # noqa: E402
 @pytest.fixture
 def fast_blocks(monkeypatch):
     monkeypatch.setattr(bench, "SETTLE_S", 0.0)
+    monkeypatch.setattr(bench, "SETTLE_ALONE_S", 0.0)
     monkeypatch.setattr(bench, "BLOCK_S", 0.0)
+
+
+@pytest.mark.parametrize("torch_threads, blas_threads, long_pause", [
+    (1, None, False), (1, 1, False), (1, 2, True), (2, None, True), (2, 1, True)])
+def test_settle_pause_is_long_only_when_a_worker_pool_may_spin(monkeypatch, torch_threads, blas_threads, long_pause):
+    monkeypatch.setattr(bench, "_OPENBLAS_THREADS", [blas_threads])
+    before = torch.get_num_threads()
+    torch.set_num_threads(torch_threads)
+    try:
+        assert bench.settle_seconds() == (bench.SETTLE_S if long_pause else bench.SETTLE_ALONE_S)
+    finally:
+        torch.set_num_threads(before)
+    assert bench.SETTLE_ALONE_S < bench.SETTLE_S
 
 
 def test_interleaved_medians_runs_every_function_once_per_round_in_turn(fast_blocks):
