@@ -82,7 +82,11 @@ inline void sum4(Vec<T> a, Vec<T> b, Vec<T> c, Vec<T> d, T* out) {
     const Vec<T> ab = __builtin_shuffle(a, b, even) + __builtin_shuffle(a, b, odd);
     const Vec<T> cd = __builtin_shuffle(c, d, even) + __builtin_shuffle(c, d, odd);
     const Vec<T> abcd = __builtin_shuffle(ab, cd, even) + __builtin_shuffle(ab, cd, odd);
-    for (int i = 0; i < 4; ++i) out[i] = abcd[i] + abcd[i + 4];
+    // out[i] = abcd[i] + abcd[i + 4] as one vector add and a 16-byte store (lane by lane, GCC extracts
+    // every lane with shuffles of its own and adds them one at a time).
+    const Mask high = {4, 5, 6, 7, 4, 5, 6, 7};
+    const Vec<T> sums = abcd + __builtin_shuffle(abcd, high);
+    std::memcpy(out, &sums, 4 * sizeof(T));
   } else {  // 4 lanes (double)
     typedef int64_t Mask __attribute__((vector_size(32)));
     const Mask lo = {0, 4, 2, 6}, hi = {1, 5, 3, 7};
