@@ -4,7 +4,10 @@ and transformers' own fallbacks (torch_recurrent_gated_delta_rule, torch_chunk_g
 Qwen3-Next) where the installed transformers has them. Forward (no_grad) and forward+backward, in one
 process after warm-up, medians of interleaved rounds; decode (T = 1) against a copy of a tensor of the
 state's size; prefill's rate in GFLOP/s (7 K V per token and value head: the recurrence's multiply-adds)
-against a 1024^3 sgemm timed in the same rounds.
+against a 1024^3 sgemm timed in the same rounds. Forward+backward counts 29 K V (FWD_BWD_FLOPS: the forward's
+7, the backward's recomputation 5 and its two passes 17, from kernels/delta_rule.h), and its bound is the
+chunked PyTorch form's time over that arithmetic at the sgemm rate: the most our recurrence could gain over
+it if every operation ran as fast as sgemm's.
 
     .venv/bin/python benchmarks/bench_delta_rule.py [--full] [--threads 1 2]
 
@@ -113,6 +116,9 @@ def expand_heads(args, H, HV):
     return [q, k] + list(args[2:])
 
 
+FWD_FLOPS, FWD_BWD_FLOPS = 7, 29  # per token, value head and state element (K V)
+
+
 def sgemm_rate() -> Callable[[], object]:
     a, b = torch.randn(1024, 1024), torch.randn(1024, 1024)
     return lambda: torch.mm(a, b)
@@ -145,7 +151,7 @@ def run_delta_benchmarks(quick: bool, rounds: Optional[int] = None) -> List[dict
 
     # Prefill.
     B, H, HV, K, V = 1, 8, 16, 128, 128
-    flops_per_token = 7 * HV * K * V
+    flops_per_token = FWD_FLOPS * HV * K * V
     for T in (512, 4096):
         args = inputs(B, T, H, HV, K, V)
         rec_args = expand_heads(args, H, HV)
@@ -184,9 +190,14 @@ def run_delta_benchmarks(quick: bool, rounds: Optional[int] = None) -> List[dict
         for name, f in others.items():
             if "chunked" in name or loops:
                 fns[name] = fwd_bwd(f, rec_args)
+        fns["sgemm 1024^3"] = mm
         t = interleaved(fns, rounds, 1, warmup=T <= 512)
+        sgemm_flops = 2 * 1024 ** 3 / t.pop("sgemm 1024^3")
+        flops = FWD_BWD_FLOPS * HV * K * V * B * T
         rows.append({"name": f"prefill {T}", "mode": "forward+backward", "shape": shape, "threads": threads,
-                     "ms": {n: s * 1e3 for n, s in t.items()}})
+                     "ms": {n: s * 1e3 for n, s in t.items()}, "gflops": flops / t["ours"] / 1e9,
+                     "sgemm_gflops": sgemm_flops / 1e9, "of_sgemm": flops / t["ours"] / sgemm_flops,
+                     "bound_vs_chunked": t["chunked PyTorch"] / (flops / sgemm_flops)})
     for row in rows:
         row["speedups"] = {n: ms / row["ms"]["ours"] for n, ms in row["ms"].items() if n != "ours"}
     return rows
@@ -211,6 +222,8 @@ def format_rows(rows: List[dict]) -> List[str]:
         cell = lambda n: f"{s[n]:.1f}x" if n in s else "-"  # noqa: E731
         if "of_sgemm" in r:
             machine = f"{r['gflops']:.1f} GFLOP/s = {100 * r['of_sgemm']:.0f}% of sgemm ({r['sgemm_gflops']:.0f})"
+            if "bound_vs_chunked" in r:
+                machine += f"; bound vs chunked PyTorch {r['bound_vs_chunked']:.1f}x"
         elif "vs_state_copy" in r:
             machine = f"{r['vs_state_copy']:.2f}x a state copy ({r['ms']['state copy'] * 1e3:.0f} us)"
         else:

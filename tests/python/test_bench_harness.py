@@ -136,6 +136,11 @@ def test_delta_rule_benchmark_forms_compute_what_the_op_computes():
     row = {"name": "decode", "mode": "forward", "shape": "s", "threads": 1, "ms": {"ours": 1.0, "state copy": 0.5},
            "vs_state_copy": 2.0, "speedups": {"state copy": 0.5}}
     assert "2.00x a state copy (500 us)" in format_rows([row])[-1]
+    train = {"name": "prefill 512", "mode": "forward+backward", "shape": "s", "threads": 1,
+             "ms": {"ours": 2.0, "chunked PyTorch": 6.0}, "speedups": {"chunked PyTorch": 3.0}, "gflops": 40.0,
+             "sgemm_gflops": 100.0, "of_sgemm": 0.4, "bound_vs_chunked": 7.5}
+    line = format_rows([train])[-1]
+    assert "| 3.0x |" in line and "40.0 GFLOP/s = 40% of sgemm (100); bound vs chunked PyTorch 7.5x" in line
 
 
 def test_compile_rows_say_what_dynamo_made_of_each_module(fast_blocks, monkeypatch, threads):
