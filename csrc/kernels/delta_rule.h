@@ -367,20 +367,15 @@ void delta_rule_forward_kernel(const DeltaPanel<T>& p, const DeltaStates<T>& s, 
 
 template <typename T>
 void delta_rule_backward_kernel(const DeltaPanel<T>& p, const DeltaStates<T>& s, const T* grad_o, int64_t o_stride,
-                                const T* grad_last, const DeltaGrads<T>& g, T* workspace) {
+                                const T* grad_last, const DeltaGrads<T>& g, T* dS, int64_t begin, int64_t end,
+                                T* workspace) {
   const int64_t KW = p.K * delta::W;
-  T* dS = workspace;
-  T* cur = dS + KW;                     // the state during a chunk's recomputation
-  T* decayed = cur + KW;                // kChunk states a S_{t-1}, one per step of a chunk
+  T* cur = workspace;                    // the state during the chunk's recomputation
+  T* decayed = cur + KW;                 // kChunk states a S_{t-1}, one per step of the chunk
   T* projected = decayed + kChunk * KW;  // kChunk rows p_t
   T* work = projected + kChunk * delta::W;
-  delta::load_state(grad_last, s.row_stride, p, dS);
-  // Chunks of the sequence end at global multiples of kChunk, walked last to first.
-  int64_t end = p.steps;
-  while (end > 0) {
-    const int64_t global_end = p.t0 + end;
-    const int64_t chunk_start = ((global_end - 1) / kChunk) * kChunk;  // global
-    const int64_t begin = std::max<int64_t>(0, chunk_start - p.t0);
+  if (end == p.steps) delta::load_state(grad_last, s.row_stride, p, dS);
+  if (begin < end) {
     if (begin == 0)
       delta::load_state(s.init, s.row_stride, p, cur);
     else
@@ -396,9 +391,8 @@ void delta_rule_backward_kernel(const DeltaPanel<T>& p, const DeltaStates<T>& s,
     for (int64_t t = end - 1; t >= begin; --t)
       delta::backward_step(p, t, decayed + (t - begin) * KW, delta::load_row(projected + (t - begin) * delta::W), dS,
                            grad_o, o_stride, g, work);
-    end = begin;
   }
-  delta::store_state(dS, p, g.d_init, s.row_stride);
+  if (begin == 0) delta::store_state(dS, p, g.d_init, s.row_stride);
 }
 
 }  // namespace TRE_CPU_CAPABILITY

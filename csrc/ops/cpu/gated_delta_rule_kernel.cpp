@@ -268,9 +268,10 @@ Grads backward(const optional<Tensor>& grad_o, const optional<Tensor>& grad_fina
   Tensor dbeta = at::zeros({d.B, d.HV, d.T}, opts);
   Tensor dg = !d.has_gate ? Tensor()
              : d.per_key_gate ? at::zeros({d.B, d.HV, d.T, d.K}, opts) : at::zeros({d.B, d.HV, d.T}, opts);
-  const int64_t ws_size = kernels::delta_rule_backward_workspace(d.K);
-  const int64_t tasks = d.N * d.HV, parts = parts_for(tasks);
-  Tensor ws = at::empty({parts, ws_size}, opts);
+  // Per part: the kernel's workspace, then the state gradient of each panel (carried from chunk to chunk).
+  const int64_t ws_size = kernels::delta_rule_backward_workspace(d.K), ds_size = d.K * kDeltaWidth;
+  const int64_t tasks = d.N * d.HV, parts = parts_for(tasks), part_size = ws_size + d.panels() * ds_size;
+  Tensor ws = at::empty({parts, part_size}, opts);
   AT_DISPATCH_FLOATING_TYPES(q.scalar_type(), "gated_delta_rule_backward", [&] {
     using T = scalar_t;
     const DeltaInputs<T> in(d, q, k, v, g, beta, scale, initial_state, l2norm);
@@ -284,14 +285,23 @@ Grads backward(const optional<Tensor>& grad_o, const optional<Tensor>& grad_fina
       const int64_t n = task / d.HV, hv = task % d.HV;
       const Sequence& s = seqs[n];
       const int64_t r = in.step0(s, hv, d.HV);
-      for (int64_t c = 0; c < d.panels(); ++c) {
-        const int64_t vo = in.value_offset(s, hv, c), so = in.state_offset(n, hv, c);
-        const kernels::DeltaGrads<T> grads{dqp + r * d.K, dkp + r * d.K, d.K, dvp + vo, d.V,
-                                           dgp ? dgp + r * gw : nullptr, gw, dbp + r, 1, dip + so};
-        kernels::delta_rule_backward<T>(in.panel(s, hv, c), in.states(n, s, hv, c, ckp), gop ? gop + vo : nullptr,
-                                        d.V, glp ? glp + so : nullptr, grads,
-                                        wsp + part * ws_size);
-      }
+      T* const work = wsp + part * part_size;
+      // Chunk by chunk, last to first, every panel of the head in turn (in panel order, so that each
+      // gradient adds up the panels in the same order for any thread count): the chunk's dq and dk stay in
+      // cache across the panels.
+      int64_t end = s.end - s.start;
+      do {
+        const int64_t begin = kernels::delta_chunk_begin(s.start, end);
+        for (int64_t c = 0; c < d.panels(); ++c) {
+          const int64_t vo = in.value_offset(s, hv, c), so = in.state_offset(n, hv, c);
+          const kernels::DeltaGrads<T> grads{dqp + r * d.K, dkp + r * d.K, d.K, dvp + vo, d.V,
+                                             dgp ? dgp + r * gw : nullptr, gw, dbp + r, 1, dip + so};
+          kernels::delta_rule_backward<T>(in.panel(s, hv, c), in.states(n, s, hv, c, ckp), gop ? gop + vo : nullptr,
+                                          d.V, glp ? glp + so : nullptr, grads, work + ws_size + c * ds_size,
+                                          begin, end, work);
+        }
+        end = begin;
+      } while (end > 0);
     });
   });
   // The value heads of a q/k head's group add up, in order: (batch, H, group, T, K) -> (batch, T, H, K).
