@@ -63,7 +63,9 @@ void selective_scan_forward(const ScanChannel<T>& p, T* h, T* out, T* checkpoint
 // One step (L = 1) of `count` consecutive channels of one batch row: u, delta, z (or nullptr), out, D and
 // delta_bias (or nullptr) hold channel i of the block at index i (the layout of an L = 1 scan); channel i
 // reads A + i N, B + i b_stride and C + i c_stride (0: the block shares one row of a varying B or C; N:
-// constant ones) and updates its state h + i N. Gives each channel the bits selective_scan_forward gives it
+// constant ones) and writes its state after the step to h + i N from the one before at h_in + i N (a
+// buffer apart from h: the caller's new state tensor, so that the old one is read once and not cloned
+// first). Gives each channel the bits selective_scan_forward gives it
 // with L = 1 (the same expressions), with the per-channel scalar work (softplus, skip, gate) done in loops
 // across the channels: the streaming decode step.
 template <typename T>
@@ -83,7 +85,7 @@ struct ScanStepBlock {
 };
 
 template <typename T>
-void selective_scan_step(const ScanStepBlock<T>& p, T* h, T* out);
+void selective_scan_step(const ScanStepBlock<T>& p, const T* h_in, T* h, T* out);
 
 // Values of workspace selective_scan_backward needs.
 inline int64_t selective_scan_backward_workspace(int64_t N) { return 2 * kChunk * N; }

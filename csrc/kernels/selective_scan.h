@@ -53,16 +53,16 @@ inline void scan_deltas(const ScanChannel<T>& p, int64_t t0, int64_t n, T* __res
 // The loops over N are functions with restrict parameters, so that GCC vectorises them. kN: N as a
 // constant, or 0.
 
-// One forward step in place: h <- exp(dt A) h + du B; returns sum_n C h. Not inlined: in its own
-// function GCC keeps the accumulators in registers (inlined into the time loop it spills them).
+// One forward step: h <- exp(dt A) hp + du B (hp is the state before; it may be h: in place); returns
+// sum_n C h. Not inlined: in its own function GCC keeps the accumulators in registers (inlined into the
+// time loop it spills them).
 template <int kN, typename T>
 __attribute__((noinline)) T scan_step(int64_t N_, T dt, T du, const T* __restrict A, const T* __restrict B,
-                                      const T* __restrict C,
-                   T* __restrict h) {
+                                      const T* __restrict C, const T* hp, T* h) {
   const int64_t N = kN ? kN : N_;
   T acc[kLanes] = {};
   for_lanes(N, [&](int64_t k, int j) {
-    const T hk = exp_(dt * A[k]) * h[k] + du * B[k];
+    const T hk = exp_(dt * A[k]) * hp[k] + du * B[k];
     h[k] = hk;
     acc[j] += C[k] * hk;
   });
@@ -120,7 +120,7 @@ inline void scan_steps_in_place(const ScanChannel<T>& p, int64_t t0, int64_t n, 
                                 T* y) {
   for (int64_t i = 0; i < n; ++i) {
     const int64_t t = t0 + i;
-    y[i] = scan_step<0>(p.N, dt[i], du[i], p.A, p.B + t * p.b_step, p.C + t * p.c_step, h) + p.skip(t);
+    y[i] = scan_step<0>(p.N, dt[i], du[i], p.A, p.B + t * p.b_step, p.C + t * p.c_step, h, h) + p.skip(t);
   }
 }
 
@@ -165,7 +165,7 @@ void selective_scan_forward_kernel(const ScanChannel<T>& p, T* h, T* out, T* che
 constexpr int64_t kStepBlock = 64;
 
 template <int kN, typename T>
-void selective_scan_step_impl(const ScanStepBlock<T>& p, T* h, T* out) {
+void selective_scan_step_impl(const ScanStepBlock<T>& p, const T* h_in, T* h, T* out) {
   const int64_t N = kN ? kN : p.N;
   T dt[kStepBlock], du[kStepBlock], y[kStepBlock];
   for (int64_t c0 = 0; c0 < p.count; c0 += kStepBlock) {
@@ -190,13 +190,12 @@ void selective_scan_step_impl(const ScanStepBlock<T>& p, T* h, T* out) {
       if constexpr (kN > 0 && std::is_same<T, double>::value) {
         // float64 exp is libm's, whose loop in scan_decays GCC may vectorise (glibc's vector exp, other
         // bits than the scalar call): the full scan's two passes, as it runs them
-        T hbuf[kN], abuf[kN];
+        T abuf[kN];
         scan_decays<kN>(N, 1, dt + i, A, abuf);
-        s = scan_step_from<kN>(N, du[i], abuf, B, C, h + c * N, hbuf);
-        std::memcpy(h + c * N, hbuf, sizeof(hbuf));
+        s = scan_step_from<kN>(N, du[i], abuf, B, C, h_in + c * N, h + c * N);
       } else {
         // exp(dt A) within the step: float32's exp_ is exp_clamped_(exp_clamp_), scan_decays' two passes
-        s = scan_step<kN>(N, dt[i], du[i], A, B, C, h + c * N);
+        s = scan_step<kN>(N, dt[i], du[i], A, B, C, h_in + c * N, h + c * N);
       }
       // + ScanChannel::skip, written as scan_steps writes it (scalar, right after the step): in a loop of
       // its own the compiler may fuse the multiply-add differently (seen at -O2), changing the last bit
@@ -212,9 +211,9 @@ void selective_scan_step_impl(const ScanStepBlock<T>& p, T* h, T* out) {
 }
 
 template <typename T>
-void selective_scan_step_kernel(const ScanStepBlock<T>& p, T* h, T* out) {
-  if (p.N == 16) return selective_scan_step_impl<16>(p, h, out);
-  selective_scan_step_impl<0>(p, h, out);
+void selective_scan_step_kernel(const ScanStepBlock<T>& p, const T* h_in, T* h, T* out) {
+  if (p.N == 16) return selective_scan_step_impl<16>(p, h_in, h, out);
+  selective_scan_step_impl<0>(p, h_in, h, out);
 }
 
 // One backward step: gh (the gradient of h_t on entry, of h_{t-1} on exit), gA, gB, gC accumulated;
