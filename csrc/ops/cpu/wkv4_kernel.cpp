@@ -2,7 +2,9 @@
 // (batch, block of channels) with at::parallel_for.
 #include <torch/library.h>
 
+#include <algorithm>
 #include <array>
+#include <cstring>
 
 #include "checks.h"
 #include "kernels/scans.h"
@@ -64,8 +66,10 @@ struct WkvInputs {
   static kernels::WkvState<T> rows(T* p, int64_t C) { return {p, p + C, p + 2 * C}; }
 };
 
+// The state the kernels update in place: the given one is copied in by each task (its block's rows, in
+// cache right before its steps: a decode step is short enough that a clone of its own would show).
 Tensor initial_state(const optional<Tensor>& state, const Tensor& k, const WkvGeometry& g) {
-  if (present(state)) return state->contiguous().clone();
+  if (present(state)) return at::empty({g.batch, 3, g.C}, k.options());
   Tensor s = at::zeros({g.batch, 3, g.C}, k.options());
   s.select(1, 2).fill_(kernels::kWkvEmptyPP);
   return s;
@@ -75,6 +79,7 @@ std::tuple<Tensor, Tensor, Tensor> forward(const Tensor& time_decay, const Tenso
                                            const Tensor& v, const optional<Tensor>& state, bool save) {
   const WkvGeometry g = check_wkv4_cpu(time_decay, time_first, k, v, state);
   Tensor s = initial_state(state, k, g);
+  const Tensor s0 = present(state) ? state->contiguous() : Tensor();
   Tensor y = at::empty({g.batch, g.T, g.C}, k.options());
   const int64_t chunks = kernels::num_chunks(g.T);
   Tensor ckpt = save ? at::empty({g.batch, chunks, 3, g.C}, k.options()) : Tensor();
@@ -82,7 +87,12 @@ std::tuple<Tensor, Tensor, Tensor> forward(const Tensor& time_decay, const Tenso
     using T = scalar_t;
     const WkvInputs<T> in(g, time_decay, time_first, k, v);
     T *sp = s.data_ptr<T>(), *yp = y.data_ptr<T>(), *cp = save ? ckpt.data_ptr<T>() : nullptr;
+    const T* s0p = s0.defined() ? s0.data_ptr<T>() : nullptr;
     parallel_items(g.batch * g.blocks(), {g.T, kBlock}, [&](int64_t task) {
+      if (s0p != nullptr) {
+        const int64_t off = in.offset(task, 3), width = std::min(kBlock, g.C - in.first_channel(task));
+        for (int64_t r = 0; r < 3; ++r) std::memcpy(sp + off + r * g.C, s0p + off + r * g.C, sizeof(T) * width);
+      }
       const auto ck = cp ? in.rows(cp + in.offset(task, chunks * 3), g.C) : kernels::WkvState<T>{};
       kernels::wkv4_forward<T>(in.block(task), in.rows(sp + in.offset(task, 3), g.C),
                                yp + in.offset(task, g.T), ck, 3 * g.C);
