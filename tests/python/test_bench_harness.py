@@ -230,3 +230,18 @@ def test_peak_memory_runs_in_a_fresh_process_and_counts_the_allocator():
         m = bench.peak_memory_mb("GRU", 10, 3, 4, 5, 1, False, impl)
         assert set(m) == {"allocated", "rss"}
         assert m["allocated"] > 0
+
+
+def test_interleaved_warms_up_only_the_named_functions():
+    from common import interleaved
+    calls = {"fast": 0, "slow": 0}
+
+    def counter(name):
+        def f():
+            calls[name] += 1
+        return f
+    interleaved({"fast": counter("fast"), "slow": counter("slow")}, rounds=2, repeats=3, warmup=("fast",))
+    assert calls == {"fast": 1 + 2 * 3, "slow": 2 * 3}
+    calls.update(fast=0, slow=0)
+    interleaved({"fast": counter("fast"), "slow": counter("slow")}, rounds=2, repeats=3, warmup=False)
+    assert calls == {"fast": 6, "slow": 6}
