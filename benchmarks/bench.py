@@ -54,6 +54,7 @@ SETTLE_ALONE_S = 0.02
 ROUNDS = 3  # --rounds; --full makes it FULL_ROUNDS
 FULL_ROUNDS = 5
 BLOCK_S = 0.1
+LONG_CALL_S = 0.1
 # (module kind, (T, B, I, H), layers, bidirectional)
 REGIMES = [(1000, 1, 64, 64), (512, 8, 128, 128), (100, 32, 256, 256), (50, 64, 512, 512)]
 QUICK_CASES = ([("LSTM", s, 1, False) for s in (REGIMES[0], REGIMES[2], REGIMES[3])]
@@ -97,23 +98,27 @@ def settle_seconds():
     return SETTLE_S if torch.get_num_threads() > 1 or (_OPENBLAS_THREADS[0] or 1) > 1 else SETTLE_ALONE_S
 
 
-def settled_times(fn, repeats, min_seconds):
+def settled_times(fn, repeats, min_seconds, warmup=1):
     """sample_times of fn after settle_seconds()'s pause."""
     time.sleep(settle_seconds())
-    return sample_times(fn, warmup=1, repeats=repeats, min_seconds=min_seconds)
+    return sample_times(fn, warmup=warmup, repeats=repeats, min_seconds=min_seconds)
 
 
 def interleaved_medians(fns, repeats, rounds=None):
     """Median time (s) of each of fns (a dict), timed in `rounds` (default ROUNDS) rounds that each run one
     block of every fn in turn: a drift of the machine's speed between blocks (this VM's move by 10-30% within
     seconds) then falls on every fn alike instead of on one. Each block lasts at least BLOCK_S: a few calls
-    of a 1 ms function right after the pause would time the VM's wake-up."""
+    of a 1 ms function right after the pause would time the VM's wake-up. Every block starts with an untimed
+    call (the caches the previous block took), but after the first round not for a fn whose calls take
+    LONG_CALL_S or more: a cold start is a small part of such a call, and the warm-up was a third of the
+    quick run's largest rows."""
     rounds = rounds or ROUNDS
     samples = {k: [] for k in fns}
     per_round = -(-repeats // rounds)
-    for _ in range(rounds):
+    for r in range(rounds):
         for k, fn in fns.items():
-            samples[k] += settled_times(fn, per_round, BLOCK_S)
+            warm = r == 0 or statistics.median(samples[k]) < LONG_CALL_S
+            samples[k] += settled_times(fn, per_round, BLOCK_S, warmup=1 if warm else 0)
     return {k: statistics.median(v) for k, v in samples.items()}
 
 

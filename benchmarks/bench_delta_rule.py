@@ -117,8 +117,6 @@ def expand_heads(args, H, HV):
 
 
 FWD_FLOPS, FWD_BWD_FLOPS = 7, 29  # per token, value head and state element (K V)
-# The forms whose T = 512 calls take well under a second (warmed up before timing); the loops take seconds.
-FAST_FORMS = ("ours", "chunked PyTorch", "transformers chunked", "sgemm 1024^3")
 
 
 def sgemm_rate() -> Callable[[], object]:
@@ -170,9 +168,9 @@ def run_delta_benchmarks(quick: bool, rounds: Optional[int] = None) -> List[dict
         with torch.no_grad():
             fns = dict(forms)
             fns["sgemm 1024^3"] = mm
-            # Calls of a second and more (every form at T = 4096, the loops) get no warm-up call: it would
-            # add a third to the row's time.
-            t = interleaved(fns, rounds, 1 if T > 512 else 3, warmup=FAST_FORMS if T <= 512 else False)
+            # Calls of 0.1-2.6 s at T = 4096: one warm-up and one timed call each in the quick run (a call
+            # timed cold reads up to twice its warm time: its memory is faulted in).
+            t = interleaved(fns, 1 if quick and T > 512 else rounds, 1 if T > 512 else 3)
         sgemm_flops = 2 * 1024 ** 3 / t.pop("sgemm 1024^3")
         gflops = flops_per_token * B * T / t["ours"] / 1e9
         rows.append({"name": f"prefill {T}", "mode": "forward", "shape": shape, "threads": threads,
@@ -194,7 +192,7 @@ def run_delta_benchmarks(quick: bool, rounds: Optional[int] = None) -> List[dict
             if "chunked" in name or loops:
                 fns[name] = fwd_bwd(f, rec_args)
         fns["sgemm 1024^3"] = mm
-        t = interleaved(fns, rounds, 1, warmup=FAST_FORMS if T <= 512 else False)
+        t = interleaved(fns, 1 if quick and T > 512 else rounds, 1)
         sgemm_flops = 2 * 1024 ** 3 / t.pop("sgemm 1024^3")
         flops = FWD_BWD_FLOPS * HV * K * V * B * T
         rows.append({"name": f"prefill {T}", "mode": "forward+backward", "shape": shape, "threads": threads,

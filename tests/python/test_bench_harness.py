@@ -2,6 +2,7 @@
 fast anything is (timings belong in the benchmark itself)."""
 import os
 import sys
+import time
 
 import pytest
 import torch
@@ -245,3 +246,18 @@ def test_interleaved_warms_up_only_the_named_functions():
     calls.update(fast=0, slow=0)
     interleaved({"fast": counter("fast"), "slow": counter("slow")}, rounds=2, repeats=3, warmup=False)
     assert calls == {"fast": 6, "slow": 6}
+
+
+def test_interleaved_medians_warms_up_long_calls_in_the_first_round_only(fast_blocks, monkeypatch):
+    monkeypatch.setattr(bench, "LONG_CALL_S", 0.001)
+    calls = {"long": 0, "short": 0}
+
+    def long_call():
+        calls["long"] += 1
+        time.sleep(0.002)
+
+    def short_call():
+        calls["short"] += 1
+    bench.interleaved_medians({"long": long_call, "short": short_call}, repeats=bench.ROUNDS * 2)
+    # each block 2 timed calls; a warm-up before every short block, before the long one's first only
+    assert calls == {"long": 1 + bench.ROUNDS * 2, "short": bench.ROUNDS * 3}
