@@ -280,15 +280,9 @@ inline void backward_step(const DeltaPanel<T>& p, int64_t t, const T* Sp, const 
     T sq[4], sk[4];
     dots4(xq, sq);
     dots4(xk, sk);
-    const int rows = static_cast<int>(std::min<int64_t>(4, K - i0));
-    if (rows == 4) {  // as 4-lane vector operations: the same arithmetic per row
-      for (int r = 0; r < 4; ++r) dq[i0 + r] += scale * sq[r];
-      for (int r = 0; r < 4; ++r) dk_partial[i0 + r] = sk[r];
-    } else {
-      for (int r = 0; r < rows; ++r) {
-        dq[i0 + r] += scale * sq[r];
-        dk_partial[i0 + r] = sk[r];
-      }
+    for (int r = 0; r < 4 && i0 + r < K; ++r) {
+      dq[i0 + r] += scale * sq[r];
+      dk_partial[i0 + r] = sk[r];
     }
   }
   const Row<T> du = combine(du_acc);
@@ -323,22 +317,12 @@ inline void backward_step(const DeltaPanel<T>& p, int64_t t, const T* Sp, const 
     T sk[4], sg[4];
     dots4(xk, sk);
     dots4(xg, sg);
-    const int rows = static_cast<int>(std::min<int64_t>(4, K - i0));
-    if (rows == 4) {  // as 4-lane vector operations: the same arithmetic per row
-      for (int r = 0; r < 4; ++r) dk[i0 + r] += dk_partial[i0 + r] + sk[r];
-      if (per_key && dg != nullptr) {
-        for (int r = 0; r < 4; ++r) dg[i0 + r] += sg[r];
-      } else {
-        for (int r = 0; r < 4; ++r) dg_sum += sg[r];
-      }
-    } else {
-      for (int r = 0; r < rows; ++r) {
-        dk[i0 + r] += dk_partial[i0 + r] + sk[r];
-        if (per_key && dg != nullptr)
-          dg[i0 + r] += sg[r];
-        else
-          dg_sum += sg[r];
-      }
+    for (int r = 0; r < 4 && i0 + r < K; ++r) {
+      dk[i0 + r] += dk_partial[i0 + r] + sk[r];
+      if (per_key && dg != nullptr)
+        dg[i0 + r] += sg[r];
+      else
+        dg_sum += sg[r];
     }
   }
   if (dg != nullptr && !per_key) dg[0] += dg_sum;
