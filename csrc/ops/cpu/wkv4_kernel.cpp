@@ -36,18 +36,18 @@ WkvGeometry check_wkv4_cpu(const Tensor& time_decay, const Tensor& time_first, c
 // i / blocks.
 template <typename T>
 struct WkvInputs {
-  Tensor tw, tu, tk, tv;
+  Tensor tdecay, tu, tk, tv;
   WkvGeometry g;
-  const T *w, *u, *k, *v;  // w: time_decay
+  const T *decay, *u, *k, *v;
 
   WkvInputs(const WkvGeometry& geo, const Tensor& time_decay, const Tensor& time_first, const Tensor& k_,
             const Tensor& v_)
-      : tw(time_decay.contiguous()),
+      : tdecay(time_decay.contiguous()),
         tu(time_first.contiguous()),
         tk(k_.contiguous()),
         tv(v_.contiguous()),
         g(geo),
-        w(tw.data_ptr<T>()),
+        decay(tdecay.data_ptr<T>()),
         u(tu.data_ptr<T>()),
         k(tk.data_ptr<T>()),
         v(tv.data_ptr<T>()) {}
@@ -60,7 +60,7 @@ struct WkvInputs {
   }
   kernels::WkvBlock<T> block(int64_t task) const {
     const int64_t c0 = first_channel(task), off = offset(task, g.T);
-    return {g.T, std::min(kBlock, g.C - c0), g.C, w + c0, u + c0, k + off, v + off};
+    return {g.T, std::min(kBlock, g.C - c0), g.C, decay + c0, u + c0, k + off, v + off};
   }
   // The (aa, bb, pp) rows of a (batch, ..., 3, C) tensor at p for this task.
   static kernels::WkvState<T> rows(T* p, int64_t C) { return {p, p + C, p + 2 * C}; }
