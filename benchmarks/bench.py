@@ -24,6 +24,7 @@ torch's thread count) there is no such pool, and the pause is SETTLE_ALONE_S.
 """
 import argparse
 import datetime
+import functools
 import os
 import statistics
 import subprocess
@@ -87,15 +88,16 @@ def _outputs(result):
     return [out] + (list(hidden) if isinstance(hidden, tuple) else [hidden])
 
 
-_OPENBLAS_THREADS = []  # OpenBLAS's thread count (None: none loaded), read once
+@functools.lru_cache(maxsize=None)
+def openblas_threads():
+    """OpenBLAS's thread count (None: none loaded), read once: main sets it before the first block."""
+    return blas_info()["blas_threads"]
 
 
 def settle_seconds():
     """The pause before a block (see the module docstring): SETTLE_S when a worker pool of torch's or
     OpenBLAS's may still spin from the previous block, SETTLE_ALONE_S when everything runs on one thread."""
-    if not _OPENBLAS_THREADS:
-        _OPENBLAS_THREADS.append(blas_info()["blas_threads"])
-    return SETTLE_S if torch.get_num_threads() > 1 or (_OPENBLAS_THREADS[0] or 1) > 1 else SETTLE_ALONE_S
+    return SETTLE_S if torch.get_num_threads() > 1 or (openblas_threads() or 1) > 1 else SETTLE_ALONE_S
 
 
 def settled_times(fn, repeats, min_seconds, warmup=1):

@@ -119,9 +119,17 @@ def expand_heads(args, H, HV):
 FWD_FLOPS, FWD_BWD_FLOPS = 7, 29  # per token, value head and state element (K V)
 
 
+SGEMM = "sgemm 1024^3"
+
+
 def sgemm_rate() -> Callable[[], object]:
     a, b = torch.randn(1024, 1024), torch.randn(1024, 1024)
     return lambda: torch.mm(a, b)
+
+
+def pop_sgemm_flops(t: Dict[str, float]) -> float:
+    """The sgemm's flop/s from interleaved's times (its entry taken out of them)."""
+    return 2 * 1024 ** 3 / t.pop(SGEMM)
 
 
 def run_delta_benchmarks(quick: bool, rounds: Optional[int] = None) -> List[dict]:
@@ -167,11 +175,11 @@ def run_delta_benchmarks(quick: bool, rounds: Optional[int] = None) -> List[dict
         mm = sgemm_rate()
         with torch.no_grad():
             fns = dict(forms)
-            fns["sgemm 1024^3"] = mm
+            fns[SGEMM] = mm
             # Calls of 0.1-2.6 s at T = 4096: one warm-up and one timed call each in the quick run (a call
             # timed cold reads up to twice its warm time: its memory is faulted in).
             t = interleaved(fns, 1 if quick and T > 512 else rounds, 1 if T > 512 else 3)
-        sgemm_flops = 2 * 1024 ** 3 / t.pop("sgemm 1024^3")
+        sgemm_flops = pop_sgemm_flops(t)
         gflops = flops_per_token * B * T / t["ours"] / 1e9
         rows.append({"name": f"prefill {T}", "mode": "forward", "shape": shape, "threads": threads,
                      "ms": {n: s * 1e3 for n, s in t.items()}, "gflops": gflops,
@@ -191,9 +199,9 @@ def run_delta_benchmarks(quick: bool, rounds: Optional[int] = None) -> List[dict
         for name, f in others.items():
             if "chunked" in name or loops:
                 fns[name] = fwd_bwd(f, rec_args)
-        fns["sgemm 1024^3"] = mm
+        fns[SGEMM] = mm
         t = interleaved(fns, 1 if quick and T > 512 else rounds, 1)
-        sgemm_flops = 2 * 1024 ** 3 / t.pop("sgemm 1024^3")
+        sgemm_flops = pop_sgemm_flops(t)
         flops = FWD_BWD_FLOPS * HV * K * V * B * T
         rows.append({"name": f"prefill {T}", "mode": "forward+backward", "shape": shape, "threads": threads,
                      "ms": {n: s * 1e3 for n, s in t.items()}, "gflops": flops / t["ours"] / 1e9,

@@ -6,7 +6,7 @@ import platform
 import re
 import statistics
 import time
-from typing import Callable, Container, Dict, List, Optional, Union
+from typing import Callable, Dict, List, Optional
 
 import torch
 
@@ -32,16 +32,13 @@ def median_time(fn: Callable[[], object], warmup: int = 2, repeats: int = 7, min
     return statistics.median(sample_times(fn, warmup, repeats, min_seconds))
 
 
-def interleaved(fns: Dict[str, Callable[[], object]], rounds: int, repeats: int,
-                warmup: Union[bool, Container[str]] = True) -> Dict[str, float]:
-    """Median seconds of each fn, timed in turn for `rounds` rounds of `repeats` runs, so that a change of the
-    machine's speed falls on all of them alike. One untimed warm-up call first for every fn (warmup True),
-    none (False), or for the fns named in `warmup` (calls of seconds need none)."""
+def interleaved(fns: Dict[str, Callable[[], object]], rounds: int, repeats: int) -> Dict[str, float]:
+    """Median seconds of each fn, timed in turn for `rounds` rounds of `repeats` runs (one warm-up call each
+    first), so that a change of the machine's speed falls on all of them alike."""
     times = {name: [] for name in fns}
     for r in range(rounds):
         for name, fn in fns.items():
-            warm = warmup if isinstance(warmup, bool) else name in warmup
-            times[name] += sample_times(fn, warmup=1 if r == 0 and warm else 0, repeats=repeats)
+            times[name] += sample_times(fn, warmup=1 if r == 0 else 0, repeats=repeats)
     return {name: statistics.median(t) for name, t in times.items()}
 
 
