@@ -13,7 +13,7 @@ namespace kernels {
   template <typename T>                                                                                    \
   void selective_scan_forward_kernel(const ScanChannel<T>&, T*, T*, T*);                                   \
   template <typename T>                                                                                    \
-  void selective_scan_step_kernel(const ScanStepBlock<T>&, const T*, T*, T*);                             \
+  void selective_scan_block_kernel(const ScanBlock<T>&, const T*, T*, T*);                                 \
   template <typename T>                                                                                    \
   void selective_scan_backward_kernel(const ScanChannel<T>&, const T*, const T*, T*,                       \
                                       const ScanChannelGrads<T>&, T*);                                     \
@@ -37,8 +37,8 @@ void selective_scan_forward(const ScanChannel<T>& p, T* h, T* out, T* checkpoint
 }
 
 template <typename T>
-void selective_scan_step(const ScanStepBlock<T>& p, const T* h_in, T* h, T* out) {
-  TRE_CALL_BEST(selective_scan_step_kernel<T>(p, h_in, h, out));
+void selective_scan_block(const ScanBlock<T>& p, const T* h_in, T* h, T* out) {
+  TRE_CALL_BEST(selective_scan_block_kernel<T>(p, h_in, h, out));
 }
 
 template <typename T>
@@ -74,7 +74,7 @@ void delta_rule_backward(const DeltaPanel<T>& p, const DeltaStates<T>& s, const 
 
 #define TRE_INSTANTIATE(T)                                                                                  \
   template void selective_scan_forward<T>(const ScanChannel<T>&, T*, T*, T*);                              \
-  template void selective_scan_step<T>(const ScanStepBlock<T>&, const T*, T*, T*);                        \
+  template void selective_scan_block<T>(const ScanBlock<T>&, const T*, T*, T*);                            \
   template void selective_scan_backward<T>(const ScanChannel<T>&, const T*, const T*, T*,                  \
                                            const ScanChannelGrads<T>&, T*);                                \
   template void wkv4_forward<T>(const WkvBlock<T>&, const WkvState<T>&, T*, const WkvState<T>&, int64_t); \

@@ -60,32 +60,34 @@ struct ScanChannelGrads {
 template <typename T>
 void selective_scan_forward(const ScanChannel<T>& p, T* h, T* out, T* checkpoints);
 
-// One step (L = 1) of `count` consecutive channels of one batch row: u, delta, z (or nullptr), out, D and
-// delta_bias (or nullptr) hold channel i of the block at index i (the layout of an L = 1 scan); channel i
-// reads A + i N, B + i b_stride and C + i c_stride (0: the block shares one row of a varying B or C; N:
-// constant ones) and writes its state after the step to h + i N from the one before at h_in + i N (a
-// buffer apart from h: the caller's new state tensor, so that the old one is read once and not cloned
-// first). Gives each channel the bits selective_scan_forward gives it
-// with L = 1 (the same expressions), with the per-channel scalar work (softplus, skip, gate) done in loops
-// across the channels: the streaming decode step.
+// A short scan (1 <= L <= kChunk: one chunk) of `count` consecutive channels of one batch row. u, delta, z
+// (or nullptr) and out hold channel i's L steps at [i L, (i + 1) L) (the layout of a scan's rows), D and
+// delta_bias (or nullptr) channel i's value at index i. Channel i reads A + i N, and B_t at
+// B + i b_stride + t b_step (a varying B: b_stride 0, b_step N, the block sharing one (L, N) sequence; a
+// constant one: b_stride N, b_step 0), likewise C. It writes its state after the scan to h + i N from the
+// one before at h_in + i N (a buffer apart from h: the caller's new state tensor, so that the old one is read
+// once and not cloned first).
+// Gives each channel the bits selective_scan_forward gives it (the same expressions), with the per-step
+// scalar work (softplus, gate) done in loops across the block's channels, which vectorise however short L
+// is: the streaming decode step (L = 1) and short scans (chunked prefill, speculative decoding).
 template <typename T>
-struct ScanStepBlock {
-  int64_t count, N;
+struct ScanBlock {
+  int64_t count, N, L;
   const T* u;
   const T* delta;
   const T* z;
   const T* A;
   const T* B;
-  int64_t b_stride;
+  int64_t b_stride, b_step;
   const T* C;
-  int64_t c_stride;
+  int64_t c_stride, c_step;
   const T* D;
   const T* delta_bias;
   bool softplus;
 };
 
 template <typename T>
-void selective_scan_step(const ScanStepBlock<T>& p, const T* h_in, T* h, T* out);
+void selective_scan_block(const ScanBlock<T>& p, const T* h_in, T* h, T* out);
 
 // Values of workspace selective_scan_backward needs.
 inline int64_t selective_scan_backward_workspace(int64_t N) { return 2 * kChunk * N; }

@@ -11,7 +11,7 @@ inline namespace TRE_CPU_CAPABILITY {
 
 #define TRE_INSTANTIATE(T)                                                                                \
   template void selective_scan_forward_kernel<T>(const ScanChannel<T>&, T*, T*, T*);                     \
-  template void selective_scan_step_kernel<T>(const ScanStepBlock<T>&, const T*, T*, T*);               \
+  template void selective_scan_block_kernel<T>(const ScanBlock<T>&, const T*, T*, T*);                   \
   template void selective_scan_backward_kernel<T>(const ScanChannel<T>&, const T*, const T*, T*,         \
                                                   const ScanChannelGrads<T>&, T*);                       \
   template void wkv4_forward_kernel<T>(const WkvBlock<T>&, const WkvState<T>&, T*, const WkvState<T>&,  \

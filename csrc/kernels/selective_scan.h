@@ -1,12 +1,11 @@
 #pragma once
-// The selective scan (Mamba S6) of one (batch, channel) row, on raw pointers: no at::Tensor, no
-// allocation (the recurrence is in scans.h). Work goes chunk by chunk (kChunk steps): one branch-free pass
-// computes delta' and delta' u of the chunk's steps, one vectorised pass exp(delta' A) of all its
-// (step, state) pairs (N = 16, and backward; forward with another N computes them within the steps), the
-// sequential time loop runs with the loops over the state dimension N innermost (N = 16 is compiled as a
-// constant), and one pass applies the gate. Every
-// value is computed by the same expression whatever the chunking, so a scan split into calls gives the
-// bits of one call.
+// The selective scan (Mamba S6) of one (batch, channel) row, or of a block of channels of a one-chunk scan,
+// on raw pointers: no at::Tensor, no allocation (the recurrence is in scans.h). Work goes chunk by chunk
+// (kChunk steps): one branch-free pass computes delta' and delta' u of the chunk's steps, one vectorised
+// pass exp(delta' A) of all its (step, state) pairs (N = 16, and backward; forward with another N computes
+// them within the steps), the sequential time loop runs with the loops over the state dimension N innermost
+// (N = 16 is compiled as a constant), and one pass applies the gate. Every value is computed by the same
+// expression whatever the chunking, so a scan split into calls gives the bits of one call.
 //
 // Included by capability-specific translation units (scans_instances.h): everything lives in the
 // capability namespace TRE_CPU_CAPABILITY.
@@ -133,23 +132,32 @@ inline void scan_gate(const T* __restrict z, int64_t n, const T* y, T* out) {
   }
 }
 
+// Steps [t0, t0 + n) of one channel given their deltas (scan_deltas), from the state before at h0 (which may
+// be h): y (with the skip term, before the gate) to y[0, n), the state after to h. kN > 0: the steps' states
+// and exp(dt A) go through hbuf and abuf (kN x kChunk values each), as backward recomputes them, so that both
+// run the same code.
+template <int kN, typename T>
+inline void scan_chunk(const ScanChannel<T>& p, int64_t t0, int64_t n, const T* dt, const T* du, const T* h0,
+                       T* h, T* hbuf, T* abuf, T* y) {
+  if constexpr (kN > 0) {
+    scan_steps<kN, T>(p, t0, n, dt, du, h0, hbuf, abuf, y);
+    std::memcpy(h, hbuf + (n - 1) * kN, sizeof(T) * kN);
+  } else {
+    if (h != h0) std::memcpy(h, h0, sizeof(T) * p.N);
+    scan_steps_in_place(p, t0, n, dt, du, h, y);
+  }
+}
+
 template <int kN, typename T>
 void selective_scan_forward_impl(const ScanChannel<T>& p, T* h, T* out, T* checkpoints) {
   T dt[kChunk], du[kChunk];
-  // kN > 0: the chunk's states and exp(dt A) in buffers (kN x kChunk values each), as backward
-  // recomputes them, so that both run the same code.
   constexpr int64_t kBuf = kN ? kN * kChunk : 1;
   T hbuf[kBuf], abuf[kBuf];
   for (int64_t t0 = 0; t0 < p.L; t0 += kChunk) {
     const int64_t n = std::min(kChunk, p.L - t0);
     if (checkpoints) std::memcpy(checkpoints + (t0 / kChunk) * p.N, h, sizeof(T) * p.N);
     scan_deltas(p, t0, n, dt, du);
-    if constexpr (kN > 0) {
-      scan_steps<kN, T>(p, t0, n, dt, du, h, hbuf, abuf, out + t0);
-      std::memcpy(h, hbuf + (n - 1) * kN, sizeof(T) * kN);
-    } else {
-      scan_steps_in_place(p, t0, n, dt, du, h, out + t0);
-    }
+    scan_chunk<kN>(p, t0, n, dt, du, h, h, hbuf, abuf, out + t0);
     if (p.z) scan_gate(p.z + t0, n, out + t0, out + t0);
   }
 }
@@ -160,60 +168,84 @@ void selective_scan_forward_kernel(const ScanChannel<T>& p, T* h, T* out, T* che
   selective_scan_forward_impl<0>(p, h, out, checkpoints);
 }
 
-// selective_scan_step (scans.h): the block in pieces of kStepBlock channels, each piece's deltas, skips and
-// gates in loops across its channels, and per channel the step of selective_scan_forward_impl.
-constexpr int64_t kStepBlock = 64;
+// selective_scan_block (scans.h): the block in pieces of at most kBlockSpan steps of whole channels, each
+// piece's deltas and gates in loops across its channels' steps, and per channel the steps of
+// selective_scan_forward_impl.
+constexpr int64_t kBlockSpan = 512;
 
-template <int kN, typename T>
-void selective_scan_step_impl(const ScanStepBlock<T>& p, const T* h_in, T* h, T* out) {
-  const int64_t N = kN ? kN : p.N;
-  T dt[kStepBlock], du[kStepBlock], y[kStepBlock];
-  for (int64_t c0 = 0; c0 < p.count; c0 += kStepBlock) {
-    const int64_t n = std::min(kStepBlock, p.count - c0);
-    const T* __restrict d = p.delta + c0;
-    const T* __restrict u = p.u + c0;
-    // As scan_deltas: delta' = softplus(delta + bias) (bias 0 when absent), du = delta' u; each case its
-    // own loop, so that GCC vectorises it.
-    if (p.delta_bias) {
-      const T* __restrict bias = p.delta_bias + c0;
+// dt and du (as scan_deltas gives them) of the L steps of the n channels from c0 of a block, channel i's at
+// [i L, (i + 1) L).
+template <typename T>
+inline void block_deltas(const ScanBlock<T>& p, int64_t c0, int64_t n, T* __restrict dt, T* __restrict du) {
+  const int64_t L = p.L, span = n * L;
+  const T* __restrict d = p.delta + c0 * L;
+  const T* __restrict u = p.u + c0 * L;
+  // delta' = softplus(delta + bias) (bias 0 when absent), du = delta' u; each case its own loop, so that
+  // GCC vectorises it.
+  if (p.delta_bias) {
+    const T* __restrict bias = p.delta_bias + c0;
+    if (L == 1) {
       for (int64_t i = 0; i < n; ++i) dt[i] = d[i] + bias[i];
     } else {
-      for (int64_t i = 0; i < n; ++i) dt[i] = d[i] + T(0);
+      for (int64_t i = 0; i < n; ++i)
+        for (int64_t t = 0; t < L; ++t) dt[i * L + t] = d[i * L + t] + bias[i];
     }
-    if (p.softplus)
-      for (int64_t i = 0; i < n; ++i) dt[i] = softplus_(dt[i]);
-    for (int64_t i = 0; i < n; ++i) du[i] = dt[i] * u[i];
-    for (int64_t i = 0; i < n; ++i) {
-      const int64_t c = c0 + i;
-      const T *A = p.A + c * N, *B = p.B + c * p.b_stride, *C = p.C + c * p.c_stride;
-      T s;
-      if constexpr (kN > 0 && std::is_same<T, double>::value) {
-        // float64 exp is libm's, whose loop in scan_decays GCC may vectorise (glibc's vector exp, other
-        // bits than the scalar call): the full scan's two passes, as it runs them
-        T abuf[kN];
-        scan_decays<kN>(N, 1, dt + i, A, abuf);
-        s = scan_step_from<kN>(N, du[i], abuf, B, C, h_in + c * N, h + c * N);
-      } else {
-        // exp(dt A) within the step: float32's exp_ is exp_clamped_(exp_clamp_), scan_decays' two passes
-        s = scan_step<kN>(N, dt[i], du[i], A, B, C, h_in + c * N, h + c * N);
+  } else {
+    for (int64_t i = 0; i < span; ++i) dt[i] = d[i] + T(0);
+  }
+  if (p.softplus)
+    for (int64_t i = 0; i < span; ++i) dt[i] = softplus_(dt[i]);
+  for (int64_t i = 0; i < span; ++i) du[i] = dt[i] * u[i];
+}
+
+template <int kN, typename T>
+void selective_scan_block_impl(const ScanBlock<T>& p, const T* h_in, T* h, T* out) {
+  const int64_t N = kN ? kN : p.N, L = p.L;
+  const int64_t per = std::max<int64_t>(1, kBlockSpan / L);  // channels per piece
+  T dt[kBlockSpan], du[kBlockSpan], y[kBlockSpan];
+  constexpr int64_t kBuf = kN ? kN * kChunk : 1;
+  T hbuf[kBuf], abuf[kBuf];
+  for (int64_t c0 = 0; c0 < p.count; c0 += per) {
+    const int64_t n = std::min(per, p.count - c0);
+    block_deltas(p, c0, n, dt, du);
+    if (L > 1) {
+      for (int64_t i = 0; i < n; ++i) {
+        const int64_t c = c0 + i;
+        const ScanChannel<T> q{L, N, p.u + c * L, p.delta + c * L, nullptr, p.A + c * N, p.B + c * p.b_stride,
+                               p.b_step, p.C + c * p.c_stride, p.c_step, p.D ? p.D[c] : T(0), T(0), p.softplus,
+                               p.D != nullptr};
+        scan_chunk<kN>(q, 0, L, dt + i * L, du + i * L, h_in + c * N, h + c * N, hbuf, abuf, out + c * L);
       }
-      // + ScanChannel::skip, written as scan_steps writes it (scalar, right after the step): in a loop of
-      // its own the compiler may fuse the multiply-add differently (seen at -O2), changing the last bit
-      y[i] = s + (p.D ? p.D[c] * u[i] : T(0));
+    } else {  // one step per channel, in registers
+      const T* __restrict u = p.u + c0;
+      for (int64_t i = 0; i < n; ++i) {
+        const int64_t c = c0 + i;
+        const T *A = p.A + c * N, *B = p.B + c * p.b_stride, *C = p.C + c * p.c_stride;
+        T s;
+        if constexpr (kN > 0 && std::is_same<T, double>::value) {
+          // float64 exp is libm's, whose loop in scan_decays GCC may vectorise (glibc's vector exp, other
+          // bits than the scalar call): the full scan's two passes, as it runs them
+          scan_decays<kN>(N, 1, dt + i, A, abuf);
+          s = scan_step_from<kN>(N, du[i], abuf, B, C, h_in + c * N, h + c * N);
+        } else {
+          // exp(dt A) within the step: float32's exp_ is exp_clamped_(exp_clamp_), scan_decays' two passes
+          s = scan_step<kN>(N, dt[i], du[i], A, B, C, h_in + c * N, h + c * N);
+        }
+        // + ScanChannel::skip, written as scan_steps writes it (scalar, right after the step, into a buffer
+        // apart from the output): in a loop of its own, or stored to out, the compiler may fuse the
+        // multiply-add differently (seen at -O2), changing the last bit
+        y[i] = s + (p.D ? p.D[c] * u[i] : T(0));
+      }
+      std::memcpy(out + c0, y, sizeof(T) * n);
     }
-    T* __restrict o = out + c0;
-    if (p.z) {
-      scan_gate(p.z + c0, n, y, o);
-    } else {
-      std::memcpy(o, y, sizeof(T) * n);
-    }
+    if (p.z) scan_gate(p.z + c0 * L, n * L, out + c0 * L, out + c0 * L);
   }
 }
 
 template <typename T>
-void selective_scan_step_kernel(const ScanStepBlock<T>& p, const T* h_in, T* h, T* out) {
-  if (p.N == 16) return selective_scan_step_impl<16>(p, h_in, h, out);
-  selective_scan_step_impl<0>(p, h_in, h, out);
+void selective_scan_block_kernel(const ScanBlock<T>& p, const T* h_in, T* h, T* out) {
+  if (p.N == 16) return selective_scan_block_impl<16>(p, h_in, h, out);
+  selective_scan_block_impl<0>(p, h_in, h, out);
 }
 
 // One backward step: gh (the gradient of h_t on entry, of h_{t-1} on exit), gA, gB, gC accumulated;

@@ -178,6 +178,26 @@ def test_step_mode_equals_full_scan(dtype, N, B_kind, C_kind, D, z, bias, softpl
     assert torch.equal(h, last)
 
 
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+@pytest.mark.parametrize("N", [16, 5])
+def test_short_pieces_equal_full_scan_bitwise(dtype, N):
+    # A scan of 150 steps (the long path, chunk by chunk) run as pieces of 64, 1, 37 and 48 steps carrying the
+    # state (each piece one chunk: the short-scan path, blocks of channels) gives the same bits
+    args = {k: (v.detach().to(dtype) if v is not None else None)
+            for k, v in make_args(2, 72, 150, N, "grouped", "varying", init=True, seed=12).items()}
+    full, last = selective_scan(**args, delta_softplus=True, return_last_state=True)
+    h, outs, t0 = args["initial_state"], [], 0
+    for n in (64, 1, 37, 48):
+        sl = {k: (args[k][..., t0:t0 + n] if args[k] is not None and args[k].dim() >= 3 and args[k].shape[-1] == 150
+                  else args[k]) for k in ("u", "delta", "B", "C", "z")}
+        y, h = selective_scan(**sl, A=args["A"], D=args["D"], delta_bias=args["delta_bias"], delta_softplus=True,
+                              return_last_state=True, initial_state=h)
+        outs.append(y)
+        t0 += n
+    assert torch.equal(torch.cat(outs, -1), full)
+    assert torch.equal(h, last)
+
+
 def test_step_gradients_equal_full_scan():
     args = make_args(2, 40, 6, 16, "varying", "grouped", init=True, seed=4)
     full = outputs_and_grads(ours, args, True)

@@ -20,10 +20,20 @@ using kernels::kChunk;
 using Operand = torch_rnn_ext::Operand<int64_t>;
 using ScanGeometry = ScanShape<int64_t>;
 
-// B or C laid out for the kernel: constant (dim, N), or varying (batch, G, L, N).
+// B or C laid out for the kernel: constant (dim, N), or varying (batch, G, L, N), transposed from
+// (batch, G, N, L) by a loop here (ATen's copy costs a short scan more than the loop: 1-2 us each).
+template <typename T>
 Tensor operand_layout(const Tensor& t, const ScanGeometry& g, const Operand& o) {
   if (!o.varying) return t.contiguous();
-  return t.reshape({g.batch, o.groups, g.N, g.L}).transpose(2, 3).contiguous();
+  const Tensor src = t.contiguous();
+  Tensor dst = at::empty({g.batch, o.groups, g.L, g.N}, t.options());
+  const T* s = src.data_ptr<T>();
+  T* d = dst.data_ptr<T>();
+  const int64_t L = g.L, N = g.N;
+  for (int64_t r = 0; r < g.batch * o.groups; ++r, s += N * L, d += L * N)
+    for (int64_t i = 0; i < L; ++i)
+      for (int64_t k = 0; k < N; ++k) d[i * N + k] = s[k * L + i];
+  return dst;
 }
 
 // One call's tensors in the kernel's layout (kept alive here), and raw pointers into them, taken
@@ -41,8 +51,8 @@ struct ScanInputs {
       : tu(u_.contiguous()),
         tdelta(delta_.contiguous()),
         tA(A_.contiguous()),
-        tB(operand_layout(B_, geo, geo.B)),
-        tC(operand_layout(C_, geo, geo.C)),
+        tB(operand_layout<T>(B_, geo, geo.B)),
+        tC(operand_layout<T>(C_, geo, geo.C)),
         tD(present(D_) ? D_->contiguous() : Tensor()),
         tz(present(z_) ? z_->contiguous() : Tensor()),
         tbias(present(bias_) ? bias_->contiguous() : Tensor()),
@@ -81,19 +91,23 @@ struct ScanInputs {
             D != nullptr};
   }
 
-  // The channels [d0, d1) of batch row b for an L = 1 step, as channel() lays out each of them.
-  kernels::ScanStepBlock<T> step_block(int64_t b, int64_t d0, int64_t d1) const {
-    const int64_t ch = b * g.dim + d0;
+  // The channels [d0, d1) of batch row b as one block of a short scan (L <= kChunk), as channel() lays out
+  // each of them.
+  kernels::ScanBlock<T> block(int64_t b, int64_t d0, int64_t d1) const {
+    const int64_t row = (b * g.dim + d0) * g.L;
     return {d1 - d0,
             g.N,
-            u + ch,
-            delta + ch,
-            z ? z + ch : nullptr,
+            g.L,
+            u + row,
+            delta + row,
+            z ? z + row : nullptr,
             A + d0 * g.N,
             operand(B, g.B, b, d0),
             g.B.varying ? 0 : g.N,
+            g.B.varying ? g.N : 0,
             operand(C, g.C, b, d0),
             g.C.varying ? 0 : g.N,
+            g.C.varying ? g.N : 0,
             D ? D + d0 : nullptr,
             bias ? bias + d0 : nullptr,
             softplus};
@@ -101,14 +115,15 @@ struct ScanInputs {
 };
 
 // Tasks: runs of consecutive channels that share their B group and their C group, at most kTaskChannels
-// long. A backward task accumulates the gradients of varying B and C for its channels in order; a streaming
-// step (L = 1) runs a task's channels as one block.
+// long. A backward task accumulates the gradients of varying B and C for its channels in order; a short
+// scan (L <= kChunk: a streaming step, a chunk of a prefill) runs a task's channels as one block.
 constexpr int64_t kTaskChannels = 32;
 
 std::vector<std::pair<int64_t, int64_t>> channel_tasks(const ScanGeometry& g) {
-  std::vector<int64_t> cuts;
-  for (int64_t d = 0; d < g.dim; ++d)
-    if (d % g.B.per_group == 0 || d % g.C.per_group == 0) cuts.push_back(d);
+  std::vector<int64_t> cuts;  // the channels where a group of B or of C starts
+  const auto next_group = [](int64_t d, int64_t per_group) { return (d / per_group + 1) * per_group; };
+  for (int64_t d = 0; d < g.dim; d = std::min(next_group(d, g.B.per_group), next_group(d, g.C.per_group)))
+    cuts.push_back(d);
   cuts.push_back(g.dim);
   std::vector<std::pair<int64_t, int64_t>> tasks;
   for (size_t i = 0; i + 1 < cuts.size(); ++i) {
@@ -130,31 +145,32 @@ std::tuple<Tensor, Tensor, Tensor> forward(const Tensor& u, const Tensor& delta,
                                            bool delta_softplus, const optional<Tensor>& initial,
                                            bool save) {
   const ScanGeometry g = check_selective_scan<int64_t>(at::kCPU, u, delta, A, B, C, D, z, delta_bias, initial);
-  // A streaming step (L = 1) reads the state before from h0 and writes the new one to h; longer scans
-  // update h, a copy of it, in place.
+  // A short scan (one chunk: a streaming step, a piece of a chunked prefill) reads the state before from h0
+  // and writes the new one to h; longer scans update h, a copy of it, in place.
+  const bool short_scan = g.L >= 1 && g.L <= kChunk;
   Tensor h0;
-  if (g.L == 1) h0 = present(initial) ? initial->contiguous() : at::zeros({g.batch, g.dim, g.N}, u.options());
-  Tensor h = g.L == 1 ? at::empty({g.batch, g.dim, g.N}, u.options()) : initial_state(initial, u, g);
+  if (short_scan) h0 = present(initial) ? initial->contiguous() : at::zeros({g.batch, g.dim, g.N}, u.options());
+  Tensor h = short_scan ? at::empty({g.batch, g.dim, g.N}, u.options()) : initial_state(initial, u, g);
   Tensor out = at::empty({g.batch, g.dim, g.L}, u.options());
   const int64_t chunks = kernels::num_chunks(g.L);
   Tensor ckpt = save ? at::empty({g.batch, g.dim, chunks, g.N}, u.options()) : Tensor();
-  if (save && g.L == 1) ckpt.view_as(h).copy_(h0);  // the state before the step, the one checkpoint
+  if (save && short_scan) ckpt.view_as(h).copy_(h0);  // the state before the chunk, the one checkpoint
   AT_DISPATCH_FLOATING_TYPES(u.scalar_type(), "selective_scan", [&] {
     const ScanInputs<scalar_t> in(g, u, delta, A, B, C, D, z, delta_bias, delta_softplus);
     scalar_t* hp = h.data_ptr<scalar_t>();
     scalar_t* op = out.data_ptr<scalar_t>();
-    if (g.L == 1) {  // a streaming step: blocks of channels (kernels::selective_scan_step)
+    if (short_scan) {  // blocks of channels (kernels::selective_scan_block)
       const scalar_t* h0p = h0.data_ptr<scalar_t>();
       const auto blocks = channel_tasks(g);
       const int64_t nblocks = static_cast<int64_t>(blocks.size());
       // A step's state element costs about twice one of a longer scan (its exp is taken alone, and the state
       // goes through memory): weighted so, a Mamba-130M-sized step (1536 channels) runs on two threads.
-      parallel_items(g.batch * nblocks, {kTaskChannels, g.N, 2}, [&](int64_t item) {
+      parallel_items(g.batch * nblocks, {kTaskChannels, g.N, std::max<int64_t>(2, g.L)}, [&](int64_t item) {
         const int64_t b = item / nblocks;
         const auto& blk = blocks[item % nblocks];
         const int64_t ch = b * g.dim + blk.first;
-        kernels::selective_scan_step<scalar_t>(in.step_block(b, blk.first, blk.second), h0p + ch * g.N,
-                                               hp + ch * g.N, op + ch);
+        kernels::selective_scan_block<scalar_t>(in.block(b, blk.first, blk.second), h0p + ch * g.N,
+                                                hp + ch * g.N, op + ch * g.L);
       });
       return;
     }
