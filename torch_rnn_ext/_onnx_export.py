@@ -333,3 +333,43 @@ def wkv4(time_decay: Tensor, time_first: Tensor, k: Tensor, v: Tensor, state: Op
 
     (aa, bb, pp), ys = _scan(step, (aa, bb, pp), (k.transpose(0, 1), v.transpose(0, 1)), [w, time_first])
     return ys.transpose(0, 1), torch.stack([aa, bb, pp], 1)
+
+
+def gated_delta_rule(q: Tensor, k: Tensor, v: Tensor, g: Optional[Tensor], beta: Tensor, scale: Optional[float],
+                     initial_state: Optional[Tensor], use_qk_l2norm_in_kernel: bool,
+                     cu_seqlens: Optional[Tensor]) -> Tuple[Tensor, Tensor]:
+    """torch.ops.torch_rnn_ext.gated_delta_rule during ONNX export (same arguments and results): the recurrence
+    step by step over the (batch, HV, K, V) state, S = e^g S, S += k (beta (v - S^T k))^T, o = S^T (scale q)."""
+    _scan_export_check("gated_delta_rule")
+    if cu_seqlens is not None:
+        raise ValueError("torch_rnn_ext.gated_delta_rule: ONNX export takes no cu_seqlens (sequences packed along "
+                         "T); export with one sequence per batch row")
+    H, K, HV, V = q.shape[2], q.shape[3], v.shape[2], v.shape[3]
+    if use_qk_l2norm_in_kernel:  # x / sqrt(sum x^2 + 1e-6) over K, as the op normalises
+        q = q * torch.rsqrt((q * q).sum(-1, keepdim=True) + 1e-6)
+        k = k * torch.rsqrt((k * k).sum(-1, keepdim=True) + 1e-6)
+    if HV != H:  # query/key head h serves value heads h * HV / H ...
+        q, k = q.repeat_interleave(HV // H, dim=2), k.repeat_interleave(HV // H, dim=2)
+    q = q * (K ** -0.5 if scale is None else scale)
+    xs = [q.transpose(0, 1), k.transpose(0, 1), v.transpose(0, 1), beta.transpose(0, 1)]  # (T, batch, ...)
+    gated, per_key = g is not None, g is not None and g.dim() == 4
+    if g is not None:
+        xs.append(torch.exp(g).transpose(0, 1))
+    if initial_state is not None:
+        S0 = initial_state.clone()
+    else:
+        S0 = q.new_zeros(q.shape[0], HV, K, V)
+
+    def step(S, x):
+        q_t, k_t, v_t, b_t = x[0], x[1], x[2], x[3]
+        if gated:
+            S = S * (x[4][..., None] if per_key else x[4][..., None, None])
+        u = b_t[..., None] * (v_t - (S * k_t[..., None]).sum(-2))  # beta (v - S^T k), (batch, HV, V)
+        S = S + k_t[..., None] * u[..., None, :]
+        return S, (S * q_t[..., None]).sum(-2)
+
+    if isinstance(q.shape[1], int) and q.shape[1] == 1:  # one step (a streaming step's static length)
+        last, o = step(S0, [x[0] for x in xs])
+        return o.unsqueeze(1), last
+    last, os = _scan(step, S0, xs, [])
+    return os.transpose(0, 1), last

@@ -7,6 +7,20 @@ from typing import Optional, Tuple
 import torch
 from torch import Tensor
 
+from . import _onnx_export
+
+
+def _op(q: Tensor, k: Tensor, v: Tensor, g: Optional[Tensor], beta: Tensor, scale: Optional[float],
+        initial_state: Optional[Tensor], use_qk_l2norm_in_kernel: bool,
+        cu_seqlens: Optional[Tensor]) -> Tuple[Tensor, Tensor]:
+    """The op, or during ONNX export its standard-ops form (an ONNX Scan; see _onnx_export.py)."""
+    if not torch.jit.is_scripting():
+        if _onnx_export.exporting():
+            return _onnx_export.gated_delta_rule(q, k, v, g, beta, scale, initial_state, use_qk_l2norm_in_kernel,
+                                                 cu_seqlens)
+    return torch.ops.torch_rnn_ext.gated_delta_rule(q, k, v, g, beta, scale, initial_state, use_qk_l2norm_in_kernel,
+                                                    cu_seqlens)
+
 
 def gated_delta_rule(q: Tensor, k: Tensor, v: Tensor, g: Optional[Tensor], beta: Tensor,
                      scale: Optional[float] = None, initial_state: Optional[Tensor] = None,
@@ -51,8 +65,7 @@ def gated_delta_rule(q: Tensor, k: Tensor, v: Tensor, g: Optional[Tensor], beta:
         >>> o, state = torch_rnn_ext.gated_delta_rule(q, k, v, g, beta, output_final_state=True,
         ...                                           use_qk_l2norm_in_kernel=True)
     """
-    o, final_state = torch.ops.torch_rnn_ext.gated_delta_rule(q, k, v, g, beta, scale, initial_state,
-                                                              use_qk_l2norm_in_kernel, cu_seqlens)
+    o, final_state = _op(q, k, v, g, beta, scale, initial_state, use_qk_l2norm_in_kernel, cu_seqlens)
     if output_final_state:
         return o, final_state
     return o, None
