@@ -353,7 +353,7 @@ def gated_delta_rule(q: Tensor, k: Tensor, v: Tensor, g: Optional[Tensor], beta:
     q = q * (K ** -0.5 if scale is None else scale)
     xs = [q.transpose(0, 1), k.transpose(0, 1), v.transpose(0, 1), beta.transpose(0, 1)]  # (T, batch, ...)
     gated, per_key = g is not None, g is not None and g.dim() == 4
-    if g is not None:
+    if gated:
         xs.append(torch.exp(g).transpose(0, 1))
     if initial_state is not None:
         S0 = initial_state.clone()

@@ -3,6 +3,7 @@
 #include <torch/library.h>
 
 #include <array>
+#include <cstring>
 #include <vector>
 
 #include "checks.h"
@@ -134,23 +135,18 @@ std::vector<std::pair<int64_t, int64_t>> channel_tasks(const ScanGeometry& g) {
   return tasks;
 }
 
-Tensor initial_state(const optional<Tensor>& s, const Tensor& u, const ScanGeometry& g) {
-  if (!present(s)) return at::zeros({g.batch, g.dim, g.N}, u.options());
-  return s->contiguous().clone();
-}
-
 std::tuple<Tensor, Tensor, Tensor> forward(const Tensor& u, const Tensor& delta, const Tensor& A,
                                            const Tensor& B, const Tensor& C, const optional<Tensor>& D,
                                            const optional<Tensor>& z, const optional<Tensor>& delta_bias,
                                            bool delta_softplus, const optional<Tensor>& initial,
                                            bool save) {
   const ScanGeometry g = check_selective_scan<int64_t>(at::kCPU, u, delta, A, B, C, D, z, delta_bias, initial);
-  // A short scan (one chunk: a streaming step, a piece of a chunked prefill) reads the state before from h0
-  // and writes the new one to h; longer scans update h, a copy of it, in place.
+  // The state before (h0, the given one read in place) and after (h). A short scan (one chunk: a streaming
+  // step, a piece of a chunked prefill) reads h0 and writes h; a longer one copies each channel's row of h0
+  // into h and updates it there.
   const bool short_scan = g.L >= 1 && g.L <= kChunk;
-  Tensor h0;
-  if (short_scan) h0 = present(initial) ? initial->contiguous() : at::zeros({g.batch, g.dim, g.N}, u.options());
-  Tensor h = short_scan ? at::empty({g.batch, g.dim, g.N}, u.options()) : initial_state(initial, u, g);
+  const Tensor h0 = present(initial) ? initial->contiguous() : at::zeros({g.batch, g.dim, g.N}, u.options());
+  Tensor h = at::empty({g.batch, g.dim, g.N}, u.options());
   Tensor out = at::empty({g.batch, g.dim, g.L}, u.options());
   const int64_t chunks = kernels::num_chunks(g.L);
   Tensor ckpt = save ? at::empty({g.batch, g.dim, chunks, g.N}, u.options()) : Tensor();
@@ -159,8 +155,8 @@ std::tuple<Tensor, Tensor, Tensor> forward(const Tensor& u, const Tensor& delta,
     const ScanInputs<scalar_t> in(g, u, delta, A, B, C, D, z, delta_bias, delta_softplus);
     scalar_t* hp = h.data_ptr<scalar_t>();
     scalar_t* op = out.data_ptr<scalar_t>();
+    const scalar_t* h0p = h0.data_ptr<scalar_t>();
     if (short_scan) {  // blocks of channels (kernels::selective_scan_block)
-      const scalar_t* h0p = h0.data_ptr<scalar_t>();
       const auto blocks = channel_tasks(g);
       const int64_t nblocks = static_cast<int64_t>(blocks.size());
       // A step's state element costs about twice one of a longer scan (its exp is taken alone, and the state
@@ -176,6 +172,7 @@ std::tuple<Tensor, Tensor, Tensor> forward(const Tensor& u, const Tensor& delta,
     }
     scalar_t* cp = save ? ckpt.data_ptr<scalar_t>() : nullptr;
     parallel_items(g.batch * g.dim, {g.L, g.N}, [&](int64_t ch) {
+      std::memcpy(hp + ch * g.N, h0p + ch * g.N, sizeof(scalar_t) * g.N);
       kernels::selective_scan_forward<scalar_t>(in.channel(ch / g.dim, ch % g.dim), hp + ch * g.N,
                                                 op + ch * g.L, cp ? cp + ch * chunks * g.N : nullptr);
     });
