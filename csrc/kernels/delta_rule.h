@@ -6,9 +6,10 @@
 //
 // Per step: pass 1 decays each row and accumulates p = S'^T k; pass 2 adds k u^T and accumulates
 // o = S^T (scale q). Rows are explicit 32-byte vectors; sums over rows run in four accumulators combined in
-// a fixed order, and dots across a panel's columns are summed four rows at a time by a fixed shuffle tree
-// (sum4): the same bits for any thread count, and in the avx2 and avx512 builds. Backward recomputes a
-// chunk's states from the one saved before it and walks the chunk in reverse.
+// a fixed order: the same bits for any thread count, and in the avx2 and avx512 builds. Backward holds the
+// panel transposed (a column per contiguous run of K values), recomputes a chunk's states from the one
+// saved before it and walks the chunk in reverse; its sums over rows are vector multiply-adds across the
+// panel's columns, and its few sums across lanes run through sum4's fixed shuffle tree.
 //
 // Included by capability-specific translation units (scans_instances.h): everything lives in the
 // capability namespace TRE_CPU_CAPABILITY.
@@ -86,28 +87,12 @@ inline void add_scaled(Row<T>& acc, T a, const Row<T>& x) {
   for (int n = 0; n < kRowVecs<T>; ++n) acc.v[n] += a * x.v[n];
 }
 
-// The lanes of x . y, not yet summed.
-template <typename T>
-inline Vec<T> dot_lanes(const Row<T>& x, const Row<T>& y) {
-  Vec<T> s = x.v[0] * y.v[0];
-  for (int n = 1; n < kRowVecs<T>; ++n) s += x.v[n] * y.v[n];
-  return s;
-}
-
 // Four row accumulators combined as (0 + 1) + (2 + 3).
 template <typename T>
 inline Row<T> combine(const Row<T>* acc) {
   Row<T> r;
   for (int n = 0; n < kRowVecs<T>; ++n) r.v[n] = (acc[0].v[n] + acc[1].v[n]) + (acc[2].v[n] + acc[3].v[n]);
   return r;
-}
-
-// x . y summed (one value).
-template <typename T>
-inline T dot(const Row<T>& x, const Row<T>& y) {
-  T out[4];
-  sum4(dot_lanes(x, y), Vec<T>{}, Vec<T>{}, Vec<T>{}, out);
-  return out[0];
 }
 
 // A step's decays: a[i * step] for key row i (step 1 per key, 0 for one decay per head); 1 without gate.
@@ -206,19 +191,6 @@ inline void forward_step(const DeltaPanel<T>& p, int64_t t, T* S, T* o, const T*
   }
 }
 
-// The state after step t from S' = a S_{t-1} (Sp) and p = S'^T k (pr): dst = S' + k u^T, u = beta (v - p), the
-// forward's arithmetic (backward's recomputation).
-template <typename T>
-inline void add_update(const DeltaPanel<T>& p, int64_t t, const Row<T>& pr, const T* Sp, T* dst) {
-  const T* __restrict k = p.k + t * p.qk_stride;
-  const Row<T> u = scale_row(p.beta[t * p.beta_stride], axpby(T(1), load_padded(p.v + t * p.v_stride, p.width), T(-1), pr));
-  for (int64_t i = 0; i < p.K; ++i) {
-    Row<T> row = load_row(Sp + i * W);
-    add_scaled(row, k[i], u);
-    store_row(dst + i * W, row);
-  }
-}
-
 template <typename T>
 inline void load_state(const T* src, int64_t row_stride, const DeltaPanel<T>& p, T* S) {
   for (int64_t i = 0; i < p.K; ++i) store_row(S + i * W, src ? load_padded(src + i * row_stride, p.width) : zero_row<T>());
@@ -234,98 +206,231 @@ inline void store_state(const T* S, const DeltaPanel<T>& p, T* dst, int64_t row_
     for (int64_t j = 0; j < p.width; ++j) dst[i * row_stride + j] = S[i * W + j];
 }
 
-// Dots of four rows with one vector each, summed by sum4's fixed tree.
+// ---- Backward, on transposed panels. Column j of a panel's state is kept as Kp contiguous values
+// (delta_padded_rows(K): rows past K are zero), so the backward's sums over a column's key rows (dq, both
+// terms of dk, dg) are vector multiply-adds across the panel's columns, and only du and the recomputed p
+// (one value per column) are sums across a vector's lanes. The recomputation repeats the forward's
+// arithmetic in this layout, but sums p's rows in another order (lanes, then a tree): its states can differ
+// from the forward's in their last bits, and the gradients are those of the recomputed steps.
+
+// Rows go kBlocks vectors at a time across every column (their accumulators in registers: 32 vector
+// registers in the avx512 build, 16 in the others). No sum depends on kBlocks: every build gives the same
+// bits.
+#if defined(__AVX512F__)
+constexpr int kBlocks = 4;
+#else
+constexpr int kBlocks = 2;
+#endif
+static_assert(kDeltaRowPad % (4 * 8) == 0, "transposed columns are whole groups of four vectors");
+
 template <typename T>
-inline void dots4(const Vec<T>* x, T* out) {
-  sum4(x[0], x[1], x[2], x[3], out);
+inline Vec<T> vec_at(const T* p) {
+  return *reinterpret_cast<const typename UnalignedVecOf<T>::type*>(p);
+}
+template <typename T>
+inline void vec_store(T* p, const Vec<T>& x) {
+  *reinterpret_cast<typename UnalignedVecOf<T>::type*>(p) = x;
+}
+// x in every lane (one broadcast: a loop over the lanes compiles to a chain of inserts).
+template <typename T>
+inline Vec<T> splat(T x) {
+  if constexpr (Tile<T>::kLanes == 8)
+    return Vec<T>{x, x, x, x, x, x, x, x};
+  else
+    return Vec<T>{x, x, x, x};
 }
 
-// One backward step. Sp: the decayed state a S_{t-1} of step t, pr: its projection p = Sp^T k (both as the
-// forward computed them); dS: the gradient of the state after the step on entry, before it on exit.
-// work: K values. Rows go four at a time, so that sum4 adds up their dots together (rows past K are zero).
+// n vectors of x, one after the other.
+template <int n, typename T>
+inline void load_block(const T* x, Vec<T>* out) {
+  for (int b = 0; b < n; ++b) out[b] = vec_at(x + b * Tile<T>::kLanes);
+}
+
+// Step t's k, q and decay as Kp values each: zero, zero and one past K, and the decay one value per row
+// whatever the gate (one per head: repeated; none: ones). The inputs themselves where they are that
+// already, else copies in buf (3 Kp values).
 template <typename T>
-inline void backward_step(const DeltaPanel<T>& p, int64_t t, const T* Sp, const Row<T>& pr, T* dS,
-                          const T* grad_o, int64_t o_stride, const DeltaGrads<T>& g, T* __restrict work) {
+struct StepRows {
+  const T *k, *q, *a;
+};
+
+template <typename T>
+inline StepRows<T> step_rows(const DeltaPanel<T>& p, int64_t t, int64_t Kp, T* buf) {
   const int64_t K = p.K;
-  const T* __restrict k = p.k + t * p.qk_stride;
-  const T* __restrict q = p.q + t * p.qk_stride;
-  const Decay<T> a(p, t);
+  const T *k = p.k + t * p.qk_stride, *q = p.q + t * p.qk_stride;
+  const T* a = p.decay != nullptr && p.per_key ? p.decay + t * p.decay_stride : nullptr;
+  T *kb = buf, *qb = buf + Kp, *ab = buf + 2 * Kp;
+  if (a == nullptr) std::fill(ab, ab + Kp, p.decay != nullptr ? p.decay[t * p.decay_stride] : T(1));
+  if (K == Kp) return {k, q, a != nullptr ? a : ab};
+  for (int64_t i = 0; i < Kp; ++i) {
+    kb[i] = i < K ? k[i] : T(0);
+    qb[i] = i < K ? q[i] : T(0);
+    if (a != nullptr) ab[i] = i < K ? a[i] : T(1);
+  }
+  return {kb, qb, ab};
+}
+
+// A panel's state (rows at src + i * row_stride, width values; src nullptr: zeros) as transposed columns,
+// and back.
+template <typename T>
+inline void load_columns(const T* src, int64_t row_stride, const DeltaPanel<T>& p, int64_t Kp, T* C) {
+  std::fill(C, C + W * Kp, T(0));
+  if (src == nullptr) return;
+  for (int64_t j = 0; j < p.width; ++j)
+    for (int64_t i = 0; i < p.K; ++i) C[j * Kp + i] = src[i * row_stride + j];
+}
+
+template <typename T>
+inline void store_columns(const T* C, const DeltaPanel<T>& p, int64_t Kp, T* dst, int64_t row_stride) {
+  for (int64_t i = 0; i < p.K; ++i)
+    for (int64_t j = 0; j < p.width; ++j) dst[i * row_stride + j] = C[j * Kp + i];
+}
+
+// Step t of the recomputation on transposed columns: Sp = a_t S_{t-1} (kept) and p_j = Sp_j . k_t (pr), four
+// columns at a time, their lanes summed together by sum4. With kUpdate, S_{t-1} = prev + k_{t-1} u_{t-1}^T
+// (prev: step t - 1's Sp, uprev its u) is made on the way and never stored; without, S_{t-1} is prev.
+// Leaves u_t in u.
+template <bool kUpdate, typename T>
+inline void recompute_step(const DeltaPanel<T>& p, int64_t t, const StepRows<T>& r, const T* kprev, const T* uprev,
+                           int64_t Kp, const T* prev, T* Sp, T* pr, T* u) {
+  constexpr int64_t L = Tile<T>::kLanes;
+  for (int64_t j0 = 0; j0 < W; j0 += 4) {
+    Vec<T> acc[4] = {Vec<T>{}, Vec<T>{}, Vec<T>{}, Vec<T>{}}, up[4];
+    for (int c = 0; c < 4; ++c) up[c] = kUpdate ? splat(uprev[j0 + c]) : Vec<T>{};
+    for (int64_t i = 0; i < Kp; i += L) {
+      const Vec<T> kv = vec_at(r.k + i), av = vec_at(r.a + i), kp = kUpdate ? vec_at(kprev + i) : Vec<T>{};
+#pragma GCC unroll 4
+      for (int c = 0; c < 4; ++c) {
+        const Vec<T> s = kUpdate ? vec_at(prev + (j0 + c) * Kp + i) + up[c] * kp : vec_at(prev + (j0 + c) * Kp + i);
+        const Vec<T> x = av * s;
+        vec_store(Sp + (j0 + c) * Kp + i, x);
+        acc[c] += kv * x;
+      }
+    }
+    sum4(acc[0], acc[1], acc[2], acc[3], pr + j0);
+  }
+  const T beta = p.beta[t * p.beta_stride];
+  const T* v = p.v + t * p.v_stride;
+  for (int64_t j = 0; j < W; ++j) u[j] = beta * ((j < p.width ? v[j] : T(0)) - pr[j]);
+}
+
+// One backward step on transposed columns. Sp: the decayed state a S_{t-1} of step t and pr its projection
+// p = Sp^T k, as recompute_step made them; dS: the gradient of the state after the step on entry, before it
+// on exit. acc: 3 Kp values.
+template <typename T>
+inline void backward_step(const DeltaPanel<T>& p, int64_t t, const StepRows<T>& r, int64_t Kp, const T* Sp,
+                          const T* pr, T* dS, const T* grad_o, int64_t o_stride, const DeltaGrads<T>& g,
+                          T* __restrict acc) {
+  constexpr int64_t L = Tile<T>::kLanes, B = kBlocks;
   const T scale = p.scale, beta = p.beta[t * p.beta_stride];
-  const Row<T> v = load_padded(p.v + t * p.v_stride, p.width);
-  const Row<T> vmp = axpby(T(1), v, T(-1), pr);
-  const Row<T> u = scale_row(beta, vmp);
-  const Row<T> go = grad_o ? load_padded(grad_o + t * o_stride, p.width) : zero_row<T>();
-
-  // Through o_t = S_t^T (scale q) and S_t = S' + k u^T.
-  T* __restrict dq = g.dq + t * g.dqk_stride;
-  T* __restrict dk_partial = work;
-  Row<T> du_acc[4] = {zero_row<T>(), zero_row<T>(), zero_row<T>(), zero_row<T>()};
-  for (int64_t i0 = 0; i0 < K; i0 += 4) {
-    Vec<T> xq[4], xk[4];
-#pragma GCC unroll 4
-    for (int r = 0; r < 4; ++r) {
-      const int64_t i = i0 + r;
-      xq[r] = xk[r] = Vec<T>{};
-      if (i >= K) continue;
-      const T ki = k[i];
-      Row<T> st = load_row(Sp + i * W);  // S_t = S' + k u^T, as the forward added it
-      add_scaled(st, ki, u);
-      Row<T> d = load_row(dS + i * W);
-      add_scaled(d, scale * q[i], go);
-      store_row(dS + i * W, d);
-      xq[r] = dot_lanes(st, go);
-      xk[r] = dot_lanes(d, u);
-      add_scaled(du_acc[r], ki, d);
-    }
-    T sq[4], sk[4];
-    dots4(xq, sq);
-    dots4(xk, sk);
-    for (int r = 0; r < 4 && i0 + r < K; ++r) {
-      dq[i0 + r] += scale * sq[r];
-      dk_partial[i0 + r] = sk[r];
-    }
+  const T* v = p.v + t * p.v_stride;
+  const T* go = grad_o != nullptr ? grad_o + t * o_stride : nullptr;
+  T u[W], vmp[W], gj[W], sgj[W];
+  for (int64_t j = 0; j < W; ++j) {
+    vmp[j] = (j < p.width ? v[j] : T(0)) - pr[j];
+    u[j] = beta * vmp[j];
+    gj[j] = go != nullptr && j < p.width ? go[j] : T(0);
+    sgj[j] = scale * gj[j];
   }
-  const Row<T> du = combine(du_acc);
-  g.dbeta[t * g.dbeta_stride] += dot(du, vmp);
-  const Row<T> dp = scale_row(-beta, du);
-  {
-    T buf[W];
-    store_row(buf, scale_row(beta, du));
-    T* dv = g.dv + t * g.dv_stride;
-    for (int64_t j = 0; j < p.width; ++j) dv[j] = buf[j];
+  T *dqa = acc, *dka = acc + Kp, *dga = acc + 2 * Kp;
+  if (t > 0) {  // the next (earlier) step's rows, while this one runs
+    if (go != nullptr) __builtin_prefetch(go - o_stride, 0, 3);
+    __builtin_prefetch(v - p.v_stride, 0, 3);
+    const T *kn = p.k + (t - 1) * p.qk_stride, *qn = p.q + (t - 1) * p.qk_stride;
+    T *dqn = g.dq + (t - 1) * g.dqk_stride, *dkn = g.dk + (t - 1) * g.dqk_stride;
+    for (int64_t i = 0; i < p.K; i += 64 / sizeof(T)) {
+      __builtin_prefetch(kn + i, 0, 3);
+      __builtin_prefetch(qn + i, 0, 3);
+      __builtin_prefetch(dqn + i, 1, 3);
+      __builtin_prefetch(dkn + i, 1, 3);
+    }
   }
 
-  // Through p = S'^T k and S' = a S_{t-1}.
-  T* __restrict dk = g.dk + t * g.dqk_stride;
-  T* __restrict dg = g.dg ? g.dg + t * g.dg_stride : nullptr;
-  const bool per_key = p.per_key;
-  T dg_sum = T(0);
-  for (int64_t i0 = 0; i0 < K; i0 += 4) {
-    Vec<T> xk[4], xg[4];
+  // Pass 1, through o_t = S_t^T (scale q) and S_t = S' + k u^T: dS += (scale q) go^T; dq = S_t go =
+  // S' go + k (u . go), dk = dS u, du = dS^T k.
+  Vec<T> du_lanes[W];
+  for (auto& x : du_lanes) x = Vec<T>{};
+  for (int64_t i0 = 0; i0 < Kp; i0 += B * L) {
+    Vec<T> kv[B], qv[B], aq[B] = {}, ak[B] = {};
+    load_block<B>(r.k + i0, kv);
+    load_block<B>(r.q + i0, qv);
+    for (int64_t j = 0; j < W; ++j) {
+      const Vec<T> uj = splat(u[j]), goj = splat(gj[j]), sgoj = splat(sgj[j]);
+      const T* sp = Sp + j * Kp + i0;
+      T* d = dS + j * Kp + i0;
+      Vec<T> du = du_lanes[j];
+      // The next row block's lines of S' (from L2: the chunk's states do not fit in L1).
+      __builtin_prefetch(sp + B * L, 0, 3);
+      __builtin_prefetch(sp + B * L + 64 / sizeof(T), 0, 3);
 #pragma GCC unroll 4
-    for (int r = 0; r < 4; ++r) {
-      const int64_t i = i0 + r;
-      xk[r] = xg[r] = Vec<T>{};
-      if (i >= K) continue;
-      const T ai = a[i];
-      const Row<T> sp = load_row(Sp + i * W);
-      const Row<T> dsp = axpby(T(1), load_row(dS + i * W), k[i], dp);
-      xk[r] = dot_lanes(sp, dp);
-      xg[r] = dot_lanes(sp, dsp);
-      store_row(dS + i * W, scale_row(ai, dsp));
+      for (int b = 0; b < B; ++b) {
+        const Vec<T> dd = vec_at(d + b * L) + sgoj * qv[b];
+        vec_store(d + b * L, dd);
+        aq[b] += goj * vec_at(sp + b * L);
+        ak[b] += uj * dd;
+        du += kv[b] * dd;
+      }
+      du_lanes[j] = du;
     }
-    T sk[4], sg[4];
-    dots4(xk, sk);
-    dots4(xg, sg);
-    for (int r = 0; r < 4 && i0 + r < K; ++r) {
-      dk[i0 + r] += dk_partial[i0 + r] + sk[r];
-      if (per_key && dg != nullptr)
-        dg[i0 + r] += sg[r];
-      else
-        dg_sum += sg[r];
+    for (int b = 0; b < B; ++b) {
+      vec_store(dqa + i0 + b * L, aq[b]);
+      vec_store(dka + i0 + b * L, ak[b]);
     }
   }
-  if (dg != nullptr && !per_key) dg[0] += dg_sum;
+  T du[W], dp[W];
+  for (int64_t j0 = 0; j0 < W; j0 += 4) sum4(du_lanes[j0], du_lanes[j0 + 1], du_lanes[j0 + 2], du_lanes[j0 + 3], du + j0);
+  T dbeta = T(0);
+  for (int64_t j = 0; j < W; ++j) {
+    dbeta += du[j] * vmp[j];
+    dp[j] = -beta * du[j];
+  }
+  g.dbeta[t * g.dbeta_stride] += dbeta;
+  T* dv = g.dv + t * g.dv_stride;
+  for (int64_t j = 0; j < p.width; ++j) dv[j] = beta * du[j];
+
+  // Pass 2, through p = S'^T k and S' = a S_{t-1}: dS' = dS + k dp^T, dk += S' dp, da = (S' . dS') per row,
+  // dS = a dS'.
+  Vec<T> dg_lanes = Vec<T>{};
+  for (int64_t i0 = 0; i0 < Kp; i0 += B * L) {
+    Vec<T> kv[B], av[B], ak[B] = {}, ag[B] = {};
+    load_block<B>(r.k + i0, kv);
+    load_block<B>(r.a + i0, av);
+    for (int64_t j = 0; j < W; ++j) {
+      const Vec<T> dpj = splat(dp[j]);
+      const T* sp = Sp + j * Kp + i0;
+      T* d = dS + j * Kp + i0;
+#pragma GCC unroll 4
+      for (int b = 0; b < B; ++b) {
+        const Vec<T> s = vec_at(sp + b * L);
+        const Vec<T> dsp = vec_at(d + b * L) + dpj * kv[b];
+        ak[b] += dpj * s;
+        ag[b] += s * dsp;
+        vec_store(d + b * L, av[b] * dsp);
+      }
+    }
+    for (int b = 0; b < B; ++b) {
+      vec_store(dka + i0 + b * L, vec_at(dka + i0 + b * L) + ak[b]);
+      if (g.dg != nullptr && p.per_key) vec_store(dga + i0 + b * L, ag[b]);
+      dg_lanes += ag[b];
+    }
+  }
+  T* dq = g.dq + t * g.dqk_stride;
+  T* dk = g.dk + t * g.dqk_stride;
+  T ug = T(0);
+  for (int64_t j = 0; j < W; ++j) ug += u[j] * gj[j];
+  for (int64_t i = 0; i < p.K; ++i) {
+    dq[i] += scale * (dqa[i] + r.k[i] * ug);
+    dk[i] += dka[i];
+  }
+  if (g.dg == nullptr) return;
+  T* dg = g.dg + t * g.dg_stride;
+  if (p.per_key) {
+    for (int64_t i = 0; i < p.K; ++i) dg[i] += dga[i];
+  } else {
+    T s[4];
+    sum4(dg_lanes, Vec<T>{}, Vec<T>{}, Vec<T>{}, s);
+    dg[0] += s[0];
+  }
 }
 
 }  // namespace delta
@@ -353,30 +458,32 @@ template <typename T>
 void delta_rule_backward_kernel(const DeltaPanel<T>& p, const DeltaStates<T>& s, const T* grad_o, int64_t o_stride,
                                 const T* grad_last, const DeltaGrads<T>& g, T* dS, int64_t begin, int64_t end,
                                 T* workspace) {
-  const int64_t KW = p.K * delta::W;
-  T* cur = workspace;                    // the state during the chunk's recomputation
-  T* decayed = cur + KW;                 // kChunk states a S_{t-1}, one per step of the chunk
-  T* projected = decayed + kChunk * KW;  // kChunk rows p_t
-  T* work = projected + kChunk * delta::W;
-  if (end == p.steps) delta::load_state(grad_last, s.row_stride, p, dS);
+  const int64_t Kp = delta_padded_rows(p.K), WK = delta::W * Kp;
+  T* cur = workspace;                    // the state before the chunk
+  T* decayed = cur + WK;                 // kChunk states a S_{t-1}, one per step of the chunk
+  T* projected = decayed + kChunk * WK;  // kChunk rows p_t
+  T* rows = projected + kChunk * delta::W;  // two steps' StepRows
+  T* acc = rows + 6 * Kp;
+  if (end == p.steps) delta::load_columns(grad_last, s.row_stride, p, Kp, dS);
   if (begin < end) {
-    if (begin == 0)
-      delta::load_state(s.init, s.row_stride, p, cur);
-    else
-      delta::load_state(s.checkpoints + ((p.t0 + begin) / kChunk) * s.chunk_stride, s.row_stride, p, cur);
-    // The chunk's steps again, with the forward's arithmetic, keeping a S_{t-1} and p_t of each.
-    for (int64_t t = begin; t < end; ++t) {
-      T* Sp = decayed + (t - begin) * KW;
-      const delta::Row<T> pr =
-          delta::decay_and_project<true>(p.K, delta::Decay<T>(p, t), p.k + t * p.qk_stride, cur, Sp);
-      delta::store_row(projected + (t - begin) * delta::W, pr);
-      if (t + 1 < end) delta::add_update(p, t, pr, Sp, cur);
+    delta::load_columns(begin == 0 ? s.init : s.checkpoints + ((p.t0 + begin) / kChunk) * s.chunk_stride,
+                        s.row_stride, p, Kp, cur);
+    // The chunk's steps again, keeping a S_{t-1} and p_t of each.
+    T u[2][delta::W];
+    delta::StepRows<T> prev = delta::step_rows(p, begin, Kp, rows);
+    delta::recompute_step<false, T>(p, begin, prev, nullptr, nullptr, Kp, cur, decayed, projected, u[0]);
+    for (int64_t t = begin + 1; t < end; ++t) {
+      const int64_t n = t - begin;
+      const delta::StepRows<T> r = delta::step_rows(p, t, Kp, rows + (n % 2) * 3 * Kp);
+      delta::recompute_step<true, T>(p, t, r, prev.k, u[(n - 1) % 2], Kp, decayed + (n - 1) * WK, decayed + n * WK,
+                                  projected + n * delta::W, u[n % 2]);
+      prev = r;
     }
     for (int64_t t = end - 1; t >= begin; --t)
-      delta::backward_step(p, t, decayed + (t - begin) * KW, delta::load_row(projected + (t - begin) * delta::W), dS,
-                           grad_o, o_stride, g, work);
+      delta::backward_step(p, t, delta::step_rows(p, t, Kp, rows), Kp, decayed + (t - begin) * WK,
+                           projected + (t - begin) * delta::W, dS, grad_o, o_stride, g, acc);
   }
-  if (begin == 0) delta::store_state(dS, p, g.d_init, s.row_stride);
+  if (begin == 0) delta::store_columns(dS, p, Kp, g.d_init, s.row_stride);
 }
 
 }  // namespace TRE_CPU_CAPABILITY

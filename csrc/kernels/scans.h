@@ -207,8 +207,14 @@ struct DeltaGrads {
   T* d_init;
 };
 
+// The backward holds a panel transposed, each of its columns as delta_padded_rows(K) values (a multiple of
+// kDeltaRowPad, zero past K).
+constexpr int64_t kDeltaRowPad = 32;
+inline int64_t delta_padded_rows(int64_t K) { return (K + kDeltaRowPad - 1) / kDeltaRowPad * kDeltaRowPad; }
+// The backward's state gradient of one panel (the caller's, carried from chunk to chunk).
+inline int64_t delta_rule_state_gradient_size(int64_t K) { return kDeltaWidth * delta_padded_rows(K); }
 inline int64_t delta_rule_backward_workspace(int64_t K) {
-  return (kChunk + 1) * K * kDeltaWidth + kChunk * kDeltaWidth + K;
+  return (kChunk + 1) * delta_rule_state_gradient_size(K) + kChunk * kDeltaWidth + 9 * delta_padded_rows(K);
 }
 
 // The backward walks a panel's steps in chunks, last to first: [delta_chunk_begin(t0, end), end) is the
@@ -219,7 +225,7 @@ inline int64_t delta_chunk_begin(int64_t t0, int64_t end) {
 }
 
 // Backward of steps [begin, end) of one panel, one chunk (begin = delta_chunk_begin(p.t0, end)), from the
-// state saved before it. dS (K * kDeltaWidth values, the caller's, one per panel) carries the gradient of the
+// state saved before it. dS (delta_rule_state_gradient_size(K) values, the caller's, one per panel) carries the gradient of the
 // state from chunk to chunk: after step end - 1 on entry (grad_last, rows at + i * row_stride or nullptr for
 // zeros, is loaded into it when end is p.steps), before step begin on exit (and written to g.d_init when
 // begin is 0). grad_o: step t at + t * o_stride, or nullptr. Calling every panel of a head for one chunk

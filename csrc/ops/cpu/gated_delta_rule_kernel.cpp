@@ -269,7 +269,8 @@ Grads backward(const optional<Tensor>& grad_o, const optional<Tensor>& grad_fina
   Tensor dg = !d.has_gate ? Tensor()
              : d.per_key_gate ? at::zeros({d.B, d.HV, d.T, d.K}, opts) : at::zeros({d.B, d.HV, d.T}, opts);
   // Per part: the kernel's workspace, then the state gradient of each panel (carried from chunk to chunk).
-  const int64_t ws_size = kernels::delta_rule_backward_workspace(d.K), ds_size = d.K * kDeltaWidth;
+  const int64_t ws_size = kernels::delta_rule_backward_workspace(d.K),
+                ds_size = kernels::delta_rule_state_gradient_size(d.K);
   const int64_t tasks = d.N * d.HV, parts = parts_for(tasks), part_size = ws_size + d.panels() * ds_size;
   Tensor ws = at::empty({parts, part_size}, opts);
   AT_DISPATCH_FLOATING_TYPES(q.scalar_type(), "gated_delta_rule_backward", [&] {
