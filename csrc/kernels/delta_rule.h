@@ -456,34 +456,33 @@ void delta_rule_forward_kernel(const DeltaPanel<T>& p, const DeltaStates<T>& s, 
 
 template <typename T>
 void delta_rule_backward_kernel(const DeltaPanel<T>& p, const DeltaStates<T>& s, const T* grad_o, int64_t o_stride,
-                                const T* grad_last, const DeltaGrads<T>& g, T* dS, int64_t begin, int64_t end,
-                                T* workspace) {
-  const int64_t Kp = delta_padded_rows(p.K), WK = delta::W * Kp;
-  T* cur = workspace;                    // the state before the chunk
-  T* decayed = cur + WK;                 // kChunk states a S_{t-1}, one per step of the chunk
-  T* projected = decayed + kChunk * WK;  // kChunk rows p_t
+                                const T* grad_last, bool ends_sequence, bool starts_sequence,
+                                const DeltaGrads<T>& g, T* dS, T* workspace) {
+  const int64_t Kp = delta_padded_rows(p.K), WK = delta::W * Kp, steps = p.steps;
+  T* before = workspace;                   // the state before the chunk
+  T* decayed = before + WK;                // kChunk states a S_{t-1}, one per step of the chunk
+  T* projected = decayed + kChunk * WK;    // kChunk rows p_t
   T* rows = projected + kChunk * delta::W;  // two steps' StepRows
   T* acc = rows + 6 * Kp;
-  if (end == p.steps) delta::load_columns(grad_last, s.row_stride, p, Kp, dS);
-  if (begin < end) {
-    delta::load_columns(begin == 0 ? s.init : s.checkpoints + ((p.t0 + begin) / kChunk) * s.chunk_stride,
-                        s.row_stride, p, Kp, cur);
+  if (ends_sequence) delta::load_columns(grad_last, s.row_stride, p, Kp, dS);
+  if (steps > 0) {
+    delta::load_columns(starts_sequence ? s.init : s.checkpoints + (p.t0 / kChunk) * s.chunk_stride, s.row_stride,
+                        p, Kp, before);
     // The chunk's steps again, keeping a S_{t-1} and p_t of each.
     T u[2][delta::W];
-    delta::StepRows<T> prev = delta::step_rows(p, begin, Kp, rows);
-    delta::recompute_step<false, T>(p, begin, prev, nullptr, nullptr, Kp, cur, decayed, projected, u[0]);
-    for (int64_t t = begin + 1; t < end; ++t) {
-      const int64_t n = t - begin;
-      const delta::StepRows<T> r = delta::step_rows(p, t, Kp, rows + (n % 2) * 3 * Kp);
-      delta::recompute_step<true, T>(p, t, r, prev.k, u[(n - 1) % 2], Kp, decayed + (n - 1) * WK, decayed + n * WK,
-                                  projected + n * delta::W, u[n % 2]);
+    delta::StepRows<T> prev = delta::step_rows(p, 0, Kp, rows);
+    delta::recompute_step<false, T>(p, 0, prev, nullptr, nullptr, Kp, before, decayed, projected, u[0]);
+    for (int64_t t = 1; t < steps; ++t) {
+      const delta::StepRows<T> r = delta::step_rows(p, t, Kp, rows + (t % 2) * 3 * Kp);
+      delta::recompute_step<true, T>(p, t, r, prev.k, u[(t - 1) % 2], Kp, decayed + (t - 1) * WK, decayed + t * WK,
+                                     projected + t * delta::W, u[t % 2]);
       prev = r;
     }
-    for (int64_t t = end - 1; t >= begin; --t)
-      delta::backward_step(p, t, delta::step_rows(p, t, Kp, rows), Kp, decayed + (t - begin) * WK,
-                           projected + (t - begin) * delta::W, dS, grad_o, o_stride, g, acc);
+    for (int64_t t = steps - 1; t >= 0; --t)
+      delta::backward_step(p, t, delta::step_rows(p, t, Kp, rows), Kp, decayed + t * WK, projected + t * delta::W, dS,
+                           grad_o, o_stride, g, acc);
   }
-  if (begin == 0) delta::store_columns(dS, p, Kp, g.d_init, s.row_stride);
+  if (starts_sequence) delta::store_columns(dS, p, Kp, g.d_init, s.row_stride);
 }
 
 }  // namespace TRE_CPU_CAPABILITY

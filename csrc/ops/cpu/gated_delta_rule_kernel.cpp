@@ -1,7 +1,8 @@
 // CPU kernels of the gated_delta_rule ops: validation, layout, and the panel loops of
 // kernels/delta_rule.h spread with at::parallel_for over (sequence, value head, panel of state columns) in
-// forward and over (sequence, value head) in backward, whose panels add into the head's gradients in
-// order. Every output element is written by one task, so results do not depend on the thread count.
+// forward and over (sequence, q/k head) in backward, whose value heads and panels add into the head's
+// gradients in order. Every output element is written by one task, so results do not depend on the thread
+// count.
 #include <ATen/Parallel.h>
 #include <torch/library.h>
 
@@ -70,42 +71,6 @@ double scale_of(optional<double> scale, const DeltaGeometry& d) {
   return scale.has_value() ? *scale : 1.0 / std::sqrt(static_cast<double>(d.K));
 }
 
-// (batch, T, heads, X) -> (batch, heads, T, X), each row through f(src, dst, X): the kernel walks one
-// head's steps in order, and with time-major rows a step of a long sequence would touch a new page of every
-// operand. Raw loops rather than ATen ops: a decode step's operands are tiny and an op's overhead is not.
-template <typename T, typename F>
-Tensor head_major(const Tensor& x, int64_t X, const F& f) {
-  const Tensor src = x.contiguous();
-  const int64_t B = x.size(0), steps = x.size(1), heads = x.size(2);
-  Tensor out = at::empty(x.dim() == 4 ? at::IntArrayRef{B, heads, steps, X} : at::IntArrayRef{B, heads, steps},
-                         x.options());
-  const T* s = src.data_ptr<T>();
-  T* o = out.data_ptr<T>();
-  at::parallel_for(0, B * steps, std::max<int64_t>(1, 16384 / std::max<int64_t>(1, heads * X)), [&](int64_t r0, int64_t r1) {
-    for (int64_t r = r0; r < r1; ++r) {
-      const int64_t b = r / steps, t = r % steps;
-      for (int64_t h = 0; h < heads; ++h) f(s + (r * heads + h) * X, o + ((b * heads + h) * steps + t) * X, X);
-    }
-  });
-  return out;
-}
-
-template <typename T>
-void copy_row(const T* src, T* dst, int64_t n) {
-  std::copy(src, src + n, dst);
-}
-
-// head_major without a transform: with one step (a decode call) both layouts are the same memory.
-template <typename T>
-Tensor head_major_copy(const Tensor& x, int64_t X) {
-  return x.size(1) == 1 ? x.contiguous() : head_major<T>(x, X, copy_row<T>);
-}
-
-template <typename T>
-void exp_row(const T* src, T* dst, int64_t n) {
-  for (int64_t i = 0; i < n; ++i) dst[i] = std::exp(src[i]);
-}
-
 // 1 / sqrt(sum of x^2 + eps) of one row: the L2 norm's forward and backward share it. The sum runs in 8
 // lanes (element i into lane i % 8, which the compiler makes one vector) added by a fixed tree: a fixed
 // order for any thread count, without a chain of n dependent additions.
@@ -120,86 +85,112 @@ T l2norm_rstd(const T* x, int64_t n) {
   return T(1) / std::sqrt(sum + T(kL2NormEps));
 }
 
-// y = x / sqrt(sum of x^2 + eps).
+// The L2 norm's backward of one row, in place: dy becomes dx = r (dy - y (dy . y)), y = x r, r the row's
+// l2norm_rstd.
 template <typename T>
-void l2norm_row(const T* src, T* dst, int64_t n) {
-  const T r = l2norm_rstd(src, n);
-  for (int64_t i = 0; i < n; ++i) dst[i] = src[i] * r;
+void l2norm_backward_row(const T* x, T r, T* dy, int64_t n) {
+  T dot = 0;
+  for (int64_t i = 0; i < n; ++i) dot += dy[i] * (x[i] * r);
+  for (int64_t i = 0; i < n; ++i) dy[i] = r * (dy[i] - (x[i] * r) * dot);
 }
 
-// The L2 norm's backward over rows of the last dimension: dx = r (dy - y (dy . y)) with y = x r.
-Tensor l2norm_backward(const Tensor& dy, const Tensor& x) {
-  const Tensor g = dy.contiguous(), in = x.contiguous();
-  Tensor out = at::empty_like(in);
-  const int64_t n = in.size(-1), rows = n == 0 ? 0 : in.numel() / n;
-  AT_DISPATCH_FLOATING_TYPES(in.scalar_type(), "l2norm_backward", [&] {
-    using T = scalar_t;
-    const T *gp = g.data_ptr<T>(), *xp = in.data_ptr<T>();
-    T* op = out.data_ptr<T>();
-    at::parallel_for(0, rows, std::max<int64_t>(1, 16384 / std::max<int64_t>(1, n)), [&](int64_t r0, int64_t r1) {
-      for (int64_t row = r0; row < r1; ++row) {
-        const T *dyr = gp + row * n, *xr = xp + row * n;
-        const T r = l2norm_rstd(xr, n);
-        T dot = 0;
-        for (int64_t i = 0; i < n; ++i) dot += dyr[i] * (xr[i] * r);
-        for (int64_t i = 0; i < n; ++i) op[row * n + i] = r * (dyr[i] - (xr[i] * r) * dot);
-      }
-    });
-  });
-  return out;
+// Offset of step 0 of sequence s, head `head` of `heads`, in a (batch, T, heads, X) tensor.
+inline int64_t step0_offset(const DeltaGeometry& d, const Sequence& s, int64_t head, int64_t heads, int64_t X) {
+  return ((s.b * d.T + s.start) * heads + head) * X;
 }
 
-// The inverse, for outputs: (batch, heads, T, ...) -> contiguous (batch, T, heads, ...).
-Tensor time_major(const Tensor& x) { return x.transpose(1, 2).contiguous(); }
-
-// One call's inputs in the kernel's layout (head-major, kept alive here), and raw pointers into them,
-// taken before any parallel region.
+// One call's inputs (contiguous, kept alive here) as raw pointers, taken before any parallel region, and
+// the kernel's view of one chunk of them. The kernel reads q, k, v and beta where they are (time-major):
+// a task walks one chunk (at most kChunk steps) of a head through all of its panels before the next, so
+// a chunk's rows are read from cache and its pages stay in the TLB. A chunk's L2-normalised q and k and
+// its exp(g) go to the task's buffers first (no normalised copy of the whole input).
 template <typename T>
-struct DeltaInputs {
+struct DeltaCall {
   DeltaGeometry d;
-  Tensor tq, tk, tv, tdecay, tbeta, tinit;
-  const T *q, *k, *v, *decay, *beta, *init;
+  Tensor tq, tk, tv, tg, tbeta, tinit;
+  const T *q, *k, *v, *g, *beta, *init;
   T scale;
+  bool l2norm;
 
-  DeltaInputs(const DeltaGeometry& geo, const Tensor& q_, const Tensor& k_, const Tensor& v_,
-              const optional<Tensor>& g, const Tensor& beta_, optional<double> scale_,
-              const optional<Tensor>& initial_state, bool l2norm)
+  DeltaCall(const DeltaGeometry& geo, const Tensor& q_, const Tensor& k_, const Tensor& v_, const optional<Tensor>& g_,
+            const Tensor& beta_, optional<double> scale_, const optional<Tensor>& initial_state, bool l2norm_)
       : d(geo),
-        tq(l2norm ? head_major<T>(q_, geo.K, l2norm_row<T>) : head_major_copy<T>(q_, geo.K)),
-        tk(l2norm ? head_major<T>(k_, geo.K, l2norm_row<T>) : head_major_copy<T>(k_, geo.K)),
-        tv(head_major_copy<T>(v_, geo.V)),
-        tdecay(present(g) ? head_major<T>(*g, geo.gate_width(), exp_row<T>) : Tensor()),
-        tbeta(head_major_copy<T>(beta_, 1)),
+        tq(q_.contiguous()),
+        tk(k_.contiguous()),
+        tv(v_.contiguous()),
+        tg(present(g_) ? g_->contiguous() : Tensor()),
+        tbeta(beta_.contiguous()),
         tinit(present(initial_state) ? initial_state->contiguous() : Tensor()),
         q(tq.data_ptr<T>()),
         k(tk.data_ptr<T>()),
         v(tv.data_ptr<T>()),
-        decay(tdecay.defined() ? tdecay.data_ptr<T>() : nullptr),
+        g(tg.defined() ? tg.data_ptr<T>() : nullptr),
         beta(tbeta.data_ptr<T>()),
         init(tinit.defined() ? tinit.data_ptr<T>() : nullptr),
-        scale(static_cast<T>(scale_of(scale_, geo))) {}
+        scale(static_cast<T>(scale_of(scale_, geo))),
+        l2norm(l2norm_) {}
 
-  // Step 0 of sequence s in head `head` of `heads` of a head-major (batch, heads, T, ...) tensor, in rows.
-  int64_t step0(const Sequence& s, int64_t head, int64_t heads) const { return (s.b * heads + head) * d.T + s.start; }
   int64_t first_column(int64_t panel) const { return panel * kDeltaWidth; }
+  int64_t width(int64_t panel) const { return std::min(kDeltaWidth, d.V - first_column(panel)); }
 
-  kernels::DeltaPanel<T> panel(const Sequence& s, int64_t hv, int64_t c) const {
-    const int64_t qk0 = step0(s, hv / d.group(), d.H) * d.K, gw = d.gate_width();
-    return {s.end - s.start,
-            s.start,
+  // Task buffers for a chunk: q and k (kChunk K values each), the decay (kChunk gate_width values), and
+  // the L2 norm's 1 / norm of each row of q and of k (kChunk values each).
+  static int64_t chunk_buffer_size(const DeltaGeometry& d) { return kChunk * (2 * d.K + d.gate_width() + 2); }
+  static T* rstd_q(const DeltaGeometry& d, T* buf) { return buf + kChunk * (2 * d.K + d.gate_width()); }
+  static T* rstd_k(const DeltaGeometry& d, T* buf) { return rstd_q(d, buf) + kChunk; }
+
+  // Steps [c0, c1) of sequence s: q and k of q/k head h (L2-normalised, with their rows' 1 / norm) into buf,
+  // or where they are without the norm. Returns {q, k, their step stride}.
+  std::tuple<const T*, const T*, int64_t> chunk_qk(const Sequence& s, int64_t h, int64_t c0, int64_t c1, T* buf) const {
+    const int64_t off = step0_offset(d, s, h, d.H, d.K) + c0 * d.H * d.K;
+    if (!l2norm) return {q + off, k + off, d.H * d.K};
+    T *qb = buf, *kb = buf + kChunk * d.K;
+    for (int64_t t = 0; t < c1 - c0; ++t) {
+      const T *qr = q + off + t * d.H * d.K, *kr = k + off + t * d.H * d.K;
+      const T rq = l2norm_rstd(qr, d.K), rk = l2norm_rstd(kr, d.K);
+      rstd_q(d, buf)[t] = rq;
+      rstd_k(d, buf)[t] = rk;
+      for (int64_t i = 0; i < d.K; ++i) {
+        qb[t * d.K + i] = qr[i] * rq;
+        kb[t * d.K + i] = kr[i] * rk;
+      }
+    }
+    return {qb, kb, d.K};
+  }
+
+  // exp(g) of value head hv over steps [c0, c1) into buf (after the chunk's q and k); nullptr without gate.
+  const T* chunk_decay(const Sequence& s, int64_t hv, int64_t c0, int64_t c1, T* buf) const {
+    if (g == nullptr) return nullptr;
+    const int64_t gw = d.gate_width();
+    const T* src = g + step0_offset(d, s, hv, d.HV, gw) + c0 * d.HV * gw;
+    T* out = buf + 2 * kChunk * d.K;
+    for (int64_t t = 0; t < c1 - c0; ++t)
+      for (int64_t i = 0; i < gw; ++i) out[t * gw + i] = std::exp(src[t * d.HV * gw + i]);
+    return out;
+  }
+
+  // Panel c of value head hv over steps [c0, c1) of sequence s, with the chunk's q, k and decay.
+  kernels::DeltaPanel<T> panel(const Sequence& s, int64_t hv, int64_t c, int64_t c0, int64_t c1,
+                               const std::tuple<const T*, const T*, int64_t>& qk, const T* decay) const {
+    return {c1 - c0,
+            s.start + c0,
             d.K,
-            std::min(kDeltaWidth, d.V - first_column(c)),
-            q + qk0,
-            k + qk0,
-            d.K,
-            v + value_offset(s, hv, c),
-            d.V,
-            decay ? decay + step0(s, hv, d.HV) * gw : nullptr,
-            gw,
+            width(c),
+            std::get<0>(qk),
+            std::get<1>(qk),
+            std::get<2>(qk),
+            v + value_offset(s, hv, c0) + first_column(c),
+            d.HV * d.V,
+            decay,
+            d.gate_width(),
             d.per_key_gate,
-            beta + step0(s, hv, d.HV),
-            1,
+            beta + step0_offset(d, s, hv, d.HV, 1) + c0 * d.HV,
+            d.HV,
             scale};
+  }
+  // Offset of step c0 of sequence s, value head hv, in a (batch, T, HV, V) tensor (v, o and their gradients).
+  int64_t value_offset(const Sequence& s, int64_t hv, int64_t c0) const {
+    return step0_offset(d, s, hv, d.HV, d.V) + c0 * d.HV * d.V;
   }
   // Offset of sequence n's head hv, panel c, in an (N, HV, K, V) state.
   int64_t state_offset(int64_t n, int64_t hv, int64_t c) const { return (n * d.HV + hv) * d.K * d.V + first_column(c); }
@@ -207,18 +198,25 @@ struct DeltaInputs {
   int64_t checkpoint_offset(int64_t b, int64_t hv, int64_t c) const {
     return (b * d.chunks() * d.HV + hv) * d.K * d.V + first_column(c);
   }
-  kernels::DeltaStates<T> states(int64_t n, const Sequence& s, int64_t hv, int64_t c, T* ckpt) const {
-    return {init ? init + state_offset(n, hv, c) : nullptr, d.V,
-            ckpt ? ckpt + checkpoint_offset(s.b, hv, c) : nullptr, d.HV * d.K * d.V};
-  }
-  // Offset of sequence s's value head hv, panel c, in a head-major (batch, HV, T, V) tensor.
-  int64_t value_offset(const Sequence& s, int64_t hv, int64_t c) const {
-    return step0(s, hv, d.HV) * d.V + first_column(c);
+  // init: the state before the chunk (the initial state, or where the chunk before left it).
+  kernels::DeltaStates<T> states(const T* init_, const Sequence& s, int64_t hv, int64_t c, T* ckpt) const {
+    return {init_, d.V, ckpt ? ckpt + checkpoint_offset(s.b, hv, c) : nullptr, d.HV * d.K * d.V};
   }
 };
 
 // Tasks are run in at most one range per thread (parallel_parts), each with its own workspace row.
 int64_t parts_for(int64_t tasks) { return std::max<int64_t>(1, std::min<int64_t>(at::get_num_threads(), tasks)); }
+
+// The chunks of sequence s, first to last, as [c0, c1) in its steps: cut at global multiples of kChunk
+// (where the forward saves states), calling f(c0, c1).
+template <typename F>
+void for_each_chunk(const Sequence& s, const F& f) {
+  for (int64_t c0 = 0; c0 < s.end - s.start;) {
+    const int64_t c1 = std::min(s.end - s.start, ((s.start + c0) / kChunk + 1) * kChunk - s.start);
+    f(c0, c1);
+    c0 = c1;
+  }
+}
 
 std::tuple<Tensor, Tensor, Tensor> forward(const Tensor& q, const Tensor& k, const Tensor& v,
                                            const optional<Tensor>& g, const Tensor& beta, optional<double> scale,
@@ -227,25 +225,46 @@ std::tuple<Tensor, Tensor, Tensor> forward(const Tensor& q, const Tensor& k, con
   const DeltaGeometry d = check_cpu(q, k, v, g, beta, initial_state, cu_seqlens);
   const std::vector<Sequence> seqs = sequences_of(d, cu_seqlens);
   const auto opts = q.options();
-  Tensor o = at::empty({d.B, d.HV, d.T, d.V}, opts);  // head-major until returned
+  Tensor o = at::empty({d.B, d.T, d.HV, d.V}, opts);
   Tensor last = at::empty({d.N, d.HV, d.K, d.V}, opts);
   Tensor ckpt = save ? at::empty({d.B, d.chunks(), d.HV, d.K, d.V}, opts) : Tensor();
-  const int64_t ws_size = kernels::delta_rule_forward_workspace(d.K);
-  const int64_t per_seq = d.HV * d.panels(), tasks = d.N * per_seq, parts = parts_for(tasks);
-  Tensor ws = at::empty({parts, ws_size}, opts);
+  // Tasks: (sequence, q/k head, group of panels), the panels cut into as many groups as it takes to give
+  // every thread four tasks (which panels share a task does not change any result). A task normalises a
+  // chunk's q and k once for the value heads of its q/k head.
+  const int64_t heads = d.N * d.H, threads = at::get_num_threads();
+  const int64_t groups =
+      std::max<int64_t>(1, std::min(d.panels(), (4 * threads + heads - 1) / std::max<int64_t>(1, heads)));
+  const int64_t tasks = heads * groups, parts = parts_for(tasks);
+  const int64_t ws_size = kernels::delta_rule_forward_workspace(d.K),
+                part_size = ws_size + DeltaCall<float>::chunk_buffer_size(d);
+  Tensor ws = at::empty({parts, part_size}, opts);
   AT_DISPATCH_FLOATING_TYPES(q.scalar_type(), "gated_delta_rule", [&] {
     using T = scalar_t;
-    const DeltaInputs<T> in(d, q, k, v, g, beta, scale, initial_state, l2norm);
+    const DeltaCall<T> in(d, q, k, v, g, beta, scale, initial_state, l2norm);
     T *op = o.data_ptr<T>(), *lp = last.data_ptr<T>(), *cp = save ? ckpt.data_ptr<T>() : nullptr,
       *wsp = ws.data_ptr<T>();
     parallel_parts(tasks, parts, [&](int64_t task, int64_t part) {
-      const int64_t n = task / per_seq, hv = (task % per_seq) / d.panels(), c = task % d.panels();
+      const int64_t n = task / (d.H * groups), h = (task / groups) % d.H, grp = task % groups;
+      const int64_t c_begin = d.panels() * grp / groups, c_end = d.panels() * (grp + 1) / groups;
       const Sequence& s = seqs[n];
-      kernels::delta_rule_forward<T>(in.panel(s, hv, c), in.states(n, s, hv, c, cp), lp + in.state_offset(n, hv, c),
-                                     op + in.value_offset(s, hv, c), d.V, wsp + part * ws_size);
+      T *work = wsp + part * part_size, *buf = work + ws_size;
+      // Each panel's state is carried from chunk to chunk in `last`.
+      for_each_chunk(s, [&](int64_t c0, int64_t c1) {
+        const auto qk = in.chunk_qk(s, h, c0, c1, buf);
+        for (int64_t hv = h * d.group(); hv < (h + 1) * d.group(); ++hv) {
+          const T* decay = in.chunk_decay(s, hv, c0, c1, buf);
+          for (int64_t c = c_begin; c < c_end; ++c) {
+            T* state = lp + in.state_offset(n, hv, c);
+            const T* before = c0 > 0 ? state : in.init ? in.init + in.state_offset(n, hv, c) : nullptr;
+            kernels::delta_rule_forward<T>(in.panel(s, hv, c, c0, c1, qk, decay), in.states(before, s, hv, c, cp),
+                                           state, op + in.value_offset(s, hv, c0) + in.first_column(c), d.HV * d.V,
+                                           work);
+          }
+        }
+      });
     });
   });
-  return {time_major(o), last, ckpt};
+  return {o, last, ckpt};
 }
 
 using Grads = std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor, Tensor>;
@@ -258,64 +277,78 @@ Grads backward(const optional<Tensor>& grad_o, const optional<Tensor>& grad_fina
   check_gated_delta_rule_backward_args<int64_t>(d, q, v, checkpoints, grad_o, grad_final_state);
   const std::vector<Sequence> seqs = sequences_of(d, cu_seqlens);
   const auto opts = q.options();
-  Tensor go;
+  const Tensor go = present(grad_o) ? grad_o->contiguous() : Tensor();
   const Tensor gl = present(grad_final_state) ? grad_final_state->contiguous() : Tensor();
   const Tensor ck = checkpoints.contiguous();
-  // Head-major until returned. dq and dk per value head (summed over each q/k head's group below),
-  // accumulated over panels.
-  Tensor dq = at::zeros({d.B, d.HV, d.T, d.K}, opts), dk = at::zeros({d.B, d.HV, d.T, d.K}, opts);
-  Tensor dv = at::empty({d.B, d.HV, d.T, d.V}, opts), dinit = at::empty({d.N, d.HV, d.K, d.V}, opts);
-  Tensor dbeta = at::zeros({d.B, d.HV, d.T}, opts);
+  // Gradients in the layout they are returned in, written where they go. dq and dk are accumulated by the
+  // task of their q/k head: its group's value heads in order, each over its panels in order.
+  Tensor dq = at::zeros({d.B, d.T, d.H, d.K}, opts), dk = at::zeros({d.B, d.T, d.H, d.K}, opts);
+  Tensor dv = at::empty({d.B, d.T, d.HV, d.V}, opts), dinit = at::empty({d.N, d.HV, d.K, d.V}, opts);
+  Tensor dbeta = at::zeros({d.B, d.T, d.HV}, opts);
   Tensor dg = !d.has_gate ? Tensor()
-             : d.per_key_gate ? at::zeros({d.B, d.HV, d.T, d.K}, opts) : at::zeros({d.B, d.HV, d.T}, opts);
-  // Per part: the kernel's workspace, then the state gradient of each panel (carried from chunk to chunk).
+             : d.per_key_gate ? at::zeros({d.B, d.T, d.HV, d.K}, opts) : at::zeros({d.B, d.T, d.HV}, opts);
+  // Per part: the kernel's workspace, the chunk's buffers, then the state gradient of each panel of the
+  // group's value heads (carried from chunk to chunk).
   const int64_t ws_size = kernels::delta_rule_backward_workspace(d.K),
+                buf_size = DeltaCall<float>::chunk_buffer_size(d),
                 ds_size = kernels::delta_rule_state_gradient_size(d.K);
-  const int64_t tasks = d.N * d.HV, parts = parts_for(tasks), part_size = ws_size + d.panels() * ds_size;
+  const int64_t tasks = d.N * d.H, parts = parts_for(tasks),
+                part_size = ws_size + buf_size + d.group() * d.panels() * ds_size;
   Tensor ws = at::empty({parts, part_size}, opts);
   AT_DISPATCH_FLOATING_TYPES(q.scalar_type(), "gated_delta_rule_backward", [&] {
     using T = scalar_t;
-    const DeltaInputs<T> in(d, q, k, v, g, beta, scale, initial_state, l2norm);
-    if (present(grad_o)) go = head_major_copy<T>(*grad_o, d.V);
+    const DeltaCall<T> in(d, q, k, v, g, beta, scale, initial_state, l2norm);
     const T *gop = go.defined() ? go.data_ptr<T>() : nullptr, *glp = gl.defined() ? gl.data_ptr<T>() : nullptr;
     T *ckp = ck.data_ptr<T>(), *dqp = dq.data_ptr<T>(), *dkp = dk.data_ptr<T>(), *dvp = dv.data_ptr<T>(),
       *dip = dinit.data_ptr<T>(), *dbp = dbeta.data_ptr<T>(), *dgp = dg.defined() ? dg.data_ptr<T>() : nullptr,
       *wsp = ws.data_ptr<T>();
     const int64_t gw = d.gate_width();
     parallel_parts(tasks, parts, [&](int64_t task, int64_t part) {
-      const int64_t n = task / d.HV, hv = task % d.HV;
+      const int64_t n = task / d.H, h = task % d.H;
       const Sequence& s = seqs[n];
-      const int64_t r = in.step0(s, hv, d.HV);
-      T* const work = wsp + part * part_size;
-      // Chunk by chunk, last to first, every panel of the head in turn (in panel order, so that each
-      // gradient adds up the panels in the same order for any thread count): the chunk's dq and dk stay in
-      // cache across the panels.
-      int64_t end = s.end - s.start;
+      T *work = wsp + part * part_size, *buf = work + ws_size, *dS = buf + buf_size;
+      // Chunk by chunk, last to first, every panel of the group's value heads in turn (in order, so that
+      // each gradient adds up the same way for any thread count): the chunk's dq and dk stay in cache, and
+      // are final when the chunk is done (the L2 norm's backward then runs on them in place).
+      int64_t c1 = s.end - s.start;
       do {
-        const int64_t begin = kernels::delta_chunk_begin(s.start, end);
-        for (int64_t c = 0; c < d.panels(); ++c) {
-          const int64_t vo = in.value_offset(s, hv, c), so = in.state_offset(n, hv, c);
-          const kernels::DeltaGrads<T> grads{dqp + r * d.K, dkp + r * d.K, d.K, dvp + vo, d.V,
-                                             dgp ? dgp + r * gw : nullptr, gw, dbp + r, 1, dip + so};
-          kernels::delta_rule_backward<T>(in.panel(s, hv, c), in.states(n, s, hv, c, ckp), gop ? gop + vo : nullptr,
-                                          d.V, glp ? glp + so : nullptr, grads, work + ws_size + c * ds_size,
-                                          begin, end, work);
+        const int64_t c0 = kernels::delta_chunk_begin(s.start, c1);
+        const auto qk = in.chunk_qk(s, h, c0, c1, buf);
+        const int64_t qk0 = step0_offset(d, s, h, d.H, d.K) + c0 * d.H * d.K;
+        for (int64_t j = 0; j < d.group(); ++j) {
+          const int64_t hv = h * d.group() + j, vo = in.value_offset(s, hv, c0);
+          const T* decay = in.chunk_decay(s, hv, c0, c1, buf);
+          for (int64_t c = 0; c < d.panels(); ++c) {
+            const int64_t so = in.state_offset(n, hv, c), col = in.first_column(c);
+            const kernels::DeltaGrads<T> grads{dqp + qk0,
+                                               dkp + qk0,
+                                               d.H * d.K,
+                                               dvp + vo + col,
+                                               d.HV * d.V,
+                                               dgp ? dgp + step0_offset(d, s, hv, d.HV, gw) + c0 * d.HV * gw : nullptr,
+                                               d.HV * gw,
+                                               dbp + step0_offset(d, s, hv, d.HV, 1) + c0 * d.HV,
+                                               d.HV,
+                                               dip + so};
+            kernels::delta_rule_backward<T>(
+                in.panel(s, hv, c, c0, c1, qk, decay), in.states(in.init ? in.init + so : nullptr, s, hv, c, ckp),
+                gop ? gop + vo + col : nullptr, d.HV * d.V, glp ? glp + so : nullptr, c1 == s.end - s.start, c0 == 0,
+                grads, dS + (j * d.panels() + c) * ds_size, work);
+          }
         }
-        end = begin;
-      } while (end > 0);
+        if (l2norm) {
+          for (int64_t t = 0; t < c1 - c0; ++t) {
+            const int64_t r = qk0 + t * d.H * d.K;
+            l2norm_backward_row(in.q + r, DeltaCall<T>::rstd_q(d, buf)[t], dqp + r, d.K);
+            l2norm_backward_row(in.k + r, DeltaCall<T>::rstd_k(d, buf)[t], dkp + r, d.K);
+          }
+        }
+        c1 = c0;
+      } while (c1 > 0);
     });
   });
-  // The value heads of a q/k head's group add up, in order: (batch, H, group, T, K) -> (batch, T, H, K).
-  const auto group_sum = [&](const Tensor& t) {
-    if (d.group() == 1) return time_major(t);
-    return time_major(
-        sum_row_ranges(t.view({d.B * d.H, d.group(), d.T * d.K}), {0, d.group()}).view({d.B, d.H, d.T, d.K}));
-  };
-  Tensor gq, gk;
-  if (mask[0]) gq = l2norm ? l2norm_backward(group_sum(dq), q) : group_sum(dq);
-  if (mask[1]) gk = l2norm ? l2norm_backward(group_sum(dk), k) : group_sum(dk);
-  return {gq, gk, mask[2] ? time_major(dv) : Tensor(), mask[3] ? time_major(dg) : Tensor(),
-          mask[4] ? time_major(dbeta) : Tensor(), mask[5] ? dinit : Tensor()};
+  return {mask[0] ? dq : Tensor(), mask[1] ? dk : Tensor(), mask[2] ? dv : Tensor(), mask[3] ? dg : Tensor(),
+          mask[4] ? dbeta : Tensor(), mask[5] ? dinit : Tensor()};
 }
 
 std::tuple<Tensor, Tensor> gated_delta_rule_cpu(const Tensor& q, const Tensor& k, const Tensor& v,
