@@ -85,13 +85,13 @@ T l2norm_rstd(const T* x, int64_t n) {
   return T(1) / std::sqrt(sum + T(kL2NormEps));
 }
 
-// The L2 norm's backward of one row, in place: dy becomes dx = r (dy - y (dy . y)), y = x r, r the row's
-// l2norm_rstd.
+// The L2 norm's backward of one row, in place: dy becomes dx = r (dy - y (dy . y)), from the norm's output
+// y = x r and r, the row's l2norm_rstd.
 template <typename T>
-void l2norm_backward_row(const T* x, T r, T* dy, int64_t n) {
+void l2norm_backward_row(const T* y, T r, T* dy, int64_t n) {
   T dot = 0;
-  for (int64_t i = 0; i < n; ++i) dot += dy[i] * (x[i] * r);
-  for (int64_t i = 0; i < n; ++i) dy[i] = r * (dy[i] - (x[i] * r) * dot);
+  for (int64_t i = 0; i < n; ++i) dot += dy[i] * y[i];
+  for (int64_t i = 0; i < n; ++i) dy[i] = r * (dy[i] - y[i] * dot);
 }
 
 // Offset of step 0 of sequence s, head `head` of `heads`, in a (batch, T, heads, X) tensor.
@@ -145,8 +145,15 @@ struct DeltaCall {
     const int64_t off = step0_offset(d, s, h, d.H, d.K) + c0 * d.H * d.K;
     if (!l2norm) return {q + off, k + off, d.H * d.K};
     T *qb = buf, *kb = buf + kChunk * d.K;
+    constexpr int64_t kAhead = 4, kLine = 64 / sizeof(T);
     for (int64_t t = 0; t < c1 - c0; ++t) {
       const T *qr = q + off + t * d.H * d.K, *kr = k + off + t * d.H * d.K;
+      if (t + kAhead < c1 - c0) {  // rows 4 KiB or more apart: ask for later rows while this one is summed
+        for (int64_t i = 0; i < d.K; i += kLine) {
+          __builtin_prefetch(qr + kAhead * d.H * d.K + i);
+          __builtin_prefetch(kr + kAhead * d.H * d.K + i);
+        }
+      }
       const T rq = l2norm_rstd(qr, d.K), rk = l2norm_rstd(kr, d.K);
       rstd_q(d, buf)[t] = rq;
       rstd_k(d, buf)[t] = rk;
@@ -336,11 +343,11 @@ Grads backward(const optional<Tensor>& grad_o, const optional<Tensor>& grad_fina
                 grads, dS + (j * d.panels() + c) * ds_size, work);
           }
         }
-        if (l2norm) {
+        if (l2norm) {  // the chunk's normalised rows are still in buf
           for (int64_t t = 0; t < c1 - c0; ++t) {
             const int64_t r = qk0 + t * d.H * d.K;
-            l2norm_backward_row(in.q + r, DeltaCall<T>::rstd_q(d, buf)[t], dqp + r, d.K);
-            l2norm_backward_row(in.k + r, DeltaCall<T>::rstd_k(d, buf)[t], dkp + r, d.K);
+            l2norm_backward_row(std::get<0>(qk) + t * d.K, DeltaCall<T>::rstd_q(d, buf)[t], dqp + r, d.K);
+            l2norm_backward_row(std::get<1>(qk) + t * d.K, DeltaCall<T>::rstd_k(d, buf)[t], dkp + r, d.K);
           }
         }
         c1 = c0;
