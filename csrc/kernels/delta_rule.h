@@ -319,7 +319,8 @@ inline void recompute_step(const DeltaPanel<T>& p, int64_t t, const StepRows<T>&
 // on exit. acc: 3 Kp values.
 template <typename T>
 inline void backward_step(const DeltaPanel<T>& p, int64_t t, const StepRows<T>& r, int64_t Kp, const T* Sp,
-                          const T* pr, T* dS, const T* grad_o, int64_t o_stride, const DeltaGrads<T>& g,
+                          const T* pr, T* dS, const T* grad_o, int64_t o_stride, int64_t o_col_stride,
+                          const DeltaGrads<T>& g,
                           T* __restrict acc) {
   constexpr int64_t L = Tile<T>::kLanes, B = kBlocks;
   const T scale = p.scale, beta = p.beta[t * p.beta_stride];
@@ -329,7 +330,7 @@ inline void backward_step(const DeltaPanel<T>& p, int64_t t, const StepRows<T>& 
   for (int64_t j = 0; j < W; ++j) {
     vmp[j] = (j < p.width ? v[j] : T(0)) - pr[j];
     u[j] = beta * vmp[j];
-    gj[j] = go != nullptr && j < p.width ? go[j] : T(0);
+    gj[j] = go != nullptr && j < p.width ? go[j * o_col_stride] : T(0);
     sgj[j] = scale * gj[j];
   }
   T *dqa = acc, *dka = acc + Kp, *dga = acc + 2 * Kp;
@@ -456,7 +457,7 @@ void delta_rule_forward_kernel(const DeltaPanel<T>& p, const DeltaStates<T>& s, 
 
 template <typename T>
 void delta_rule_backward_kernel(const DeltaPanel<T>& p, const DeltaStates<T>& s, const T* grad_o, int64_t o_stride,
-                                const T* grad_last, bool ends_sequence, bool starts_sequence,
+                                int64_t o_col_stride, const T* grad_last, bool ends_sequence, bool starts_sequence,
                                 const DeltaGrads<T>& g, T* dS, T* workspace) {
   const int64_t Kp = delta_padded_rows(p.K), WK = delta::W * Kp, steps = p.steps;
   T* before = workspace;                   // the state before the chunk
@@ -480,7 +481,7 @@ void delta_rule_backward_kernel(const DeltaPanel<T>& p, const DeltaStates<T>& s,
     }
     for (int64_t t = steps - 1; t >= 0; --t)
       delta::backward_step(p, t, delta::step_rows(p, t, Kp, rows), Kp, decayed + t * WK, projected + t * delta::W, dS,
-                           grad_o, o_stride, g, acc);
+                           grad_o, o_stride, o_col_stride, g, acc);
   }
   if (starts_sequence) delta::store_columns(dS, p, Kp, g.d_init, s.row_stride);
 }

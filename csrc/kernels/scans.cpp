@@ -26,7 +26,7 @@ namespace kernels {
   void delta_rule_forward_kernel(const DeltaPanel<T>&, const DeltaStates<T>&, T*, T*, int64_t, T*);       \
   template <typename T>                                                                                    \
   void delta_rule_backward_kernel(const DeltaPanel<T>&, const DeltaStates<T>&, const T*, int64_t,          \
-                                  const T*, bool, bool, const DeltaGrads<T>&, T*, T*);                     \
+                                  int64_t, const T*, bool, bool, const DeltaGrads<T>&, T*, T*);            \
   }
 TRE_FOR_EACH_CAPABILITY(TRE_DECLARE_KERNELS)
 #undef TRE_DECLARE_KERNELS
@@ -67,9 +67,9 @@ void delta_rule_forward(const DeltaPanel<T>& p, const DeltaStates<T>& s, T* last
 
 template <typename T>
 void delta_rule_backward(const DeltaPanel<T>& p, const DeltaStates<T>& s, const T* grad_o, int64_t o_stride,
-                         const T* grad_last, bool ends_sequence, bool starts_sequence, const DeltaGrads<T>& g,
+                         int64_t o_col_stride, const T* grad_last, bool ends_sequence, bool starts_sequence, const DeltaGrads<T>& g,
                          T* dS, T* workspace) {
-  TRE_CALL_BEST(delta_rule_backward_kernel<T>(p, s, grad_o, o_stride, grad_last, ends_sequence, starts_sequence,
+  TRE_CALL_BEST(delta_rule_backward_kernel<T>(p, s, grad_o, o_stride, o_col_stride, grad_last, ends_sequence, starts_sequence,
                                               g, dS, workspace));
 }
 
@@ -83,7 +83,7 @@ void delta_rule_backward(const DeltaPanel<T>& p, const DeltaStates<T>& s, const 
                                  const WkvState<T>&, T*, T*, T*, T*, T*);                                \
   template void delta_rule_forward<T>(const DeltaPanel<T>&, const DeltaStates<T>&, T*, T*, int64_t, T*);  \
   template void delta_rule_backward<T>(const DeltaPanel<T>&, const DeltaStates<T>&, const T*, int64_t,    \
-                                       const T*, bool, bool, const DeltaGrads<T>&, T*, T*);
+                                       int64_t, const T*, bool, bool, const DeltaGrads<T>&, T*, T*);
 TRE_INSTANTIATE(float)
 TRE_INSTANTIATE(double)
 #undef TRE_INSTANTIATE

@@ -230,11 +230,11 @@ inline int64_t delta_chunk_begin(int64_t t0, int64_t end) {
 // carries the gradient of the state from chunk to chunk: after the chunk's last step on entry (grad_last,
 // rows at + i * row_stride or nullptr for zeros, is loaded into it first when the chunk ends the
 // sequence), before its first step on exit (and written to g.d_init when the chunk starts the sequence).
-// grad_o: step t at + t * o_stride, or nullptr. Calling every panel of a head for one chunk before the next
+// grad_o: step t, column j at + t * o_stride + j * o_col_stride (any strides, 0 included), or nullptr. Calling every panel of a head for one chunk before the next
 // keeps that chunk's dq and dk in cache.
 template <typename T>
 void delta_rule_backward(const DeltaPanel<T>& p, const DeltaStates<T>& s, const T* grad_o, int64_t o_stride,
-                         const T* grad_last, bool ends_sequence, bool starts_sequence, const DeltaGrads<T>& g,
+                         int64_t o_col_stride, const T* grad_last, bool ends_sequence, bool starts_sequence, const DeltaGrads<T>& g,
                          T* dS, T* workspace);
 
 }  // namespace kernels

@@ -21,8 +21,8 @@ inline namespace TRE_CPU_CAPABILITY {
   template void delta_rule_forward_kernel<T>(const DeltaPanel<T>&, const DeltaStates<T>&, T*, T*, int64_t, \
                                              T*);                                                          \
   template void delta_rule_backward_kernel<T>(const DeltaPanel<T>&, const DeltaStates<T>&, const T*,     \
-                                              int64_t, const T*, bool, bool, const DeltaGrads<T>&, T*,   \
-                                              T*);
+                                              int64_t, int64_t, const T*, bool, bool,                    \
+                                              const DeltaGrads<T>&, T*, T*);
 TRE_INSTANTIATE(float)
 TRE_INSTANTIATE(double)
 #undef TRE_INSTANTIATE

@@ -379,6 +379,26 @@ def test_strided_inputs_equal_contiguous_ones():
     assert all(torch.equal(a[2][n], b[2][n]) for n in a[2])
 
 
+@pytest.mark.parametrize("kind", ["expanded", "strided"])
+def test_output_gradient_read_with_its_strides(kind):
+    # The backward reads grad_o where it is: an expanded one (the gradient of o.sum()) and a transposed,
+    # sliced one give the bits of their contiguous copies.
+    inp = make_inputs(B=2, T=70, H=1, HV=2, K=16, V=20, gate="scalar", with_state=True, dtype=torch.float32)
+    args = [inp[n] for n in ("q", "k", "v", "g", "beta")]
+    o, s, ck = OPS._gated_delta_rule_forward(*args, None, inp["initial_state"], True, None)
+    if kind == "expanded":
+        go = torch.full((), 0.37).expand_as(o)
+    else:
+        big = torch.randn(o.shape[1], o.shape[0], o.shape[2], 2 * o.shape[3]).transpose(0, 1)[..., ::2]
+        go = big
+    assert not go.is_contiguous()
+    gs = torch.randn_like(s)
+    call = lambda g: OPS._gated_delta_rule_backward(g, gs, *args, None, inp["initial_state"], True, None, ck,  # noqa: E731
+                                                    [True] * 6)
+    for a, b in zip(call(go), call(go.contiguous())):
+        assert torch.equal(a, b)
+
+
 def test_nan_in_a_key_reaches_every_later_step_only():
     inp = make_inputs(B=1, T=6, H=1, HV=1, K=4, V=4)
     inp["k"][0, 2, 0, 1] = float("nan")

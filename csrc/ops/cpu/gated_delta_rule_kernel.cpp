@@ -284,7 +284,9 @@ Grads backward(const optional<Tensor>& grad_o, const optional<Tensor>& grad_fina
   check_gated_delta_rule_backward_args<int64_t>(d, q, v, checkpoints, grad_o, grad_final_state);
   const std::vector<Sequence> seqs = sequences_of(d, cu_seqlens);
   const auto opts = q.options();
-  const Tensor go = present(grad_o) ? grad_o->contiguous() : Tensor();
+  // grad_o is read where it is, with its strides: the gradient of o.sum() is one value expanded (strides 0),
+  // which a contiguous copy would write out in full.
+  const Tensor go = present(grad_o) ? *grad_o : Tensor();
   const Tensor gl = present(grad_final_state) ? grad_final_state->contiguous() : Tensor();
   const Tensor ck = checkpoints.contiguous();
   // Gradients in the layout they are returned in, written where they go. dq and dk are accumulated by the
@@ -306,6 +308,13 @@ Grads backward(const optional<Tensor>& grad_o, const optional<Tensor>& grad_fina
     using T = scalar_t;
     const DeltaCall<T> in(d, q, k, v, g, beta, scale, initial_state, l2norm);
     const T *gop = go.defined() ? go.data_ptr<T>() : nullptr, *glp = gl.defined() ? gl.data_ptr<T>() : nullptr;
+    // Offset of step c0 of sequence s, value head hv, column col in grad_o.
+    const std::array<int64_t, 4> gs =
+        go.defined() ? std::array<int64_t, 4>{go.stride(0), go.stride(1), go.stride(2), go.stride(3)}
+                     : std::array<int64_t, 4>{0, 0, 0, 0};
+    const auto go_offset = [&](const Sequence& s, int64_t hv, int64_t c0, int64_t col) {
+      return s.b * gs[0] + (s.start + c0) * gs[1] + hv * gs[2] + col * gs[3];
+    };
     T *ckp = ck.data_ptr<T>(), *dqp = dq.data_ptr<T>(), *dkp = dk.data_ptr<T>(), *dvp = dv.data_ptr<T>(),
       *dip = dinit.data_ptr<T>(), *dbp = dbeta.data_ptr<T>(), *dgp = dg.defined() ? dg.data_ptr<T>() : nullptr,
       *wsp = ws.data_ptr<T>();
@@ -339,7 +348,8 @@ Grads backward(const optional<Tensor>& grad_o, const optional<Tensor>& grad_fina
                                                dip + so};
             kernels::delta_rule_backward<T>(
                 in.panel(s, hv, c, c0, c1, qk, decay), in.states(in.init ? in.init + so : nullptr, s, hv, c, ckp),
-                gop ? gop + vo + col : nullptr, d.HV * d.V, glp ? glp + so : nullptr, c1 == s.end - s.start, c0 == 0,
+                gop ? gop + go_offset(s, hv, c0, col) : nullptr, gs[1], gs[3],
+                glp ? glp + so : nullptr, c1 == s.end - s.start, c0 == 0,
                 grads, dS + (j * d.panels() + c) * ds_size, work);
           }
         }
