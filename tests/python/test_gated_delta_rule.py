@@ -399,6 +399,26 @@ def test_output_gradient_read_with_its_strides(kind):
         assert torch.equal(a, b)
 
 
+def test_huge_page_advice_changes_no_result():
+    # Outputs of 2 MiB and more are advised as huge pages unless TORCH_RNN_EXT_HUGE_PAGES=0: the same bits.
+    inp = make_inputs(B=1, T=2400, H=2, HV=4, K=64, V=128, gate="scalar", dtype=torch.float32)
+    results = []
+    old = os.environ.pop("TORCH_RNN_EXT_HUGE_PAGES", None)
+    try:
+        for value in (None, "0"):
+            if value is not None:
+                os.environ["TORCH_RNN_EXT_HUGE_PAGES"] = value
+            results.append(run("ours", inp, l2norm=True))
+    finally:
+        os.environ.pop("TORCH_RNN_EXT_HUGE_PAGES", None)
+        if old is not None:
+            os.environ["TORCH_RNN_EXT_HUGE_PAGES"] = old
+    (o1, s1, g1), (o2, s2, g2) = results
+    assert o1.numel() * o1.element_size() > 4 * 2 ** 20  # o is 4.7 MiB: advised
+    assert torch.equal(o1, o2) and torch.equal(s1, s2)
+    assert all(torch.equal(g1[n], g2[n]) for n in g1)
+
+
 def test_nan_in_a_key_reaches_every_later_step_only():
     inp = make_inputs(B=1, T=6, H=1, HV=1, K=4, V=4)
     inp["k"][0, 2, 0, 1] = float("nan")
