@@ -1,8 +1,7 @@
-// CPU kernels of the gated_delta_rule ops: validation, layout, and the panel loops of
-// kernels/delta_rule.h spread with at::parallel_for over (sequence, value head, panel of state columns) in
-// forward and over (sequence, q/k head) in backward, whose value heads and panels add into the head's
-// gradients in order. Every output element is written by one task, so results do not depend on the thread
-// count.
+// CPU kernels of the gated_delta_rule ops: validation, and the panel loops of kernels/delta_rule.h spread
+// with at::parallel_for over (sequence, q/k head, group of panels of state columns) in forward and over
+// (sequence, q/k head) in backward, whose value heads and panels add into the head's gradients in order.
+// Every output element is written by one task, so results do not depend on the thread count.
 #include <ATen/Parallel.h>
 #include <torch/library.h>
 
