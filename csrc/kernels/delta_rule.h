@@ -320,8 +320,7 @@ inline void recompute_step(const DeltaPanel<T>& p, int64_t t, const StepRows<T>&
 template <typename T>
 inline void backward_step(const DeltaPanel<T>& p, int64_t t, const StepRows<T>& r, int64_t Kp, const T* Sp,
                           const T* pr, T* dS, const T* grad_o, int64_t o_stride, int64_t o_col_stride,
-                          const DeltaGrads<T>& g,
-                          T* __restrict acc) {
+                          const DeltaGrads<T>& g, T* __restrict acc) {
   constexpr int64_t L = Tile<T>::kLanes, B = kBlocks;
   const T scale = p.scale, beta = p.beta[t * p.beta_stride];
   const T* v = p.v + t * p.v_stride;
@@ -379,7 +378,8 @@ inline void backward_step(const DeltaPanel<T>& p, int64_t t, const StepRows<T>& 
     }
   }
   T du[W], dp[W];
-  for (int64_t j0 = 0; j0 < W; j0 += 4) sum4(du_lanes[j0], du_lanes[j0 + 1], du_lanes[j0 + 2], du_lanes[j0 + 3], du + j0);
+  for (int64_t j0 = 0; j0 < W; j0 += 4)
+    sum4(du_lanes[j0], du_lanes[j0 + 1], du_lanes[j0 + 2], du_lanes[j0 + 3], du + j0);
   T dbeta = T(0);
   for (int64_t j = 0; j < W; ++j) {
     dbeta += du[j] * vmp[j];

@@ -67,10 +67,10 @@ void delta_rule_forward(const DeltaPanel<T>& p, const DeltaStates<T>& s, T* last
 
 template <typename T>
 void delta_rule_backward(const DeltaPanel<T>& p, const DeltaStates<T>& s, const T* grad_o, int64_t o_stride,
-                         int64_t o_col_stride, const T* grad_last, bool ends_sequence, bool starts_sequence, const DeltaGrads<T>& g,
-                         T* dS, T* workspace) {
-  TRE_CALL_BEST(delta_rule_backward_kernel<T>(p, s, grad_o, o_stride, o_col_stride, grad_last, ends_sequence, starts_sequence,
-                                              g, dS, workspace));
+                         int64_t o_col_stride, const T* grad_last, bool ends_sequence, bool starts_sequence,
+                         const DeltaGrads<T>& g, T* dS, T* workspace) {
+  TRE_CALL_BEST(delta_rule_backward_kernel<T>(p, s, grad_o, o_stride, o_col_stride, grad_last, ends_sequence,
+                                              starts_sequence, g, dS, workspace));
 }
 
 #define TRE_INSTANTIATE(T)                                                                                  \

@@ -217,25 +217,18 @@ inline int64_t delta_rule_backward_workspace(int64_t K) {
   return (kChunk + 1) * delta_rule_state_gradient_size(K) + kChunk * kDeltaWidth + 9 * delta_padded_rows(K);
 }
 
-// The backward walks a sequence in chunks, last to first: [delta_chunk_begin(t0, end), end) is the part of
-// the chunk of global steps (kChunk of them, from a multiple of kChunk) that holds step end - 1 of a
-// sequence starting at global step t0; 0 when end is 0.
-inline int64_t delta_chunk_begin(int64_t t0, int64_t end) {
-  return end <= 0 ? 0 : std::max<int64_t>(0, ((t0 + end - 1) / kChunk) * kChunk - t0);
-}
-
 // Backward of one chunk of a panel (p.steps <= kChunk steps, from global step p.t0: the sequence's first
 // step or a multiple of kChunk), from the state before it: s.init when the chunk starts the sequence, else
 // checkpoint p.t0 / kChunk. dS (delta_rule_state_gradient_size(K) values, the caller's, one per panel)
 // carries the gradient of the state from chunk to chunk: after the chunk's last step on entry (grad_last,
 // rows at + i * row_stride or nullptr for zeros, is loaded into it first when the chunk ends the
 // sequence), before its first step on exit (and written to g.d_init when the chunk starts the sequence).
-// grad_o: step t, column j at + t * o_stride + j * o_col_stride (any strides, 0 included), or nullptr. Calling every panel of a head for one chunk before the next
-// keeps that chunk's dq and dk in cache.
+// grad_o: step t, column j at + t * o_stride + j * o_col_stride (any strides, 0 included), or nullptr.
+// Calling every panel of a head for one chunk before the next keeps that chunk's dq and dk in cache.
 template <typename T>
 void delta_rule_backward(const DeltaPanel<T>& p, const DeltaStates<T>& s, const T* grad_o, int64_t o_stride,
-                         int64_t o_col_stride, const T* grad_last, bool ends_sequence, bool starts_sequence, const DeltaGrads<T>& g,
-                         T* dS, T* workspace);
+                         int64_t o_col_stride, const T* grad_last, bool ends_sequence, bool starts_sequence,
+                         const DeltaGrads<T>& g, T* dS, T* workspace);
 
 }  // namespace kernels
 }  // namespace torch_rnn_ext

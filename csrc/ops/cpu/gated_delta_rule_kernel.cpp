@@ -100,10 +100,15 @@ void l2norm_backward_row(const T* y, T r, T* dy, int64_t n) {
   for (int64_t i = 0; i < n; ++i) dy[i] = r * (dy[i] - y[i] * dot);
 }
 
-// Offset of step 0 of sequence s, head `head` of `heads`, in a (batch, T, heads, X) tensor.
-inline int64_t step0_offset(const DeltaGeometry& d, const Sequence& s, int64_t head, int64_t heads, int64_t X) {
-  return ((s.b * d.T + s.start) * heads + head) * X;
+// Offset of step t of sequence s, head `head` of `heads`, in a (batch, T, heads, X) tensor.
+inline int64_t step_offset(const DeltaGeometry& d, const Sequence& s, int64_t t, int64_t head, int64_t heads,
+                           int64_t X) {
+  return ((s.b * d.T + s.start + t) * heads + head) * X;
 }
+
+// A task's buffer for one chunk (values of the call's dtype): q and k (kChunk K values each), the decay
+// (kChunk gate_width values), and the L2 norm's 1 / norm of each row of q and of k (kChunk values each).
+int64_t chunk_buffer_size(const DeltaGeometry& d) { return kChunk * (2 * d.K + d.gate_width() + 2); }
 
 // One call's inputs (contiguous, kept alive here) as raw pointers, taken before any parallel region, and
 // the kernel's view of one chunk of them. The kernel reads q, k, v and beta where they are (time-major):
@@ -139,16 +144,14 @@ struct DeltaCall {
   int64_t first_column(int64_t panel) const { return panel * kDeltaWidth; }
   int64_t width(int64_t panel) const { return std::min(kDeltaWidth, d.V - first_column(panel)); }
 
-  // Task buffers for a chunk: q and k (kChunk K values each), the decay (kChunk gate_width values), and
-  // the L2 norm's 1 / norm of each row of q and of k (kChunk values each).
-  static int64_t chunk_buffer_size(const DeltaGeometry& d) { return kChunk * (2 * d.K + d.gate_width() + 2); }
+  // Where chunk_buffer_size's buffer keeps the rows' 1 / norm of q and of k.
   static T* rstd_q(const DeltaGeometry& d, T* buf) { return buf + kChunk * (2 * d.K + d.gate_width()); }
   static T* rstd_k(const DeltaGeometry& d, T* buf) { return rstd_q(d, buf) + kChunk; }
 
   // Steps [c0, c1) of sequence s: q and k of q/k head h (L2-normalised, with their rows' 1 / norm) into buf,
   // or where they are without the norm. Returns {q, k, their step stride}.
   std::tuple<const T*, const T*, int64_t> chunk_qk(const Sequence& s, int64_t h, int64_t c0, int64_t c1, T* buf) const {
-    const int64_t off = step0_offset(d, s, h, d.H, d.K) + c0 * d.H * d.K;
+    const int64_t off = step_offset(d, s, c0, h, d.H, d.K);
     if (!l2norm) return {q + off, k + off, d.H * d.K};
     T *qb = buf, *kb = buf + kChunk * d.K;
     constexpr int64_t kAhead = 4, kLine = 64 / sizeof(T);
@@ -175,7 +178,7 @@ struct DeltaCall {
   const T* chunk_decay(const Sequence& s, int64_t hv, int64_t c0, int64_t c1, T* buf) const {
     if (g == nullptr) return nullptr;
     const int64_t gw = d.gate_width();
-    const T* src = g + step0_offset(d, s, hv, d.HV, gw) + c0 * d.HV * gw;
+    const T* src = g + step_offset(d, s, c0, hv, d.HV, gw);
     T* out = buf + 2 * kChunk * d.K;
     for (int64_t t = 0; t < c1 - c0; ++t)
       for (int64_t i = 0; i < gw; ++i) out[t * gw + i] = std::exp(src[t * d.HV * gw + i]);
@@ -197,13 +200,13 @@ struct DeltaCall {
             decay,
             d.gate_width(),
             d.per_key_gate,
-            beta + step0_offset(d, s, hv, d.HV, 1) + c0 * d.HV,
+            beta + step_offset(d, s, c0, hv, d.HV, 1),
             d.HV,
             scale};
   }
   // Offset of step c0 of sequence s, value head hv, in a (batch, T, HV, V) tensor (v, o and their gradients).
   int64_t value_offset(const Sequence& s, int64_t hv, int64_t c0) const {
-    return step0_offset(d, s, hv, d.HV, d.V) + c0 * d.HV * d.V;
+    return step_offset(d, s, c0, hv, d.HV, d.V);
   }
   // Offset of sequence n's head hv, panel c, in an (N, HV, K, V) state.
   int64_t state_offset(int64_t n, int64_t hv, int64_t c) const { return (n * d.HV + hv) * d.K * d.V + first_column(c); }
@@ -245,14 +248,25 @@ Tensor new_output(at::IntArrayRef sizes, const at::TensorOptions& opts, bool zer
 // Tasks are run in at most one range per thread (parallel_parts), each with its own workspace row.
 int64_t parts_for(int64_t tasks) { return std::max<int64_t>(1, std::min<int64_t>(at::get_num_threads(), tasks)); }
 
-// The chunks of sequence s, first to last, as [c0, c1) in its steps: cut at global multiples of kChunk
-// (where the forward saves states), calling f(c0, c1).
+// The chunks of sequence s as [c0, c1) in its steps, cut at global multiples of kChunk (where the forward
+// saves states): f(c0, c1) for each, first to last (forward) or last to first (backward).
+inline int64_t chunk_origin(const Sequence& s, int64_t t) {  // of the global chunk holding step t (may be < 0)
+  return (s.start + t) / kChunk * kChunk - s.start;
+}
 template <typename F>
 void for_each_chunk(const Sequence& s, const F& f) {
   for (int64_t c0 = 0; c0 < s.end - s.start;) {
-    const int64_t c1 = std::min(s.end - s.start, ((s.start + c0) / kChunk + 1) * kChunk - s.start);
+    const int64_t c1 = std::min(s.end - s.start, chunk_origin(s, c0) + kChunk);
     f(c0, c1);
     c0 = c1;
+  }
+}
+template <typename F>
+void for_each_chunk_reversed(const Sequence& s, const F& f) {
+  for (int64_t c1 = s.end - s.start; c1 > 0;) {
+    const int64_t c0 = std::max<int64_t>(0, chunk_origin(s, c1 - 1));
+    f(c0, c1);
+    c1 = c0;
   }
 }
 
@@ -274,7 +288,7 @@ std::tuple<Tensor, Tensor, Tensor> forward(const Tensor& q, const Tensor& k, con
       std::max<int64_t>(1, std::min(d.panels(), (4 * threads + heads - 1) / std::max<int64_t>(1, heads)));
   const int64_t tasks = heads * groups, parts = parts_for(tasks);
   const int64_t ws_size = kernels::delta_rule_forward_workspace(d.K),
-                part_size = ws_size + DeltaCall<float>::chunk_buffer_size(d);
+                part_size = ws_size + chunk_buffer_size(d);
   Tensor ws = at::empty({parts, part_size}, opts);
   AT_DISPATCH_FLOATING_TYPES(q.scalar_type(), "gated_delta_rule", [&] {
     using T = scalar_t;
@@ -330,7 +344,7 @@ Grads backward(const optional<Tensor>& grad_o, const optional<Tensor>& grad_fina
   // Per part: the kernel's workspace, the chunk's buffers, then the state gradient of each panel of the
   // group's value heads (carried from chunk to chunk).
   const int64_t ws_size = kernels::delta_rule_backward_workspace(d.K),
-                buf_size = DeltaCall<float>::chunk_buffer_size(d),
+                buf_size = chunk_buffer_size(d),
                 ds_size = kernels::delta_rule_state_gradient_size(d.K);
   const int64_t tasks = d.N * d.H, parts = parts_for(tasks),
                 part_size = ws_size + buf_size + d.group() * d.panels() * ds_size;
@@ -357,11 +371,9 @@ Grads backward(const optional<Tensor>& grad_o, const optional<Tensor>& grad_fina
       // Chunk by chunk, last to first, every panel of the group's value heads in turn (in order, so that
       // each gradient adds up the same way for any thread count): the chunk's dq and dk stay in cache, and
       // are final when the chunk is done (the L2 norm's backward then runs on them in place).
-      int64_t c1 = s.end - s.start;
-      do {
-        const int64_t c0 = kernels::delta_chunk_begin(s.start, c1);
+      for_each_chunk_reversed(s, [&](int64_t c0, int64_t c1) {
         const auto qk = in.chunk_qk(s, h, c0, c1, buf);
-        const int64_t qk0 = step0_offset(d, s, h, d.H, d.K) + c0 * d.H * d.K;
+        const int64_t qk0 = step_offset(d, s, c0, h, d.H, d.K);
         for (int64_t j = 0; j < d.group(); ++j) {
           const int64_t hv = h * d.group() + j, vo = in.value_offset(s, hv, c0);
           const T* decay = in.chunk_decay(s, hv, c0, c1, buf);
@@ -372,9 +384,9 @@ Grads backward(const optional<Tensor>& grad_o, const optional<Tensor>& grad_fina
                                                d.H * d.K,
                                                dvp + vo + col,
                                                d.HV * d.V,
-                                               dgp ? dgp + step0_offset(d, s, hv, d.HV, gw) + c0 * d.HV * gw : nullptr,
+                                               dgp ? dgp + step_offset(d, s, c0, hv, d.HV, gw) : nullptr,
                                                d.HV * gw,
-                                               dbp + step0_offset(d, s, hv, d.HV, 1) + c0 * d.HV,
+                                               dbp + step_offset(d, s, c0, hv, d.HV, 1),
                                                d.HV,
                                                dip + so};
             kernels::delta_rule_backward<T>(
@@ -391,8 +403,7 @@ Grads backward(const optional<Tensor>& grad_o, const optional<Tensor>& grad_fina
             l2norm_backward_row(std::get<1>(qk) + t * d.K, DeltaCall<T>::rstd_k(d, buf)[t], dkp + r, d.K);
           }
         }
-        c1 = c0;
-      } while (c1 > 0);
+      });
     });
   });
   return {mask[0] ? dq : Tensor(), mask[1] ? dk : Tensor(), mask[2] ? dv : Tensor(), mask[3] ? dg : Tensor(),
