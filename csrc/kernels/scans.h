@@ -180,6 +180,13 @@ struct DeltaStates {
   int64_t row_stride;
   T* checkpoints;  // nullptr: not saved (forward) / required (backward)
   int64_t chunk_stride;
+  // The forward's running decay factor: between the calls of one sequence the state is *factor times the
+  // rows in last (see delta_rule.h). nullptr: 1 on entry. settle: the rows are the state on exit.
+  T* factor = nullptr;
+  bool settle = true;
+  // The backward's hint: the rows (at + i * row_stride) the next call will load, asked for from memory
+  // while this one runs. nullptr: none.
+  const T* next = nullptr;
 };
 
 inline int64_t delta_rule_forward_workspace(int64_t K) { return K * kDeltaWidth; }

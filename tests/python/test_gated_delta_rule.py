@@ -158,19 +158,38 @@ def test_unnormalised_keys_and_explicit_scale():
 
 
 @pytest.mark.parametrize("dtype", [torch.float64, torch.float32])
-def test_chunked_calls_carrying_the_state_equal_one_call(dtype):
-    inp = make_inputs(B=2, T=150, H=2, HV=4, K=24, V=40, with_state=True, dtype=dtype)
+@pytest.mark.parametrize("gate", ["scalar", "per_key", None])
+def test_chunked_calls_carrying_the_state_equal_one_call(dtype, gate):
+    # To rounding: a call keeps a scalar decay out of the state (a running factor, multiplied in at the
+    # sequence's end), so a sequence cut into calls rounds differently from one call. Per-key decays are
+    # multiplied in at every step, and without gate there is nothing to keep: those stay bitwise equal.
+    inp = make_inputs(B=2, T=150, H=2, HV=4, K=24, V=40, gate=gate, with_state=True, dtype=dtype)
     q, k, v, g, beta, init = (inp[n] for n in ["q", "k", "v", "g", "beta", "initial_state"])
     o, s = torch_rnn_ext.gated_delta_rule(q, k, v, g, beta, initial_state=init, output_final_state=True,
                                           use_qk_l2norm_in_kernel=True)
     outs, state = [], init
     for a, b in [(0, 1), (1, 64), (64, 65), (65, 149), (149, 150)]:
-        oc, state = torch_rnn_ext.gated_delta_rule(q[:, a:b], k[:, a:b], v[:, a:b], g[:, a:b], beta[:, a:b],
+        oc, state = torch_rnn_ext.gated_delta_rule(q[:, a:b], k[:, a:b], v[:, a:b],
+                                                   g[:, a:b] if g is not None else None, beta[:, a:b],
                                                    initial_state=state, output_final_state=True,
                                                    use_qk_l2norm_in_kernel=True)
         outs.append(oc)
-    assert torch.equal(torch.cat(outs, 1), o)
-    assert torch.equal(state, s)
+    if gate == "scalar":
+        rtol = 1e-13 if dtype == torch.float64 else 2e-6
+        assert_close_rel(torch.cat(outs, 1), o, rtol, "o")
+        assert_close_rel(state, s, rtol, "final_state")
+    else:
+        assert torch.equal(torch.cat(outs, 1), o)
+        assert torch.equal(state, s)
+
+
+@pytest.mark.parametrize("log_decay", [math.log(0.5), 0.05])
+def test_running_decay_factor_past_its_bounds(log_decay):
+    # A constant decay of 1/2 takes the running factor under 2^-20 every 21 steps (forward and backward);
+    # one of exp(0.05) (g > 0: growing) over 2^20 at step 278 of the forward: multiplied in each time.
+    inp = make_inputs(B=1, T=300, H=1, HV=2, K=16, V=20, with_state=True)
+    inp["g"] = torch.full_like(inp["g"], log_decay)
+    check(inp, 1e-9, l2norm=True)
 
 
 @pytest.mark.parametrize("gate", ["scalar", "per_key", None])

@@ -5,6 +5,7 @@
 #include <ATen/Parallel.h>
 #include <torch/library.h>
 
+#include <algorithm>
 #include <array>
 #include <cmath>
 #include <cstdint>
@@ -287,8 +288,11 @@ std::tuple<Tensor, Tensor, Tensor> forward(const Tensor& q, const Tensor& k, con
   const int64_t groups =
       std::max<int64_t>(1, std::min(d.panels(), (4 * threads + heads - 1) / std::max<int64_t>(1, heads)));
   const int64_t tasks = heads * groups, parts = parts_for(tasks);
+  // Per part: the kernel's workspace, the chunk's buffers, then the running decay factor of each panel of the
+  // task (carried from chunk to chunk with the panel's rows in `last`, so that where a sequence's decays are
+  // multiplied into its state depends on its own steps only, not on where the chunks fall).
   const int64_t ws_size = kernels::delta_rule_forward_workspace(d.K),
-                part_size = ws_size + chunk_buffer_size(d);
+                part_size = ws_size + chunk_buffer_size(d) + d.group() * d.panels();
   Tensor ws = at::empty({parts, part_size}, opts);
   AT_DISPATCH_FLOATING_TYPES(q.scalar_type(), "gated_delta_rule", [&] {
     using T = scalar_t;
@@ -299,8 +303,9 @@ std::tuple<Tensor, Tensor, Tensor> forward(const Tensor& q, const Tensor& k, con
       const int64_t n = task / (d.H * groups), h = (task / groups) % d.H, grp = task % groups;
       const int64_t c_begin = d.panels() * grp / groups, c_end = d.panels() * (grp + 1) / groups;
       const Sequence& s = seqs[n];
-      T *work = wsp + part * part_size, *buf = work + ws_size;
-      // Each panel's state is carried from chunk to chunk in `last`.
+      T *work = wsp + part * part_size, *buf = work + ws_size, *factors = buf + chunk_buffer_size(d);
+      std::fill(factors, factors + d.group() * d.panels(), T(1));
+      // Each panel's state is carried from chunk to chunk in `last` (as rows and a factor).
       for_each_chunk(s, [&](int64_t c0, int64_t c1) {
         const auto qk = in.chunk_qk(s, h, c0, c1, buf);
         for (int64_t hv = h * d.group(); hv < (h + 1) * d.group(); ++hv) {
@@ -308,9 +313,11 @@ std::tuple<Tensor, Tensor, Tensor> forward(const Tensor& q, const Tensor& k, con
           for (int64_t c = c_begin; c < c_end; ++c) {
             T* state = lp + in.state_offset(n, hv, c);
             const T* before = c0 > 0 ? state : in.init ? in.init + in.state_offset(n, hv, c) : nullptr;
-            kernels::delta_rule_forward<T>(in.panel(s, hv, c, c0, c1, qk, decay), in.states(before, s, hv, c, cp),
-                                           state, op + in.value_offset(s, hv, c0) + in.first_column(c), d.HV * d.V,
-                                           work);
+            kernels::DeltaStates<T> states = in.states(before, s, hv, c, cp);
+            states.factor = factors + (hv - h * d.group()) * d.panels() + c;
+            states.settle = c1 == s.end - s.start;
+            kernels::delta_rule_forward<T>(in.panel(s, hv, c, c0, c1, qk, decay), states, state,
+                                           op + in.value_offset(s, hv, c0) + in.first_column(c), d.HV * d.V, work);
           }
         }
       });
@@ -389,8 +396,18 @@ Grads backward(const optional<Tensor>& grad_o, const optional<Tensor>& grad_fina
                                                dbp + step_offset(d, s, c0, hv, d.HV, 1),
                                                d.HV,
                                                dip + so};
+            kernels::DeltaStates<T> states = in.states(in.init ? in.init + so : nullptr, s, hv, c, ckp);
+            // The checkpoint the next call loads: the next panel's of this chunk, else the first's of the
+            // chunk before (none where that one starts the sequence: it loads the initial state).
+            const bool last_panel = c + 1 == d.panels() && j + 1 == d.group();
+            const int64_t next_c0 = last_panel ? chunk_origin(s, c0 - 1) : c0;
+            if (next_c0 > 0)
+              states.next = ckp + (s.start + next_c0) / kChunk * d.HV * d.K * d.V +
+                            (last_panel ? in.checkpoint_offset(s.b, h * d.group(), 0)
+                             : c + 1 < d.panels() ? in.checkpoint_offset(s.b, hv, c + 1)
+                                                  : in.checkpoint_offset(s.b, hv + 1, 0));
             kernels::delta_rule_backward<T>(
-                in.panel(s, hv, c, c0, c1, qk, decay), in.states(in.init ? in.init + so : nullptr, s, hv, c, ckp),
+                in.panel(s, hv, c, c0, c1, qk, decay), states,
                 gop ? gop + go_offset(s, hv, c0, col) : nullptr, gs[1], gs[3],
                 glp ? glp + so : nullptr, c1 == s.end - s.start, c0 == 0,
                 grads, dS + (j * d.panels() + c) * ds_size, work);
