@@ -556,7 +556,7 @@ def main():
         from bench_delta_rule import format_rows as delta_markdown
         table += ("\n\nGated delta rule (Gated DeltaNet), float32, ms of ours and speedup over each PyTorch form "
                   "(written from the equation in benchmarks/bench_delta_rule.py; transformers' Qwen3-Next fallbacks), "
-                  "medians of interleaved rounds; GFLOP/s count 7 K V per token and value head forward and 29 K V "
+                  "medians of interleaved rounds; GFLOP/s count 6 K V per token and value head forward and 22 K V "
                   "forward+backward; the bound: chunked PyTorch's time over that arithmetic at the sgemm rate:\n\n"
                   + "\n".join(delta_markdown(delta)))
     table += ("\n\nStreaming, one step per call (batch 1, input 64, no_grad, state carried), median us per step:"

@@ -3,11 +3,12 @@ the CPU: the step-by-step PyTorch loop of the equation and the chunked PyTorch f
 and transformers' own fallbacks (torch_recurrent_gated_delta_rule, torch_chunk_gated_delta_rule of
 Qwen3-Next) where the installed transformers has them. Forward (no_grad) and forward+backward, in one
 process after warm-up, medians of interleaved rounds; decode (T = 1) against a copy of a tensor of the
-state's size; prefill's rate in GFLOP/s (7 K V per token and value head: the recurrence's multiply-adds)
-against a 1024^3 sgemm timed in the same rounds. Forward+backward counts 29 K V (FWD_BWD_FLOPS: the forward's
-7, the backward's recomputation 5 and its two passes 17, from kernels/delta_rule.h), and its bound is the
-chunked PyTorch form's time over that arithmetic at the sgemm rate: the most our recurrence could gain over
-it if every operation ran as fast as sgemm's.
+state's size; prefill's rate in GFLOP/s (6 K V per token and value head: the recurrence's multiply-adds,
+its scalar decay kept out of the state) against a 1024^3 sgemm timed in the same rounds. Forward+backward
+counts 22 K V (FWD_BWD_FLOPS: the forward's 6, the backward's recomputation 4 and its two passes 12, from
+kernels/delta_rule.h; chunks of decays under 0.8 add 2 in pass 2, which these inputs' decays, about 0.98, make
+a quarter of them), and its bound is the chunked PyTorch form's time over that arithmetic at the sgemm rate:
+the most our recurrence could gain over it if every operation ran as fast as sgemm's.
 
     .venv/bin/python benchmarks/bench_delta_rule.py [--full] [--threads 1 2]
 
@@ -116,7 +117,7 @@ def expand_heads(args, H, HV):
     return [q, k] + list(args[2:])
 
 
-FWD_FLOPS, FWD_BWD_FLOPS = 7, 29  # per token, value head and state element (K V)
+FWD_FLOPS, FWD_BWD_FLOPS = 6, 22  # per token, value head and state element (K V)
 
 
 SGEMM = "sgemm 1024^3"
