@@ -54,7 +54,9 @@ def gated_delta_rule(q: Tensor, k: Tensor, v: Tensor, g: Optional[Tensor], beta:
     Returns:
         (o, final_state): o (B, T, HV, V); final_state (N, HV, K, V) when ``output_final_state``, else None.
         A call with T = 1 and the carried state is the streaming decode step; calls over consecutive chunks
-        carrying the state equal one call over the whole sequence.
+        carrying the state equal one call over the whole sequence (to rounding with a scalar gate, whose
+        decay the op keeps out of the state between the points where it multiplies it in; bit for bit
+        with per-key decays or none).
 
     Example::
 

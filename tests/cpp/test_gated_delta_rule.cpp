@@ -46,15 +46,16 @@ TEST(GatedDeltaRule, ForwardAndBackwardMatchReference) {
   auto g = torch::autograd::grad({(o * wo).sum() + (s * ws).sum()}, xs);
   auto rg = torch::autograd::grad({(ro * wo).sum() + (rs * ws).sum()}, xs);
   for (size_t i = 0; i < g.size(); ++i) EXPECT_TRUE(torch::allclose(g[i], rg[i], 1e-10, 1e-10)) << "gradient " << i;
-  // Two calls with the carried state equal one.
+  // Two calls with the carried state equal one, to rounding: a scalar decay is kept out of the state as a
+  // running factor, multiplied in at the end of each call (bit for bit with per-key decays or none).
   auto part = [&](int64_t a, int64_t b, const Tensor& state) {
     return torch_rnn_ext::gated_delta_rule(xs[0].slice(1, a, b), xs[1].slice(1, a, b), xs[2].slice(1, a, b),
                                            xs[3].slice(1, a, b), xs[4].slice(1, a, b), 0.4, state);
   };
   auto [o1, s1] = part(0, 33, xs[5]);
   auto [o2, s2] = part(33, T, s1);
-  EXPECT_TRUE(torch::equal(torch::cat({o1, o2}, 1), o));
-  EXPECT_TRUE(torch::equal(s2, s));
+  EXPECT_TRUE(torch::allclose(torch::cat({o1, o2}, 1), o, 1e-13, 1e-13));
+  EXPECT_TRUE(torch::allclose(s2, s, 1e-13, 1e-13));
 }
 
 using torch_rnn_ext_test::expect_error;
