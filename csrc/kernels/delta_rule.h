@@ -30,21 +30,36 @@ namespace delta {
 
 constexpr int64_t W = kDeltaWidth;
 
-// A panel row is kRowVecs 32-byte vectors (Vec<T>, GCC vector extensions: the same lane arithmetic in
-// every build). Row sums run in four accumulators (rows i % 4) combined as (0 + 1) + (2 + 3); a dot of two
-// rows is their vectors' products added in order, whose lanes are summed four rows at a time by sum4's
-// fixed tree.
+// A panel row is kRowVecs vectors of kRowBytes (GCC vector extensions: one 64-byte vector per float row
+// in the avx512 build, 32-byte ones elsewhere). Everything done to a row is lane by lane, so the vectors'
+// width never changes a result. Row sums run in four accumulators (rows i % 4) combined as
+// (0 + 1) + (2 + 3).
+#if defined(__AVX512F__)
+constexpr int kRowBytes = 64;
+#else
+constexpr int kRowBytes = 32;
+#endif
 template <typename T>
-constexpr int kRowVecs = static_cast<int>(W / Tile<T>::kLanes);
-static_assert(W % 8 == 0, "a panel row is whole vectors of float and of double");
+struct RowVecOf {
+  typedef T type __attribute__((vector_size(kRowBytes)));
+  // Loads and stores typed as vectors of T (not memcpy, whose char access may alias anything and so makes
+  // the compiler reload every pointer after a store), at T's alignment.
+  typedef T unaligned __attribute__((vector_size(kRowBytes), aligned(sizeof(T))));
+};
+template <typename T>
+using RowVec = typename RowVecOf<T>::type;
+template <typename T>
+constexpr int kRowLanes = static_cast<int>(kRowBytes / sizeof(T));
+template <typename T>
+constexpr int kRowVecs = static_cast<int>(W / kRowLanes<T>);
+static_assert(W % (64 / sizeof(float)) == 0, "a panel row is whole 64-byte vectors of float and of double");
 
 template <typename T>
 struct Row {
-  Vec<T> v[kRowVecs<T>];
+  RowVec<T> v[kRowVecs<T>];
 };
 
-// Loads and stores typed as vectors of T (not memcpy, whose char access may alias anything and so makes
-// the compiler reload every pointer after a store), at T's alignment.
+// 32-byte vectors (Vec<T>, the backward's) loaded and stored the same way.
 template <typename T>
 struct UnalignedVecOf {
   typedef T type __attribute__((vector_size(32), aligned(sizeof(T))));
@@ -52,22 +67,22 @@ struct UnalignedVecOf {
 
 template <typename T>
 inline Row<T> load_row(const T* p) {
-  using U = typename UnalignedVecOf<T>::type;
+  using U = typename RowVecOf<T>::unaligned;
   Row<T> r;
-  for (int n = 0; n < kRowVecs<T>; ++n) r.v[n] = *reinterpret_cast<const U*>(p + n * Tile<T>::kLanes);
+  for (int n = 0; n < kRowVecs<T>; ++n) r.v[n] = *reinterpret_cast<const U*>(p + n * kRowLanes<T>);
   return r;
 }
 
 template <typename T>
 inline void store_row(T* p, const Row<T>& r) {
-  using U = typename UnalignedVecOf<T>::type;
-  for (int n = 0; n < kRowVecs<T>; ++n) *reinterpret_cast<U*>(p + n * Tile<T>::kLanes) = r.v[n];
+  using U = typename RowVecOf<T>::unaligned;
+  for (int n = 0; n < kRowVecs<T>; ++n) *reinterpret_cast<U*>(p + n * kRowLanes<T>) = r.v[n];
 }
 
 template <typename T>
 inline Row<T> zero_row() {
   Row<T> r;
-  for (auto& v : r.v) v = Vec<T>{};
+  for (auto& v : r.v) v = RowVec<T>{};
   return r;
 }
 
@@ -397,7 +412,6 @@ inline void backward_step(const DeltaPanel<T>& p, int64_t t, const StepRows<T>& 
   }
   T *dqa = acc, *dka = acc + Kp, *dga = acc + 2 * Kp;
   if (t > 0) {  // the next (earlier) step's rows, while this one runs
-    if (go != nullptr) __builtin_prefetch(go - o_stride, 0, 3);
     __builtin_prefetch(v - p.v_stride, 0, 3);
     const T *kn = p.k + (t - 1) * p.qk_stride, *qn = p.q + (t - 1) * p.qk_stride;
     T *dqn = g.dq + (t - 1) * g.dqk_stride, *dkn = g.dk + (t - 1) * g.dqk_stride;
@@ -540,6 +554,9 @@ inline T end_state_dot(const DeltaPanel<T>& p, int64_t t, const StepRows<T>& r, 
 
 }  // namespace delta
 
+// How many steps ahead the time loops ask for a step's strided lines of v, o and their gradients.
+constexpr int64_t kAhead = 8;
+
 template <typename T>
 void delta_rule_forward_kernel(const DeltaPanel<T>& p, const DeltaStates<T>& s, T* last, T* o, int64_t o_stride,
                                T* workspace) {
@@ -551,6 +568,12 @@ void delta_rule_forward_kernel(const DeltaPanel<T>& p, const DeltaStates<T>& s, 
   if (!read_init) delta::load_state(s.init, s.row_stride, p, S);
   T f = s.factor != nullptr ? *s.factor : T(1);
   for (int64_t t = 0; t < p.steps; ++t) {
+    // A step's v and o are one line each per panel, a head's row of them apart, each touched once: ask
+    // for them a few steps ahead (the hardware's prefetchers do not follow such strides).
+    if (t + kAhead < p.steps) {
+      __builtin_prefetch(p.v + (t + kAhead) * p.v_stride, 0, 3);
+      __builtin_prefetch(o + (t + kAhead) * o_stride, 1, 3);
+    }
     const int64_t global = p.t0 + t;
     if (s.checkpoints != nullptr && global % kChunk == 0)
       delta::store_state(S, p, s.checkpoints + (global / kChunk) * s.chunk_stride, s.row_stride, f);
@@ -581,6 +604,8 @@ void delta_rule_backward_kernel(const DeltaPanel<T>& p, const DeltaStates<T>& s,
     using delta::Decays;
     const Decays multiplied = p.per_key ? Decays::kRows : Decays::kScalar;
     T w[2][delta::W], factor[kChunk];
+    // The chunk's lines of v (one per panel and step, a head's row apart) a few steps ahead, as the forward.
+    for (int64_t t = 0; t < std::min(kAhead, steps); ++t) __builtin_prefetch(p.v + t * p.v_stride, 0, 3);
     delta::StepRows<T> prev = delta::step_rows(p, 0, Kp, rows);
     factor[0] = T(1);
     delta::with_decays(multiplied, [&](auto d) {
@@ -591,6 +616,7 @@ void delta_rule_backward_kernel(const DeltaPanel<T>& p, const DeltaStates<T>& s,
     // The next call's state rows, a few per step (it would wait on memory for them otherwise).
     const int64_t rows_per_step = s.next != nullptr && steps > 1 ? (p.K + steps - 2) / (steps - 1) : 0;
     for (int64_t t = 1; t < steps; ++t) {
+      if (t + kAhead - 1 < steps) __builtin_prefetch(p.v + (t + kAhead - 1) * p.v_stride, 0, 3);
       for (int64_t i = (t - 1) * rows_per_step; i < std::min(p.K, t * rows_per_step); ++i) {
         __builtin_prefetch(s.next + i * s.row_stride, 0, 2);
         __builtin_prefetch(s.next + i * s.row_stride + delta::W - 1, 0, 2);
@@ -620,8 +646,15 @@ void delta_rule_backward_kernel(const DeltaPanel<T>& p, const DeltaStates<T>& s,
       end_dot = delta::end_state_dot(p, steps - 1, delta::step_rows(p, steps - 1, Kp, rows), Kp,
                                      decayed + (steps - 1) * WK, factor[steps - 1], projected + (steps - 1) * delta::W,
                                      dS);
+    // grad_o's and dv's lines, also one per panel and step, ahead of the reverse walk.
+    const auto ask_gradients = [&](int64_t t) {
+      if (grad_o != nullptr) __builtin_prefetch(grad_o + t * o_stride, 0, 3);
+      __builtin_prefetch(g.dv + t * g.dv_stride, 1, 3);
+    };
+    for (int64_t t = steps - 1; t >= std::max<int64_t>(steps - kAhead, 0); --t) ask_gradients(t);
     T e = T(1);
     for (int64_t t = steps - 1; t >= 0; --t) {
+      if (t >= kAhead) ask_gradients(t - kAhead);
       const delta::StepRows<T> r = delta::step_rows(p, t, Kp, rows);
       const T next = p.per_key ? T(1) : e * delta::scalar_decay(p, t);
       const bool keep = !p.per_key && (t > 0 || next == T(1)) && delta::keeps_factor(next);
