@@ -6,11 +6,12 @@
 //
 // Per step: pass 1 accumulates p = S'^T k (decaying each row only where the decay is per key or the
 // running factor that keeps a scalar decay out of the state leaves its bounds); pass 2 adds k u^T and
-// accumulates o = S^T (scale q). Rows are explicit 32-byte vectors; sums over rows run in four accumulators combined in
-// a fixed order: the same bits for any thread count, and in the avx2 and avx512 builds. Backward holds the
-// panel transposed (a column per contiguous run of K values), recomputes a chunk's states from the one
-// saved before it and walks the chunk in reverse; its sums over rows are vector multiply-adds across the
-// panel's columns, and its few sums across lanes run through sum4's fixed shuffle tree.
+// accumulates o = S^T (scale q). Rows are explicit vectors; sums over rows run in four accumulators
+// combined in a fixed order: the same bits for any thread count, and in the avx2 and avx512 builds.
+// Backward holds the panel transposed (a column per contiguous run of K values), recomputes a chunk's
+// states from the one saved before it and walks the chunk in reverse; its sums over rows are vector
+// multiply-adds across the panel's columns, and its few sums across lanes run in two chains and then
+// through sum4's fixed shuffle tree.
 //
 // Included by capability-specific translation units (scans_instances.h): everything lives in the
 // capability namespace TRE_CPU_CAPABILITY.
@@ -18,6 +19,7 @@
 #include <cstdint>
 #include <cstring>
 #include <type_traits>
+#include <utility>
 
 #include "kernels/scans.h"       // DeltaPanel, kChunk
 #include "kernels/small_gemm.h"  // Vec, sum4
@@ -32,8 +34,7 @@ constexpr int64_t W = kDeltaWidth;
 
 // A panel row is kRowVecs vectors of kRowBytes (GCC vector extensions: one 64-byte vector per float row
 // in the avx512 build, 32-byte ones elsewhere). Everything done to a row is lane by lane, so the vectors'
-// width never changes a result. Row sums run in four accumulators (rows i % 4) combined as
-// (0 + 1) + (2 + 3).
+// width never changes a result.
 #if defined(__AVX512F__)
 constexpr int kRowBytes = 64;
 #else
@@ -57,12 +58,6 @@ static_assert(W % (64 / sizeof(float)) == 0, "a panel row is whole 64-byte vecto
 template <typename T>
 struct Row {
   RowVec<T> v[kRowVecs<T>];
-};
-
-// 32-byte vectors (Vec<T>, the backward's) loaded and stored the same way.
-template <typename T>
-struct UnalignedVecOf {
-  typedef T type __attribute__((vector_size(32), aligned(sizeof(T))));
 };
 
 template <typename T>
@@ -104,7 +99,9 @@ inline void add_scaled(Row<T>& acc, T a, const Row<T>& x) {
   for (int n = 0; n < kRowVecs<T>; ++n) acc.v[n] += a * x.v[n];
 }
 
-// Four row accumulators combined as (0 + 1) + (2 + 3).
+// Row sums run in kRowAccs accumulators (rows i % kRowAccs), combined as (0 + 1) + (2 + 3). (Eight
+// accumulators, for shorter chains of multiply-adds, measured slower.)
+constexpr int kRowAccs = 4;
 template <typename T>
 inline Row<T> combine(const Row<T>* acc) {
   Row<T> r;
@@ -146,16 +143,17 @@ inline Row<T> load_padded(const T* src, int64_t width) {
 }
 
 // Pass 1 on the state S before step t (rows at S + i * ld): returns p = (a S)^T k (kDecay; else S^T k);
-// with kWrite, a S (or S) goes to the panel buffer Sp (which may be S). Four rows per iteration, one
+// with kWrite, a S (or S) goes to the panel buffer Sp (which may be S). kRowAccs rows per iteration, one
 // accumulator each (the tail's rows go to the first ones).
 template <bool kWrite, bool kDecay, typename T>
 inline Row<T> decay_and_project(int64_t K, const Decay<T>& a, const T* __restrict k, const T* S, T* Sp,
                                 int64_t ld = W) {
-  Row<T> acc[4] = {zero_row<T>(), zero_row<T>(), zero_row<T>(), zero_row<T>()};
+  Row<T> acc[kRowAccs];
+  for (auto& x : acc) x = zero_row<T>();
   int64_t i = 0;
-  for (; i + 4 <= K; i += 4) {
+  for (; i + kRowAccs <= K; i += kRowAccs) {
 #pragma GCC unroll 4
-    for (int r = 0; r < 4; ++r) {
+    for (int r = 0; r < kRowAccs; ++r) {
       // Rows of a state read in place (ld > W) are a line apart: ask for the next panel's line of the row
       // (to the L2 cache) while this one's is waited for. A hint only: it never faults.
       if (ld != W) __builtin_prefetch(S + (i + r) * ld + W, 0, 2);
@@ -165,7 +163,7 @@ inline Row<T> decay_and_project(int64_t K, const Decay<T>& a, const T* __restric
     }
   }
 #pragma GCC unroll 3
-  for (int r = 0; r < 3; ++r) {
+  for (int r = 0; r < kRowAccs - 1; ++r) {
     if (i + r >= K) break;
     const Row<T> sp = kDecay ? scale_row(a[i + r], load_row(S + (i + r) * ld)) : load_row(S + (i + r) * ld);
     add_scaled(acc[r], k[i + r], sp);
@@ -201,11 +199,12 @@ inline void forward_step(const DeltaPanel<T>& p, int64_t t, T* S, T& f, bool set
   }
   f = keep ? next : T(1);
   const Row<T> u = scale_row(beta / f, axpby(T(1), v, T(-1), pr));  // beta (v - p) / f
-  Row<T> acc[4] = {zero_row<T>(), zero_row<T>(), zero_row<T>(), zero_row<T>()};
+  Row<T> acc[kRowAccs];
+  for (auto& x : acc) x = zero_row<T>();
   int64_t i = 0;
-  for (; i + 4 <= K; i += 4) {
+  for (; i + kRowAccs <= K; i += kRowAccs) {
 #pragma GCC unroll 4
-    for (int r = 0; r < 4; ++r) {
+    for (int r = 0; r < kRowAccs; ++r) {
       Row<T> row = load_row(S + (i + r) * W);
       add_scaled(row, k[i + r], u);
       if (also) {  // the last step of a stream: its state goes out only
@@ -218,7 +217,7 @@ inline void forward_step(const DeltaPanel<T>& p, int64_t t, T* S, T& f, bool set
     }
   }
 #pragma GCC unroll 3
-  for (int r = 0; r < 3; ++r) {
+  for (int r = 0; r < kRowAccs - 1; ++r) {
     if (i + r >= K) break;
     Row<T> row = load_row(S + (i + r) * W);
     add_scaled(row, k[i + r], u);
@@ -258,37 +257,59 @@ inline void store_state(const T* S, const DeltaPanel<T>& p, T* dst, int64_t row_
 // arithmetic in this layout, but sums p's rows in another order (lanes, then a tree): its states can differ
 // from the forward's in their last bits, and the gradients are those of the recomputed steps.
 
-// Rows go kBlocks vectors at a time across every column (their accumulators in registers: 32 vector
-// registers in the avx512 build, 16 in the others). No sum depends on kBlocks: every build gives the same
-// bits.
-#if defined(__AVX512F__)
-constexpr int kBlocks = 4;
-#else
+// The backward's vectors are the rows' (RowVec: 64 bytes in the avx512 build, 32 elsewhere), running
+// down a column's key rows. Rows go kBlocks vectors at a time across every column (their accumulators in
+// registers). A sum across rows runs in two chains, the 32-byte blocks of rows at
+// even and at odd positions, added at the end and then across their lanes by sum4's fixed tree: a 64-byte
+// vector's halves are the two chains (kChains = 1 accumulator), two 32-byte accumulators are (kChains = 2).
+// No sum depends on the vectors' width or on kBlocks: the avx2 and avx512 builds give the same bits.
+constexpr int kChains = kRowBytes == 64 ? 1 : 2;
 constexpr int kBlocks = 2;
-#endif
-static_assert(kDeltaRowPad % (4 * 8) == 0, "transposed columns are whole groups of four vectors");
+static_assert(kDeltaRowPad % (kBlocks * 64 / sizeof(float)) == 0, "transposed columns are whole row blocks");
 
 template <typename T>
-inline Vec<T> vec_at(const T* p) {
-  return *reinterpret_cast<const typename UnalignedVecOf<T>::type*>(p);
+inline RowVec<T> vec_at(const T* p) {
+  return *reinterpret_cast<const typename RowVecOf<T>::unaligned*>(p);
 }
 template <typename T>
-inline void vec_store(T* p, const Vec<T>& x) {
-  *reinterpret_cast<typename UnalignedVecOf<T>::type*>(p) = x;
+inline void vec_store(T* p, const RowVec<T>& x) {
+  *reinterpret_cast<typename RowVecOf<T>::unaligned*>(p) = x;
 }
 // x in every lane (one broadcast: a loop over the lanes compiles to a chain of inserts).
+template <typename T, size_t... I>
+inline RowVec<T> splat_lanes(T x, std::index_sequence<I...>) {
+  return RowVec<T>{((void)I, x)...};
+}
 template <typename T>
-inline Vec<T> splat(T x) {
-  if constexpr (Tile<T>::kLanes == 8)
-    return Vec<T>{x, x, x, x, x, x, x, x};
-  else
-    return Vec<T>{x, x, x, x};
+inline RowVec<T> splat(T x) {
+  return splat_lanes(x, std::make_index_sequence<kRowLanes<T>>{});
 }
 
 // n vectors of x, one after the other.
 template <int n, typename T>
-inline void load_block(const T* x, Vec<T>* out) {
-  for (int b = 0; b < n; ++b) out[b] = vec_at(x + b * Tile<T>::kLanes);
+inline void load_block(const T* x, RowVec<T>* out) {
+  for (int b = 0; b < n; ++b) out[b] = vec_at(x + b * kRowLanes<T>);
+}
+
+// A sum's kChains accumulators as one 32-byte vector: the even chain plus the odd one.
+template <typename V>
+inline auto join_chains(const V* c) {
+  using T = std::decay_t<decltype(c[0][0])>;
+  if constexpr (kChains == 2) {
+    return Vec<T>(c[0] + c[1]);
+  } else {
+    Vec<T> even, odd;
+    std::memcpy(&even, &c[0], sizeof(even));
+    std::memcpy(&odd, reinterpret_cast<const char*>(&c[0]) + sizeof(even), sizeof(odd));
+    return even + odd;
+  }
+}
+// The dot of two columns of Kp values, in chains.
+template <typename T>
+inline void dot_chains(const T* x, const T* y, int64_t Kp, RowVec<T>* c) {
+  constexpr int64_t L = kRowLanes<T>;
+  for (int64_t i = 0; i < Kp; i += kChains * L)
+    for (int h = 0; h < kChains; ++h) c[h] += vec_at(x + i + h * L) * vec_at(y + i + h * L);
 }
 
 // Step t's k, q and per-key decays as Kp values each: zero, zero and one past K (a: nullptr for a scalar
@@ -357,23 +378,28 @@ inline void store_columns(const T* C, const DeltaPanel<T>& p, int64_t Kp, T* dst
 template <bool kUpdate, Decays kDecay, typename T>
 inline void recompute_step(const DeltaPanel<T>& p, int64_t t, const StepRows<T>& r, const T* kprev, const T* wprev,
                            int64_t Kp, const T* prev, T m, T f, T* Sp, T* pr, T* w) {
-  constexpr int64_t L = Tile<T>::kLanes;
-  const Vec<T> mv = splat(m);
+  constexpr int64_t L = kRowLanes<T>;
+  using V = RowVec<T>;
+  const V mv = splat(m);
   for (int64_t j0 = 0; j0 < W; j0 += 4) {
-    Vec<T> acc[4] = {Vec<T>{}, Vec<T>{}, Vec<T>{}, Vec<T>{}}, up[4];
-    for (int c = 0; c < 4; ++c) up[c] = kUpdate ? splat(wprev[j0 + c]) : Vec<T>{};
-    for (int64_t i = 0; i < Kp; i += L) {
-      const Vec<T> kv = vec_at(r.k + i), kp = kUpdate ? vec_at(kprev + i) : Vec<T>{};
-      const Vec<T> av = kDecay == Decays::kRows ? vec_at(r.a + i) : mv;
+    V acc[4][kChains] = {}, up[4];
+    for (int c = 0; c < 4; ++c) up[c] = kUpdate ? splat(wprev[j0 + c]) : V{};
+    for (int64_t i0 = 0; i0 < Kp; i0 += kChains * L) {
+#pragma GCC unroll 2
+      for (int h = 0; h < kChains; ++h) {
+        const int64_t i = i0 + h * L;
+        const V kv = vec_at(r.k + i), kp = kUpdate ? vec_at(kprev + i) : V{};
+        const V av = kDecay == Decays::kRows ? vec_at(r.a + i) : mv;
 #pragma GCC unroll 4
-      for (int c = 0; c < 4; ++c) {
-        const Vec<T> s = kUpdate ? vec_at(prev + (j0 + c) * Kp + i) + up[c] * kp : vec_at(prev + (j0 + c) * Kp + i);
-        const Vec<T> x = kDecay == Decays::kKept ? s : av * s;
-        vec_store(Sp + (j0 + c) * Kp + i, x);
-        acc[c] += kv * x;
+        for (int c = 0; c < 4; ++c) {
+          const V s = kUpdate ? vec_at(prev + (j0 + c) * Kp + i) + up[c] * kp : vec_at(prev + (j0 + c) * Kp + i);
+          const V x = kDecay == Decays::kKept ? s : av * s;
+          vec_store(Sp + (j0 + c) * Kp + i, x);
+          acc[c][h] += kv * x;
+        }
       }
     }
-    sum4(acc[0], acc[1], acc[2], acc[3], pr + j0);
+    sum4(join_chains(acc[0]), join_chains(acc[1]), join_chains(acc[2]), join_chains(acc[3]), pr + j0);
   }
   const T beta = p.beta[t * p.beta_stride];
   const T* v = p.v + t * p.v_stride;
@@ -398,7 +424,8 @@ template <Decays kDecay, bool kStateSum, typename T>
 inline void backward_step(const DeltaPanel<T>& p, int64_t t, const StepRows<T>& r, int64_t Kp, const T* Sp, T f,
                           const T* pr, T* dS, T e, T m, const T* grad_o, int64_t o_stride, int64_t o_col_stride,
                           const DeltaGrads<T>& g, T* __restrict acc, T* dG) {
-  constexpr int64_t L = Tile<T>::kLanes, B = kBlocks;
+  constexpr int64_t L = kRowLanes<T>, B = kBlocks;
+  using V = RowVec<T>;
   const T scale = p.scale, beta = p.beta[t * p.beta_stride];
   const T* v = p.v + t * p.v_stride;
   const T* go = grad_o != nullptr ? grad_o + t * o_stride : nullptr;
@@ -425,33 +452,30 @@ inline void backward_step(const DeltaPanel<T>& p, int64_t t, const StepRows<T>& 
 
   // Pass 1, through o_t = S_t^T (scale q) and S_t = S' + k u^T: dS += (scale q) go^T; dq = S_t go =
   // f Y go + k (u . go), dk = dS u, du = dS^T k (dS = e X: e goes into the scalars).
-  // du in two accumulators per column (even and odd row vectors: the same rows in every build), so that a
-  // column's multiply-adds are two short chains.
-  Vec<T> du_lanes[2][W];
-  for (auto& x : du_lanes[0]) x = Vec<T>{};
-  for (auto& x : du_lanes[1]) x = Vec<T>{};
+  // du per column in its two chains (kChains accumulators).
+  V du_lanes[W][kChains] = {};
   for (int64_t i0 = 0; i0 < Kp; i0 += B * L) {
-    Vec<T> kv[B], qv[B], aq[B] = {}, ak[B] = {};
+    V kv[B], qv[B], aq[B] = {}, ak[B] = {};
     load_block<B>(r.k + i0, kv);
     load_block<B>(r.q + i0, qv);
     for (int64_t j = 0; j < W; ++j) {
-      const Vec<T> uj = splat(ue[j]), goj = splat(gj[j]), sgoj = splat(sgj[j]);
+      const V uj = splat(ue[j]), goj = splat(gj[j]), sgoj = splat(sgj[j]);
       const T* sp = Sp + j * Kp + i0;
       T* d = dS + j * Kp + i0;
-      Vec<T> du[2] = {du_lanes[0][j], du_lanes[1][j]};
+      V du[kChains];
+      for (int h = 0; h < kChains; ++h) du[h] = du_lanes[j][h];
       // The next row block's lines of S' (from L2: the chunk's states do not fit in L1).
       __builtin_prefetch(sp + B * L, 0, 3);
       __builtin_prefetch(sp + B * L + 64 / sizeof(T), 0, 3);
 #pragma GCC unroll 4
       for (int b = 0; b < B; ++b) {
-        const Vec<T> dd = vec_at(d + b * L) + sgoj * qv[b];
+        const V dd = vec_at(d + b * L) + sgoj * qv[b];
         vec_store(d + b * L, dd);
         aq[b] += goj * vec_at(sp + b * L);
         ak[b] += uj * dd;
-        du[b % 2] += kv[b] * dd;
+        du[b % kChains] += kv[b] * dd;
       }
-      du_lanes[0][j] = du[0];
-      du_lanes[1][j] = du[1];
+      for (int h = 0; h < kChains; ++h) du_lanes[j][h] = du[h];
     }
     for (int b = 0; b < B; ++b) {
       vec_store(dqa + i0 + b * L, aq[b]);
@@ -459,9 +483,9 @@ inline void backward_step(const DeltaPanel<T>& p, int64_t t, const StepRows<T>& 
     }
   }
   T du[W], dp[W];
-  for (int64_t j = 0; j < W; ++j) du_lanes[0][j] += du_lanes[1][j];
   for (int64_t j0 = 0; j0 < W; j0 += 4)
-    sum4(du_lanes[0][j0], du_lanes[0][j0 + 1], du_lanes[0][j0 + 2], du_lanes[0][j0 + 3], du + j0);
+    sum4(join_chains(du_lanes[j0]), join_chains(du_lanes[j0 + 1]), join_chains(du_lanes[j0 + 2]),
+         join_chains(du_lanes[j0 + 3]), du + j0);
   T dbeta = T(0), dpe[W], dpf[W];
   for (int64_t j = 0; j < W; ++j) {
     du[j] *= e;
@@ -482,20 +506,20 @@ inline void backward_step(const DeltaPanel<T>& p, int64_t t, const StepRows<T>& 
   // da = (S' . dS') per row, dS = a dS' (kept out of X as e a_t, or multiplied in).
   constexpr bool kRowGate = kDecay == Decays::kRows;
   constexpr bool kSums = kStateSum || kRowGate;  // per-key decays' gradients are always sums over the state
-  Vec<T> dg_lanes = Vec<T>{};
-  const Vec<T> mv = splat(m);
+  V dg_lanes[kChains] = {};
+  const V mv = splat(m);
   for (int64_t i0 = 0; i0 < Kp; i0 += B * L) {
-    Vec<T> kv[B], av[B], ak[B] = {}, ag[B] = {};
+    V kv[B], av[B], ak[B] = {}, ag[B] = {};
     load_block<B>(r.k + i0, kv);
     if (kDecay == Decays::kRows) load_block<B>(r.a + i0, av);
     for (int64_t j = 0; j < W; ++j) {
-      const Vec<T> dpj = splat(dpe[j]), dfj = splat(dpf[j]);
+      const V dpj = splat(dpe[j]), dfj = splat(dpf[j]);
       const T* sp = Sp + j * Kp + i0;
       T* d = dS + j * Kp + i0;
 #pragma GCC unroll 4
       for (int b = 0; b < B; ++b) {
-        const Vec<T> s = vec_at(sp + b * L);
-        const Vec<T> dsp = vec_at(d + b * L) + dpj * kv[b];
+        const V s = vec_at(sp + b * L);
+        const V dsp = vec_at(d + b * L) + dpj * kv[b];
         ak[b] += dfj * s;
         if (kSums) ag[b] += s * dsp;
         vec_store(d + b * L, kDecay == Decays::kKept ? dsp : kDecay == Decays::kScalar ? mv * dsp : av[b] * dsp);
@@ -504,7 +528,7 @@ inline void backward_step(const DeltaPanel<T>& p, int64_t t, const StepRows<T>& 
     for (int b = 0; b < B; ++b) {
       vec_store(dka + i0 + b * L, vec_at(dka + i0 + b * L) + ak[b]);
       if (kRowGate) vec_store(dga + i0 + b * L, ag[b]);
-      if (kSums && !kRowGate) dg_lanes += ag[b];
+      if (kSums && !kRowGate) dg_lanes[b % kChains] += ag[b];
     }
   }
   T* dq = g.dq + t * g.dqk_stride;
@@ -523,12 +547,12 @@ inline void backward_step(const DeltaPanel<T>& p, int64_t t, const StepRows<T>& 
   if (kRowGate) {
     for (int64_t i = 0; i < p.K; ++i) dg[i] += dga[i];
   } else if (kSums) {
-    sum4(dg_lanes, Vec<T>{}, Vec<T>{}, Vec<T>{}, s);
+    sum4(join_chains(dg_lanes), Vec<T>{}, Vec<T>{}, Vec<T>{}, s);
     dg[0] += f * e * s[0];
   } else {
-    Vec<T> qdq = Vec<T>{};
-    for (int64_t i = 0; i < Kp; i += L) qdq += vec_at(r.q + i) * vec_at(dqa + i);
-    sum4(qdq, Vec<T>{}, Vec<T>{}, Vec<T>{}, s);
+    V qdq[kChains] = {};
+    dot_chains(r.q, dqa, Kp, qdq);
+    sum4(join_chains(qdq), Vec<T>{}, Vec<T>{}, Vec<T>{}, s);
     *dG = s[0] - vdv;
   }
 }
@@ -537,18 +561,22 @@ inline void backward_step(const DeltaPanel<T>& p, int64_t t, const StepRows<T>& 
 template <typename T>
 inline T end_state_dot(const DeltaPanel<T>& p, int64_t t, const StepRows<T>& r, int64_t Kp, const T* Y, T f,
                        const T* pr, const T* dS) {
-  constexpr int64_t L = Tile<T>::kLanes;
+  constexpr int64_t L = kRowLanes<T>;
+  using V = RowVec<T>;
   const T beta = p.beta[t * p.beta_stride];
   const T* v = p.v + t * p.v_stride;
-  const Vec<T> fv = splat(f);
-  Vec<T> acc = Vec<T>{};
+  const V fv = splat(f);
+  V acc[kChains] = {};
   for (int64_t j = 0; j < p.width; ++j) {
-    const Vec<T> uj = splat(beta * (v[j] - pr[j]));
-    for (int64_t i = 0; i < Kp; i += L)
-      acc += (fv * vec_at(Y + j * Kp + i) + uj * vec_at(r.k + i)) * vec_at(dS + j * Kp + i);
+    const V uj = splat(beta * (v[j] - pr[j]));
+    for (int64_t i0 = 0; i0 < Kp; i0 += kChains * L)
+      for (int h = 0; h < kChains; ++h) {
+        const int64_t i = i0 + h * L;
+        acc[h] += (fv * vec_at(Y + j * Kp + i) + uj * vec_at(r.k + i)) * vec_at(dS + j * Kp + i);
+      }
   }
   T s[4];
-  sum4(acc, Vec<T>{}, Vec<T>{}, Vec<T>{}, s);
+  sum4(join_chains(acc), Vec<T>{}, Vec<T>{}, Vec<T>{}, s);
   return s[0];
 }
 
