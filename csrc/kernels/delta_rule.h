@@ -297,11 +297,11 @@ inline auto join_chains(const V* c) {
   using T = std::decay_t<decltype(c[0][0])>;
   if constexpr (kChains == 2) {
     return Vec<T>(c[0] + c[1]);
+  } else if constexpr (kRowLanes<T> == 16) {  // halves by shuffles, not through memory: c stays in registers
+    return Vec<T>(__builtin_shufflevector(c[0], c[0], 0, 1, 2, 3, 4, 5, 6, 7) +
+                  __builtin_shufflevector(c[0], c[0], 8, 9, 10, 11, 12, 13, 14, 15));
   } else {
-    Vec<T> even, odd;
-    std::memcpy(&even, &c[0], sizeof(even));
-    std::memcpy(&odd, reinterpret_cast<const char*>(&c[0]) + sizeof(even), sizeof(odd));
-    return even + odd;
+    return Vec<T>(__builtin_shufflevector(c[0], c[0], 0, 1, 2, 3) + __builtin_shufflevector(c[0], c[0], 4, 5, 6, 7));
   }
 }
 // The dot of two columns of Kp values, in chains.
