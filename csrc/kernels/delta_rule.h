@@ -104,6 +104,7 @@ inline void add_scaled(Row<T>& acc, T a, const Row<T>& x) {
 constexpr int kRowAccs = 4;
 template <typename T>
 inline Row<T> combine(const Row<T>* acc) {
+  static_assert(kRowAccs == 4, "combine, and the loops' unroll pragmas, are written for four accumulators");
   Row<T> r;
   for (int n = 0; n < kRowVecs<T>; ++n) r.v[n] = (acc[0].v[n] + acc[1].v[n]) + (acc[2].v[n] + acc[3].v[n]);
   return r;
