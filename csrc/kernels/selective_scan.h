@@ -198,6 +198,99 @@ inline void block_deltas(const ScanBlock<T>& p, int64_t c0, int64_t n, T* __rest
   for (int64_t i = 0; i < span; ++i) du[i] = dt[i] * u[i];
 }
 
+#if defined(__AVX2__) && defined(__FMA__)
+// The decode step (L = 1) of float states with N = 16, kDecodeLanes channels at a time in native vectors
+// (GCC vector extensions): each channel's exp(dt A), new state and products with C lane by lane as
+// scan_step computes them, and its sum over N (the 8 accumulator lanes of for_lanes, then sum_lanes' tree)
+// with the channels across the lanes: each level of the tree adds two vectors' shuffled halves, so one add
+// serves many channels instead of a horizontal sum per channel. Same bits as scan_step, in both widths.
+#if defined(__AVX512F__)
+constexpr int kDecodeLanes = 16;
+#else
+constexpr int kDecodeLanes = 8;
+#endif
+typedef float DecodeVec __attribute__((vector_size(4 * kDecodeLanes)));
+typedef float DecodeVecU __attribute__((vector_size(4 * kDecodeLanes), aligned(4)));
+typedef uint32_t DecodeBits __attribute__((vector_size(4 * kDecodeLanes)));
+constexpr int kDecodeN = 16;
+constexpr int kDecodeVecs = kDecodeN / kDecodeLanes;  // vectors per channel's state
+static_assert(kLanes == 8, "the decode step's tree is sum_lanes' for 8 accumulator lanes");
+
+inline DecodeVec decode_load(const float* p) { return *reinterpret_cast<const DecodeVecU*>(p); }
+inline void decode_store(float* p, DecodeVec v) { *reinterpret_cast<DecodeVecU*>(p) = v; }
+
+// A level of sum_lanes' tree for the groups of lanes in two vectors: each group (of g lanes, the g
+// partial sums of one channel) becomes its lower half plus its upper half; a's groups come first.
+template <int g>
+inline DecodeVec decode_halve(DecodeVec a, DecodeVec b) {
+#if defined(__AVX512F__)
+  if constexpr (g == 8)
+    return __builtin_shufflevector(a, b, 0, 1, 2, 3, 8, 9, 10, 11, 16, 17, 18, 19, 24, 25, 26, 27) +
+           __builtin_shufflevector(a, b, 4, 5, 6, 7, 12, 13, 14, 15, 20, 21, 22, 23, 28, 29, 30, 31);
+  else if constexpr (g == 4)
+    return __builtin_shufflevector(a, b, 0, 1, 4, 5, 8, 9, 12, 13, 16, 17, 20, 21, 24, 25, 28, 29) +
+           __builtin_shufflevector(a, b, 2, 3, 6, 7, 10, 11, 14, 15, 18, 19, 22, 23, 26, 27, 30, 31);
+  else
+    return __builtin_shufflevector(a, b, 0, 2, 4, 6, 8, 10, 12, 14, 16, 18, 20, 22, 24, 26, 28, 30) +
+           __builtin_shufflevector(a, b, 1, 3, 5, 7, 9, 11, 13, 15, 17, 19, 21, 23, 25, 27, 29, 31);
+#else
+  if constexpr (g == 8)
+    return __builtin_shufflevector(a, b, 0, 1, 2, 3, 8, 9, 10, 11) +
+           __builtin_shufflevector(a, b, 4, 5, 6, 7, 12, 13, 14, 15);
+  else if constexpr (g == 4)
+    return __builtin_shufflevector(a, b, 0, 1, 4, 5, 8, 9, 12, 13) +
+           __builtin_shufflevector(a, b, 2, 3, 6, 7, 10, 11, 14, 15);
+  else
+    return __builtin_shufflevector(a, b, 0, 2, 4, 6, 8, 10, 12, 14) +
+           __builtin_shufflevector(a, b, 1, 3, 5, 7, 9, 11, 13, 15);
+#endif
+}
+
+// Channels [0, kDecodeLanes) of a block piece at L = 1: s[i] = sum_n C h of channel i, its new state to
+// h + i 16 from h_in + i 16; dt, du as block_deltas gives them.
+inline void decode_channels(const ScanBlock<float>& p, int64_t c0, const float* dt, const float* du,
+                            const float* h_in, float* h, float* s) {
+  // The new state of channel i (as scan_step: exp_(dt A) hp + du B) to h and hv, its C to cv.
+  const auto step = [&](int i, DecodeVec* hv, DecodeVec* cv) {
+    const int64_t c = c0 + i;
+    const float *A = p.A + c * kDecodeN, *B = p.B + c * p.b_stride, *C = p.C + c * p.c_stride;
+    for (int v = 0; v < kDecodeVecs; ++v) {
+      const int64_t k = v * kDecodeLanes;
+      const DecodeVec a = fast_exp_vec<DecodeVec, DecodeBits>(dt[i] * decode_load(A + k));
+      hv[v] = a * decode_load(h_in + c * kDecodeN + k) + du[i] * decode_load(B + k);
+      decode_store(h + c * kDecodeN + k, hv[v]);
+      cv[v] = decode_load(C + k);
+    }
+  };
+  // acc[m]: the 8 accumulator lanes of for_lanes (state n at lane n % 8), acc += C h as scan_step adds them,
+  // of channel m (32-byte vectors) or of channels 2m and 2m + 1 (64-byte ones: lanes 0-7 and 8-15)
+  DecodeVec acc[8];
+  const DecodeVec zero = {};
+  for (int m = 0; m < 8; ++m) {
+    DecodeVec a = zero;
+#if defined(__AVX512F__)
+    DecodeVec h0[1], c0v[1], h1[1], c1v[1];
+    step(2 * m, h0, c0v);
+    step(2 * m + 1, h1, c1v);
+    a += __builtin_shufflevector(c0v[0], c1v[0], 0, 1, 2, 3, 4, 5, 6, 7, 16, 17, 18, 19, 20, 21, 22, 23) *
+         __builtin_shufflevector(h0[0], h1[0], 0, 1, 2, 3, 4, 5, 6, 7, 16, 17, 18, 19, 20, 21, 22, 23);
+    a += __builtin_shufflevector(c0v[0], c1v[0], 8, 9, 10, 11, 12, 13, 14, 15, 24, 25, 26, 27, 28, 29, 30, 31) *
+         __builtin_shufflevector(h0[0], h1[0], 8, 9, 10, 11, 12, 13, 14, 15, 24, 25, 26, 27, 28, 29, 30, 31);
+#else
+    DecodeVec hv[2], cv[2];
+    step(m, hv, cv);
+    a += cv[0] * hv[0];
+    a += cv[1] * hv[1];
+#endif
+    acc[m] = a;
+  }
+  DecodeVec b[4], c[2];
+  for (int m = 0; m < 4; ++m) b[m] = decode_halve<8>(acc[2 * m], acc[2 * m + 1]);
+  for (int m = 0; m < 2; ++m) c[m] = decode_halve<4>(b[2 * m], b[2 * m + 1]);
+  decode_store(s, decode_halve<2>(c[0], c[1]));
+}
+#endif
+
 template <int kN, typename T>
 void selective_scan_block_impl(const ScanBlock<T>& p, const T* h_in, T* h, T* out) {
   const int64_t N = kN ? kN : p.N, L = p.L;
@@ -218,7 +311,20 @@ void selective_scan_block_impl(const ScanBlock<T>& p, const T* h_in, T* h, T* ou
       }
     } else {  // one step per channel, in registers
       const T* __restrict u = p.u + c0;
-      for (int64_t i = 0; i < n; ++i) {
+      int64_t i = 0;
+#if defined(__AVX2__) && defined(__FMA__)
+      if constexpr (kN == 16 && std::is_same<T, float>::value) {
+        for (; i + kDecodeLanes <= n; i += kDecodeLanes) {
+          decode_channels(p, c0 + i, dt + i, du + i, h_in, h, y + i);
+          if (p.D) {
+            for (int j = 0; j < kDecodeLanes; ++j) y[i + j] = y[i + j] + p.D[c0 + i + j] * u[i + j];
+          } else {
+            for (int j = 0; j < kDecodeLanes; ++j) y[i + j] = y[i + j] + T(0);
+          }
+        }
+      }
+#endif
+      for (; i < n; ++i) {
         const int64_t c = c0 + i;
         const T *A = p.A + c * N, *B = p.B + c * p.b_stride, *C = p.C + c * p.c_stride;
         T s;

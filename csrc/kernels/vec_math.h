@@ -11,6 +11,10 @@
 #include <cstring>
 #include <limits>
 
+#if defined(__AVX2__)
+#include <immintrin.h>
+#endif
+
 #ifndef TRE_CPU_CAPABILITY
 #define TRE_CPU_CAPABILITY base
 #endif
@@ -40,25 +44,33 @@ inline float exp_clamp(float x) {
   return x > 88.72f ? 89.0f : x;
 }
 
-// fast_exp of an x already clamped (exp_clamp). Loops that clamp in a pass of their own use it: GCC
-// copies the clamp's compares and blends into the code after it when both are in one loop.
-inline float fast_exp_clamped(float x) {
-  // n = round(x / ln 2), r = x - n ln 2 (ln 2 split in two for precision). Adding 1.5 * 2^23 rounds to
-  // an integer, which is then the low bits of fx: no conversions, no floor correction.
-  constexpr float kShift = 12582912.0f;
-  const float fx = x * 1.44269504088896341f + kShift;
-  const float fn = fx - kShift;
-  // n in unsigned arithmetic: for a NaN x it is any bit pattern, and the shift below must not overflow.
-  const uint32_t n = as_bits(fx) - as_bits(kShift);
-  const float r = x - fn * 0.693359375f + fn * 2.12194440e-4f;
-  const float z = r * r;
-  float y = 1.9875691500e-4f;
+// The core of fast_exp on x in the clamped range, for float or a GCC vector of float (the same operations
+// lane by lane): n = round(x / ln 2), r = x - n ln 2 (ln 2 split in two for precision), returns e^r from
+// Cephes' polynomial and fx = x / ln 2 + kExpShift: adding 1.5 * 2^23 rounds to an integer, which is then
+// fx - kExpShift and the low bits of fx (no conversions, no floor correction).
+constexpr float kExpShift = 12582912.0f;
+template <typename V>
+inline V exp_core(V x, V* fx) {
+  *fx = x * 1.44269504088896341f + kExpShift;
+  const V fn = *fx - kExpShift;
+  const V r = x - fn * 0.693359375f + fn * 2.12194440e-4f;
+  const V z = r * r;
+  V y = V{} + 1.9875691500e-4f;
   y = y * r + 1.3981999507e-3f;
   y = y * r + 8.3334519073e-3f;
   y = y * r + 4.1665795894e-2f;
   y = y * r + 1.6666665459e-1f;
   y = y * r + 5.0000001201e-1f;
-  y = y * z + r + 1.0f;
+  return y * z + r + 1.0f;
+}
+
+// fast_exp of an x already clamped (exp_clamp). Loops that clamp in a pass of their own use it: GCC
+// copies the clamp's compares and blends into the code after it when both are in one loop.
+inline float fast_exp_clamped(float x) {
+  float fx;
+  const float y = exp_core(x, &fx);
+  // n in unsigned arithmetic: for a NaN x it is any bit pattern, and the shift below must not overflow.
+  const uint32_t n = as_bits(fx) - as_bits(kExpShift);
   const uint32_t bits = (n + 127u) << 23;  // 2^n
   float scale;
   std::memcpy(&scale, &bits, sizeof(scale));
@@ -68,6 +80,46 @@ inline float fast_exp_clamped(float x) {
 }
 
 inline float fast_exp(float x) { return fast_exp_clamped(exp_clamp(x)); }
+
+// fast_exp on a GCC vector V of float (U: the vector of uint32_t of its size): the same arithmetic lane by
+// lane, so the same bits, written on vectors for loops the compiler would not vectorise so (the scan's decode
+// step). The clamp is folded into the final selects: below -87.3 the result is 0 and above 88.72 inf, as
+// exp_clamp's markers make it; in (88, 88.72] e^88. A NaN stays NaN. With AVX-512, 2^n is applied by
+// vscalefps, which rounds y 2^n once as the multiply does (n is in [-126, 127] wherever the result is kept).
+template <typename V, typename U>
+inline V fast_exp_vec(V x) {
+  const V zero = {};
+  V xc;
+#if defined(__AVX2__)
+  // min(88, x) with the operands in this order gives x where x is NaN
+#if defined(__AVX512F__)
+  if constexpr (sizeof(V) == 64) {
+    xc = reinterpret_cast<V>(_mm512_maskz_min_ps(0xffff, _mm512_set1_ps(88.0f), reinterpret_cast<__m512>(x)));
+  } else
+#endif
+  {
+    static_assert(sizeof(V) == 32 || sizeof(V) == 64, "fast_exp_vec takes 32- or 64-byte vectors");
+    xc = reinterpret_cast<V>(_mm256_min_ps(_mm256_set1_ps(88.0f), reinterpret_cast<__m256>(x)));
+  }
+#else
+  xc = x > 88.0f ? zero + 88.0f : x;
+#endif
+  V fx;
+  const V y = exp_core(xc, &fx);
+#if defined(__AVX512F__)
+  if constexpr (sizeof(V) == 64) {
+    const V fn = fx - kExpShift;  // n, as exp_core has it
+    const __m512 xv = reinterpret_cast<__m512>(x);
+    const __mmask16 kept = _mm512_cmp_ps_mask(xv, _mm512_set1_ps(-87.3f), _CMP_NLT_UQ);  // NaN kept
+    const __m512 e = _mm512_maskz_scalef_ps(kept, reinterpret_cast<__m512>(y), reinterpret_cast<__m512>(fn));
+    const __mmask16 over = _mm512_cmp_ps_mask(xv, _mm512_set1_ps(88.72f), _CMP_GT_OQ);
+    return reinterpret_cast<V>(_mm512_mask_mov_ps(e, over, _mm512_set1_ps(std::numeric_limits<float>::infinity())));
+  }
+#endif
+  const U n = reinterpret_cast<U>(fx) - as_bits(kExpShift);
+  const V e = y * reinterpret_cast<V>((n + 127u) << 23);
+  return x < -87.3f ? zero : (x > 88.72f ? zero + std::numeric_limits<float>::infinity() : e);
+}
 
 // tanh as the odd rational minimax p(x)/q(x) of degrees 13/6 used by Eigen (and XLA, MLAS), on x clamped
 // to +-7.90531 where float tanh rounds to +-1: abs. error < 3e-7, no exp, one division, exact 0 at 0.

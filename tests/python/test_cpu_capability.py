@@ -47,6 +47,10 @@ for threads in (1, 2):
         y, h = tre.selective_scan(u, delta, A, B, C, D, z, bias, True, True, h0)
         (y.pow(2).sum() + h.pow(2).sum()).backward()
         results[(threads, "selective_scan", str(dt))] = [y.detach(), h.detach()] + [t.grad for t in leaves]
+        with torch.no_grad():  # a decode step (L = 1) of 37 channels: the vectorised blocks and the rest
+            y1, h1 = tre.selective_scan(u[..., :1], delta[..., :1], A * 30, B[..., :1], C[..., :1], D, z[..., :1],
+                                        bias, True, True, h0)
+        results[(threads, "selective_scan step", str(dt))] = [y1, h1]
         w, u4 = torch.randn(64, dtype=dt, requires_grad=True), torch.randn(64, dtype=dt, requires_grad=True)
         k, v = torch.randn(2, 30, 64, dtype=dt, requires_grad=True), torch.randn(2, 30, 64, dtype=dt, requires_grad=True)
         s0 = torch.randn(2, 3, 64, dtype=dt).abs_()

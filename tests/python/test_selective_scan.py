@@ -178,6 +178,30 @@ def test_step_mode_equals_full_scan(dtype, N, B_kind, C_kind, D, z, bias, softpl
     assert torch.equal(h, last)
 
 
+def test_step_mode_equals_full_scan_at_the_ends_of_exp():
+    # The decode step takes exp(delta A) in vectors of channels (N = 16, float32) with its own clamps:
+    # arguments below -87.3 (exp 0), between 88 and 88.72 (e^88), above (inf), infinite and NaN give the
+    # full scan's states bit for bit (a NaN's sign aside: compared as NaN), and its outputs
+    torch.manual_seed(3)
+    dim, N = 70, 16
+    ends = torch.tensor([-1e30, -100., -88.1, -88., -87.6, -87.31, -87.3, -87.29, -50., 0., 1., 87.9, 88.,
+                         88.3, 88.72, 88.73, 89., 1e30, math.inf, -math.inf, math.nan])
+    A = ends[torch.randint(len(ends), (dim, N))]
+    u, delta, z = torch.randn(1, dim, 2), torch.rand(1, dim, 2) + 0.5, torch.randn(1, dim, 2)
+    # the first step: exp(A) itself times the state; the second keeps it (exp(0 A) = 1, no input)
+    u[..., 0], delta[..., 0], delta[..., 1] = 0, 1, 0
+    B, C, D, h0 = torch.randn(1, N, 2), torch.randn(1, N, 2), torch.randn(dim), torch.randn(1, dim, N)
+    full, last = selective_scan(u, delta, A, B, C, D, z, return_last_state=True, initial_state=h0)
+    h = h0
+    for t in range(2):
+        y, h = selective_scan(u[..., t:t + 1], delta[..., t:t + 1], A, B[..., t:t + 1], C[..., t:t + 1], D,
+                              z[..., t:t + 1], return_last_state=True, initial_state=h)
+        torch.testing.assert_close(y[..., 0], full[..., t], rtol=0, atol=0, equal_nan=True)
+    assert torch.isinf(last).any() and torch.isnan(last).any()
+    bits = lambda x: torch.where(torch.isnan(x), math.nan, x).view(torch.int32)  # noqa: E731
+    assert torch.equal(bits(h), bits(last))
+
+
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
 @pytest.mark.parametrize("N", [16, 5])
 def test_short_pieces_equal_full_scan_bitwise(dtype, N):

@@ -115,12 +115,15 @@ struct ScanInputs {
   }
 };
 
-// Tasks: runs of consecutive channels that share their B group and their C group, at most kTaskChannels
-// long. A backward task accumulates the gradients of varying B and C for its channels in order; a short
-// scan (L <= kChunk: a streaming step, a chunk of a prefill) runs a task's channels as one block.
+// Tasks: runs of consecutive channels that share their B group and their C group, at most max_len (by
+// default kTaskChannels) long. A backward task accumulates the gradients of varying B and C for its channels
+// in order; a short scan (L <= kChunk: a streaming step, a chunk of a prefill) runs a task's channels as one
+// block, of up to kShortTaskSteps channel-steps (at least kTaskChannels channels): a decode step's per-block
+// work (its loops' set-up, the parallel task) then spreads over more channels.
 constexpr int64_t kTaskChannels = 32;
+constexpr int64_t kShortTaskSteps = 256;
 
-std::vector<std::pair<int64_t, int64_t>> channel_tasks(const ScanGeometry& g) {
+std::vector<std::pair<int64_t, int64_t>> channel_tasks(const ScanGeometry& g, int64_t max_len = kTaskChannels) {
   std::vector<int64_t> cuts;  // the channels where a group of B or of C starts
   const auto next_group = [](int64_t d, int64_t per_group) { return (d / per_group + 1) * per_group; };
   for (int64_t d = 0; d < g.dim; d = std::min(next_group(d, g.B.per_group), next_group(d, g.C.per_group)))
@@ -128,7 +131,7 @@ std::vector<std::pair<int64_t, int64_t>> channel_tasks(const ScanGeometry& g) {
   cuts.push_back(g.dim);
   std::vector<std::pair<int64_t, int64_t>> tasks;
   for (size_t i = 0; i + 1 < cuts.size(); ++i) {
-    const int64_t len = cuts[i + 1] - cuts[i], pieces = (len + kTaskChannels - 1) / kTaskChannels;
+    const int64_t len = cuts[i + 1] - cuts[i], pieces = (len + max_len - 1) / max_len;
     for (int64_t p = 0; p < pieces; ++p)
       tasks.emplace_back(cuts[i] + len * p / pieces, cuts[i] + len * (p + 1) / pieces);
   }
@@ -157,11 +160,12 @@ std::tuple<Tensor, Tensor, Tensor> forward(const Tensor& u, const Tensor& delta,
     scalar_t* op = out.data_ptr<scalar_t>();
     const scalar_t* h0p = h0.data_ptr<scalar_t>();
     if (short_scan) {  // blocks of channels (kernels::selective_scan_block)
-      const auto blocks = channel_tasks(g);
+      const int64_t task_len = std::max(kTaskChannels, kShortTaskSteps / g.L);
+      const auto blocks = channel_tasks(g, task_len);
       const int64_t nblocks = static_cast<int64_t>(blocks.size());
       // A step's state element costs about twice one of a longer scan (its exp is taken alone, and the state
       // goes through memory): weighted so, a Mamba-130M-sized step (1536 channels) runs on two threads.
-      parallel_items(g.batch * nblocks, {kTaskChannels, g.N, std::max<int64_t>(2, g.L)}, [&](int64_t item) {
+      parallel_items(g.batch * nblocks, {task_len, g.N, std::max<int64_t>(2, g.L)}, [&](int64_t item) {
         const int64_t b = item / nblocks;
         const auto& blk = blocks[item % nblocks];
         const int64_t ch = b * g.dim + blk.first;
