@@ -316,6 +316,8 @@ void selective_scan_block_impl(const ScanBlock<T>& p, const T* h_in, T* h, T* ou
       if constexpr (kN == 16 && std::is_same<T, float>::value) {
         for (; i + kDecodeLanes <= n; i += kDecodeLanes) {
           decode_channels(p, c0 + i, dt + i, du + i, h_in, h, y + i);
+          // + D u as one fused multiply-add, as the full scan's s + skip(t) is compiled (with p.D ? : inside
+          // the loop GCC keeps the product apart: other last bits)
           if (p.D) {
             for (int j = 0; j < kDecodeLanes; ++j) y[i + j] = y[i + j] + p.D[c0 + i + j] * u[i + j];
           } else {
