@@ -22,10 +22,11 @@ using Operand = torch_rnn_ext::Operand<int64_t>;
 using ScanGeometry = ScanShape<int64_t>;
 
 // B or C laid out for the kernel: constant (dim, N), or varying (batch, G, L, N), transposed from
-// (batch, G, N, L) by a loop here (ATen's copy costs a short scan more than the loop: 1-2 us each).
+// (batch, G, N, L) by a loop here (ATen's copy costs a short scan more than the loop: 1-2 us each). At
+// L = 1 (a decode step) both layouts are the same memory.
 template <typename T>
 Tensor operand_layout(const Tensor& t, const ScanGeometry& g, const Operand& o) {
-  if (!o.varying) return t.contiguous();
+  if (!o.varying || g.L == 1) return t.contiguous();
   const Tensor src = t.contiguous();
   Tensor dst = at::empty({g.batch, o.groups, g.L, g.N}, t.options());
   const T* s = src.data_ptr<T>();
