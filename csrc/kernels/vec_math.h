@@ -81,16 +81,17 @@ inline float fast_exp_clamped(float x) {
 
 inline float fast_exp(float x) { return fast_exp_clamped(exp_clamp(x)); }
 
-// fast_exp on a GCC vector V of float (U: the vector of uint32_t of its size): the same arithmetic lane by
-// lane, so the same bits, written on vectors for loops the compiler would not vectorise so (the scan's decode
-// step). The clamp is folded into the final selects: below -87.3 the result is 0 and above 88.72 inf, as
-// exp_clamp's markers make it; in (88, 88.72] e^88. A NaN stays NaN. With AVX-512, 2^n is applied by
-// vscalefps, which rounds y 2^n once as the multiply does (n is in [-126, 127] wherever the result is kept).
+#if defined(__AVX2__)
+// fast_exp on a GCC vector V of float (U: the vector of uint32_t of its size) in the AVX2 and AVX-512
+// builds: the same arithmetic lane by lane, so the same bits, written on vectors for loops the compiler
+// would not vectorise so (the scan's decode step). The clamp is folded into the final selects: below -87.3
+// the result is 0 and above 88.72 inf, as exp_clamp's markers make it; in (88, 88.72] e^88. A NaN stays
+// NaN. With AVX-512, 2^n is applied by vscalefps, which rounds y 2^n once as the multiply does (n is in
+// [-126, 127] wherever the result is kept).
 template <typename V, typename U>
 inline V fast_exp_vec(V x) {
   const V zero = {};
   V xc;
-#if defined(__AVX2__)
   // min(88, x) with the operands in this order gives x where x is NaN
 #if defined(__AVX512F__)
   if constexpr (sizeof(V) == 64) {
@@ -101,9 +102,6 @@ inline V fast_exp_vec(V x) {
     static_assert(sizeof(V) == 32 || sizeof(V) == 64, "fast_exp_vec takes 32- or 64-byte vectors");
     xc = reinterpret_cast<V>(_mm256_min_ps(_mm256_set1_ps(88.0f), reinterpret_cast<__m256>(x)));
   }
-#else
-  xc = x > 88.0f ? zero + 88.0f : x;
-#endif
   V fx;
   const V y = exp_core(xc, &fx);
 #if defined(__AVX512F__)
@@ -120,6 +118,7 @@ inline V fast_exp_vec(V x) {
   const V e = y * reinterpret_cast<V>((n + 127u) << 23);
   return x < -87.3f ? zero : (x > 88.72f ? zero + std::numeric_limits<float>::infinity() : e);
 }
+#endif
 
 // tanh as the odd rational minimax p(x)/q(x) of degrees 13/6 used by Eigen (and XLA, MLAS), on x clamped
 // to +-7.90531 where float tanh rounds to +-1: abs. error < 3e-7, no exp, one division, exact 0 at 0.
