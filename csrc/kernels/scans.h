@@ -3,6 +3,7 @@
 // the ATen binding calls these; they run the variant compiled for the best instruction set this CPU has
 // (scans.cpp; the loops are in selective_scan.h and wkv4.h).
 #include <algorithm>
+#include <cmath>
 #include <cstdint>
 
 namespace torch_rnn_ext {
@@ -36,7 +37,8 @@ struct ScanChannel {
   T delta_bias;
   bool softplus;
   bool has_D = true;  // false: no skip term (not 0 * u, which is NaN for an infinite u)
-  T skip(int64_t t) const { return has_D ? D * u[t] : T(0); }
+  // s + D u_t as one rounding (std::fma: the same bits whatever the compiler would contract), or s + 0
+  T add_skip(T s, int64_t t) const { return has_D ? std::fma(D, u[t], s) : s + T(0); }
 };
 
 // Where one channel's gradients go. gu, gdelta, gz (L) are written; gz may be nullptr (no z). gA (N),

@@ -10,6 +10,7 @@
 // Included by capability-specific translation units (scans_instances.h): everything lives in the
 // capability namespace TRE_CPU_CAPABILITY.
 #include <algorithm>
+#include <cmath>
 #include <cstdint>
 #include <cstring>
 #include <type_traits>
@@ -108,7 +109,7 @@ inline void scan_steps(const ScanChannel<T>& p, int64_t t0, int64_t n, const T* 
     const int64_t t = t0 + i;
     const T s = scan_step_from<kN>(N, du[i], abuf + i * N, p.B + t * p.b_step, p.C + t * p.c_step,
                                    i ? h + (i - 1) * N : h0, h + i * N);
-    y[i] = s + p.skip(t);
+    y[i] = p.add_skip(s, t);
   }
 }
 
@@ -119,7 +120,7 @@ inline void scan_steps_in_place(const ScanChannel<T>& p, int64_t t0, int64_t n, 
                                 T* y) {
   for (int64_t i = 0; i < n; ++i) {
     const int64_t t = t0 + i;
-    y[i] = scan_step<0>(p.N, dt[i], du[i], p.A, p.B + t * p.b_step, p.C + t * p.c_step, h, h) + p.skip(t);
+    y[i] = p.add_skip(scan_step<0>(p.N, dt[i], du[i], p.A, p.B + t * p.b_step, p.C + t * p.c_step, h, h), t);
   }
 }
 
@@ -316,10 +317,9 @@ void selective_scan_block_impl(const ScanBlock<T>& p, const T* h_in, T* h, T* ou
       if constexpr (kN == 16 && std::is_same<T, float>::value) {
         for (; i + kDecodeLanes <= n; i += kDecodeLanes) {
           decode_channels(p, c0 + i, dt + i, du + i, h_in, h, y + i);
-          // + D u as one fused multiply-add, as the full scan's s + skip(t) is compiled (with p.D ? : inside
-          // the loop GCC keeps the product apart: other last bits)
+          // + D u as ScanChannel::add_skip adds it
           if (p.D) {
-            for (int j = 0; j < kDecodeLanes; ++j) y[i + j] = y[i + j] + p.D[c0 + i + j] * u[i + j];
+            for (int j = 0; j < kDecodeLanes; ++j) y[i + j] = std::fma(p.D[c0 + i + j], u[i + j], y[i + j]);
           } else {
             for (int j = 0; j < kDecodeLanes; ++j) y[i + j] = y[i + j] + T(0);
           }
@@ -339,10 +339,9 @@ void selective_scan_block_impl(const ScanBlock<T>& p, const T* h_in, T* h, T* ou
           // exp(dt A) within the step: float32's exp_ is exp_clamped_(exp_clamp_), scan_decays' two passes
           s = scan_step<kN>(N, dt[i], du[i], A, B, C, h_in + c * N, h + c * N);
         }
-        // + ScanChannel::skip, written as scan_steps writes it (scalar, right after the step, into a buffer
-        // apart from the output): in a loop of its own, or stored to out, the compiler may fuse the
-        // multiply-add differently (seen at -O2), changing the last bit
-        y[i] = s + (p.D ? p.D[c] * u[i] : T(0));
+        // + D u as ScanChannel::add_skip adds it (one rounding, written out: left to the compiler the
+        // multiply-add was fused or not depending on the loop around it, changing the last bit)
+        y[i] = p.D ? std::fma(p.D[c], u[i], s) : s + T(0);
       }
       std::memcpy(out + c0, y, sizeof(T) * n);
     }
