@@ -20,6 +20,12 @@ inline int64_t num_chunks(int64_t L) { return (L + kChunk - 1) / kChunk; }
 //   h_t      = exp(delta'_t A) * h_{t-1} + delta'_t B_t u_t          (h, A, B_t, C_t of length N)
 //   y_t      = sum_n C_t[n] h_t[n] + D u_t;   out_t = y_t * silu(z_t) when z is given
 
+// y = s + D u, the skip term, as one rounding (std::fma: the same bits whatever the compiler would
+// contract around it), or s + 0 without one (not 0 * u, which is NaN for an infinite u). Every path that
+// adds it (full scan, short-scan blocks, decode step) calls this, so their bits agree.
+template <typename T>
+inline T plus_skip(T s, bool has_D, T D, T u) { return has_D ? std::fma(D, u, s) : s + T(0); }
+
 // One channel's inputs. u, delta, z are contiguous in time; B_t = B + t * b_step (b_step = N for
 // inputs that vary in time, laid out (L, N); 0 for a constant (N) row), likewise C.
 template <typename T>
@@ -37,8 +43,7 @@ struct ScanChannel {
   T delta_bias;
   bool softplus;
   bool has_D = true;  // false: no skip term (not 0 * u, which is NaN for an infinite u)
-  // s + D u_t as one rounding (std::fma: the same bits whatever the compiler would contract), or s + 0
-  T add_skip(T s, int64_t t) const { return has_D ? std::fma(D, u[t], s) : s + T(0); }
+  T add_skip(T s, int64_t t) const { return plus_skip(s, has_D, D, u[t]); }
 };
 
 // Where one channel's gradients go. gu, gdelta, gz (L) are written; gz may be nullptr (no z). gA (N),

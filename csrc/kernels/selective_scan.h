@@ -315,35 +315,23 @@ void selective_scan_block_impl(const ScanBlock<T>& p, const T* h_in, T* h, T* ou
       int64_t i = 0;
 #if defined(__AVX2__) && defined(__FMA__)
       if constexpr (kN == 16 && std::is_same<T, float>::value) {
-        for (; i + kDecodeLanes <= n; i += kDecodeLanes) {
-          decode_channels(p, c0 + i, dt + i, du + i, h_in, h, y + i);
-          // + D u as ScanChannel::add_skip adds it
-          if (p.D) {
-            for (int j = 0; j < kDecodeLanes; ++j) y[i + j] = std::fma(p.D[c0 + i + j], u[i + j], y[i + j]);
-          } else {
-            for (int j = 0; j < kDecodeLanes; ++j) y[i + j] = y[i + j] + T(0);
-          }
-        }
+        for (; i + kDecodeLanes <= n; i += kDecodeLanes) decode_channels(p, c0 + i, dt + i, du + i, h_in, h, y + i);
       }
 #endif
       for (; i < n; ++i) {
         const int64_t c = c0 + i;
         const T *A = p.A + c * N, *B = p.B + c * p.b_stride, *C = p.C + c * p.c_stride;
-        T s;
         if constexpr (kN > 0 && std::is_same<T, double>::value) {
           // float64 exp is libm's, whose loop in scan_decays GCC may vectorise (glibc's vector exp, other
           // bits than the scalar call): the full scan's two passes, as it runs them
           scan_decays<kN>(N, 1, dt + i, A, abuf);
-          s = scan_step_from<kN>(N, du[i], abuf, B, C, h_in + c * N, h + c * N);
+          y[i] = scan_step_from<kN>(N, du[i], abuf, B, C, h_in + c * N, h + c * N);
         } else {
           // exp(dt A) within the step: float32's exp_ is exp_clamped_(exp_clamp_), scan_decays' two passes
-          s = scan_step<kN>(N, dt[i], du[i], A, B, C, h_in + c * N, h + c * N);
+          y[i] = scan_step<kN>(N, dt[i], du[i], A, B, C, h_in + c * N, h + c * N);
         }
-        // + D u as ScanChannel::add_skip adds it (one rounding, written out: left to the compiler the
-        // multiply-add was fused or not depending on the loop around it, changing the last bit)
-        y[i] = p.D ? std::fma(p.D[c], u[i], s) : s + T(0);
       }
-      std::memcpy(out + c0, y, sizeof(T) * n);
+      for (int64_t j = 0; j < n; ++j) out[c0 + j] = plus_skip(y[j], p.D != nullptr, p.D ? p.D[c0 + j] : T(0), u[j]);
     }
     if (p.z) scan_gate(p.z + c0 * L, n * L, out + c0 * L, out + c0 * L);
   }
