@@ -28,7 +28,10 @@ def test_wheel_installs_and_runs_in_fresh_virtualenv(tmp_path):
     site = run([py, "-c", "import sysconfig; print(sysconfig.get_paths()['purelib'])"]).strip()
     with open(os.path.join(site, "parent_torch.pth"), "w") as f:
         f.write(os.path.dirname(os.path.dirname(torch.__file__)) + "\n")
-    run([py, "-m", "pip", "install", "--no-deps", "--no-index", wheel])
+    # Neither step sees this checkout: with it on PYTHONPATH, pip takes the torch_rnn_ext.egg-info that
+    # `pip wheel` leaves in it for an installed copy and installs nothing.
+    env = {k: v for k, v in os.environ.items() if k not in ("PYTHONPATH", "TORCH_RNN_EXT_LIBRARY")}
+    run([py, "-m", "pip", "install", "--no-deps", "--no-index", wheel], env=env)
     check = textwrap.dedent("""
         import torch, torch_rnn_ext
         assert "site-packages" in torch_rnn_ext.__file__, torch_rnn_ext.__file__
@@ -39,7 +42,6 @@ def test_wheel_installs_and_runs_in_fresh_virtualenv(tmp_path):
         assert torch.allclose(ours(x)[0], ref(x)[0], atol=1e-5)
         print("ok", torch_rnn_ext.LIBRARY_PATH, torch.__version__)
     """)
-    env = {k: v for k, v in os.environ.items() if k not in ("PYTHONPATH", "TORCH_RNN_EXT_LIBRARY")}
     out = run([py, "-c", check], cwd=str(tmp_path), env=env)
     assert out.startswith("ok ") and str(venv) in out
     assert out.split()[-1] == torch.__version__, out  # the wheel's library is the one for this torch
