@@ -22,6 +22,11 @@ void sgemv_(const char* t, const int* m, const int* n, const float* alpha, const
             const float* x, const int* incx, const float* beta, float* y, const int* incy);
 void dgemv_(const char* t, const int* m, const int* n, const double* alpha, const double* a, const int* lda,
             const double* x, const int* incx, const double* beta, double* y, const int* incy);
+// MKL's (torch 2.x wheels link MKL into libtorch_cpu, whose sgemm_ is then the one above): the threads
+// the calling thread's MKL calls use, 0 for the global setting; returns the previous value. Absent
+// (null) with any other BLAS. The C entry point (mkl_service.h maps mkl_set_num_threads_local to it; the
+// lower-case symbol is the Fortran one, which takes a pointer).
+int MKL_Set_Num_Threads_Local(int) __attribute__((weak));
 }
 #endif
 
@@ -126,17 +131,74 @@ int64_t packed_b_size(int64_t K, int64_t N) {
   return (N + W - 1) / W * W * K;
 }
 
+namespace {
+
+// The blocks of blas_in_blocks: at most kMaxBlocks, each of at least kOwnProductMaxMacs multiply-adds, an
+// even count when more than one (so two threads share them evenly), rows or columns a multiple of 16.
+constexpr int64_t kMaxBlocks = 8;
+
+// C = op(A) op(B) on BLAS as fixed blocks of C's rows (or of its columns, when op(B) is the larger
+// operand: each block reads all of the other one) over torch's threads, one single-threaded BLAS call
+// per block. The blocks depend on the shape alone, so every element is the sum of the same terms in
+// the same order at any thread count.
+template <typename T>
+void blas_in_blocks(bool trans_a, bool trans_b, int64_t M, int64_t N, int64_t K, const T* A, int64_t lda,
+                    const T* B, int64_t ldb, T* C, int64_t ldc, bool accumulate) {
+  const bool by_rows = M >= N;
+  const int64_t extent = by_rows ? M : N;
+  int64_t blocks = std::min<int64_t>(kMaxBlocks, M * N * K / kOwnProductMaxMacs);
+  if (blocks > 1) blocks &= ~int64_t{1};
+  blocks = std::max<int64_t>(blocks, 1);
+  const int64_t size = ((extent + blocks - 1) / blocks + 15) / 16 * 16;
+  const int64_t count = (extent + size - 1) / size;
+#ifdef TRE_HAVE_BLAS
+  for (int64_t v : {M, N, K, lda, ldb, ldc}) to_blas_int(v);  // throws here, not inside the parallel region
+#endif
+  at::parallel_for(0, count, 1, [&](int64_t b0, int64_t b1) {
+#ifdef TRE_HAVE_BLAS
+    // MKL already runs one thread inside a parallel region by default; MKL_DYNAMIC=false could change
+    // that, so say it.
+    const int previous = MKL_Set_Num_Threads_Local ? MKL_Set_Num_Threads_Local(1) : 0;
+#endif
+    for (int64_t b = b0; b < b1; ++b) {
+      const int64_t lo = b * size, n = std::min(size, extent - lo);
+      if (by_rows) {
+        gemm<T>(trans_a, trans_b, n, N, K, T(1), trans_a ? A + lo : A + lo * lda, lda, B, ldb,
+                accumulate ? T(1) : T(0), C + lo * ldc, ldc);
+      } else {
+        gemm<T>(trans_a, trans_b, M, n, K, T(1), A, lda, trans_b ? B + lo * ldb : B + lo, ldb,
+                accumulate ? T(1) : T(0), C + lo, ldc);
+      }
+    }
+#ifdef TRE_HAVE_BLAS
+    if (MKL_Set_Num_Threads_Local) MKL_Set_Num_Threads_Local(previous);
+#endif
+  });
+}
+
+}  // namespace
+
 template <typename T>
 void product(bool trans_a, bool trans_b, int64_t M, int64_t N, int64_t K, const T* A, int64_t lda, const T* B,
              int64_t ldb, T* C, int64_t ldc, bool accumulate) {
-  if (M * N * K <= kOwnProductMaxMacs || !large_products_on_blas()) {
-    TRE_CALL_BEST(packed_product<T>(trans_a, trans_b, M, N, K, A, lda, B, ldb, C, ldc, accumulate));
-  } else {
+  if (M * N * K > kOwnProductMaxMacs && large_products_on_blas()) {
     gemm<T>(trans_a, trans_b, M, N, K, T(1), A, lda, B, ldb, accumulate ? T(1) : T(0), C, ldc);
+  } else if (M * N * K > kOwnProductMaxMacs && large_products_in_blas_blocks()) {
+    blas_in_blocks<T>(trans_a, trans_b, M, N, K, A, lda, B, ldb, C, ldc, accumulate);
+  } else {
+    TRE_CALL_BEST(packed_product<T>(trans_a, trans_b, M, N, K, A, lda, B, ldb, C, ldc, accumulate));
   }
 }
 
 bool large_products_on_blas() { return gemm_uses_blas() && at::get_num_threads() == 1; }
+
+bool large_products_in_blas_blocks() {
+#ifdef TRE_HAVE_BLAS
+  return MKL_Set_Num_Threads_Local != nullptr && at::get_num_threads() > 1;
+#else
+  return false;
+#endif
+}
 
 bool gemm_uses_blas() {
 #ifdef TRE_HAVE_BLAS

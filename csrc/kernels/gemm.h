@@ -25,8 +25,15 @@ void gemm(bool trans_a, bool trans_b, int64_t M, int64_t N, int64_t K, T alpha, 
 // and at 1 thread can differ from those in the last bits where a product is larger than our sizes.
 bool large_products_on_blas();
 
+// Whether, from 2 torch threads up, those products go to BLAS after all, as fixed blocks of rows or
+// columns over torch's threads with one single-threaded BLAS call each: when the BLAS is MKL (torch 2.x's
+// wheels), which runs one thread inside a parallel region and is told so per call. The blocks depend on
+// the shape alone, so results stay bitwise identical across thread counts from 2 up. MKL at 2 threads
+// makes these products about twice as fast as packed_gemm on the Intel Xeon of docs/performance.md.
+bool large_products_in_blas_blocks();
+
 // C(M,N) = op(A) op(B) (+ C when accumulate), in the layout of gemm: the products of a layer that span
-// all timesteps. Up to kOwnProductMaxMacs multiply-adds, or at any size when !large_products_on_blas(),
+// all timesteps. Up to kOwnProductMaxMacs multiply-adds, or at any size when neither of the above holds,
 // they run on this library's packed_gemm (packed_gemm.h) over torch's threads; larger ones on BLAS.
 // At one torch thread that is our kernel on one core against OpenBLAS on all: they break even near 2^22
 // (16 x 1024 x 256: 77 us against 72 us, recurrence.h); at 2^26 OpenBLAS's two threads win (an RNN layer
