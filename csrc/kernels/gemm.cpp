@@ -181,9 +181,11 @@ void blas_in_blocks(bool trans_a, bool trans_b, int64_t M, int64_t N, int64_t K,
 template <typename T>
 void product(bool trans_a, bool trans_b, int64_t M, int64_t N, int64_t K, const T* A, int64_t lda, const T* B,
              int64_t ldb, T* C, int64_t ldc, bool accumulate) {
-  if (M * N * K > kOwnProductMaxMacs && large_products_on_blas()) {
+  if (M * N * K <= own_product_max_macs()) {
+    TRE_CALL_BEST(packed_product<T>(trans_a, trans_b, M, N, K, A, lda, B, ldb, C, ldc, accumulate));
+  } else if (large_products_on_blas()) {
     gemm<T>(trans_a, trans_b, M, N, K, T(1), A, lda, B, ldb, accumulate ? T(1) : T(0), C, ldc);
-  } else if (M * N * K > kOwnProductMaxMacs && large_products_in_blas_blocks()) {
+  } else if (products_on_mkl()) {
     blas_in_blocks<T>(trans_a, trans_b, M, N, K, A, lda, B, ldb, C, ldc, accumulate);
   } else {
     TRE_CALL_BEST(packed_product<T>(trans_a, trans_b, M, N, K, A, lda, B, ldb, C, ldc, accumulate));
@@ -192,13 +194,15 @@ void product(bool trans_a, bool trans_b, int64_t M, int64_t N, int64_t K, const 
 
 bool large_products_on_blas() { return gemm_uses_blas() && at::get_num_threads() == 1; }
 
-bool large_products_in_blas_blocks() {
+bool products_on_mkl() {
 #ifdef TRE_HAVE_BLAS
-  return MKL_Set_Num_Threads_Local != nullptr && at::get_num_threads() > 1;
+  return MKL_Set_Num_Threads_Local != nullptr;
 #else
   return false;
 #endif
 }
+
+int64_t own_product_max_macs() { return products_on_mkl() ? kOwnProductMaxMacsOnMkl : kOwnProductMaxMacs; }
 
 bool gemm_uses_blas() {
 #ifdef TRE_HAVE_BLAS

@@ -22,24 +22,34 @@ void gemm(bool trans_a, bool trans_b, int64_t M, int64_t N, int64_t K, T alpha, 
 // gradient sums, a loss), and an OpenBLAS product that starts then shares the cores with them (measured,
 // 1024^3 sgemm at 2 torch threads: 18-19 ms right after a 256K-element add_, 10.6-11.5 ms with
 // OMP_WAIT_POLICY=PASSIVE). Results are therefore bitwise identical across all thread counts from 2 up,
-// and at 1 thread can differ from those in the last bits where a product is larger than our sizes.
+// and at 1 thread can differ from those in the last bits where a product is larger than our sizes
+// (on MKL: where one is larger than 2^23, as below, or a time step has more than 16 rows).
 bool large_products_on_blas();
 
-// Whether, from 2 torch threads up, those products go to BLAS after all, as fixed blocks of rows or
-// columns over torch's threads with one single-threaded BLAS call each: when the BLAS is MKL (torch 2.x's
-// wheels), which runs one thread inside a parallel region and is told so per call. The blocks depend on
-// the shape alone, so results stay bitwise identical across thread counts from 2 up. MKL at 2 threads
-// makes these products about twice as fast as packed_gemm on the Intel Xeon of docs/performance.md.
-bool large_products_in_blas_blocks();
+// Whether the BLAS is MKL (torch 2.x's wheels link it into libtorch_cpu, whose sgemm_ is then the one
+// gemm calls). Then every product above kOwnProductMaxMacsOnMkl goes to it at any thread count: whole at
+// 1 thread, and from 2 threads up as fixed blocks of rows or columns (one per 2^22 multiply-adds, at most
+// 8, an even count) over torch's threads, one single-threaded MKL call each (MKL runs one thread inside
+// a parallel region, and is told so per call), which makes it no matter what OpenMP's workers do. The
+// blocks depend on the shape alone, so the products are bitwise identical at every thread count from 2
+// up, and also at 1 thread up to 2^23 (one block, the same call).
+bool products_on_mkl();
+
+// The largest product (multiply-adds) this library's kernels make: kOwnProductMaxMacsOnMkl when
+// products_on_mkl(), else kOwnProductMaxMacs.
+int64_t own_product_max_macs();
 
 // C(M,N) = op(A) op(B) (+ C when accumulate), in the layout of gemm: the products of a layer that span
-// all timesteps. Up to kOwnProductMaxMacs multiply-adds, or at any size when neither of the above holds,
+// all timesteps. Up to own_product_max_macs() multiply-adds, or at any size on OpenBLAS from 2 threads up,
 // they run on this library's packed_gemm (packed_gemm.h) over torch's threads; larger ones on BLAS.
 // At one torch thread that is our kernel on one core against OpenBLAS on all: they break even near 2^22
 // (16 x 1024 x 256: 77 us against 72 us, recurrence.h); at 2^26 OpenBLAS's two threads win (an RNN layer
 // at T=512, B=8, I=H=128, whose input projection is 2^26: forward 3.1 -> 2.5 ms, forward+backward
 // 9.9 -> 8.1 ms when its products moved from our kernel to OpenBLAS).
 constexpr int64_t kOwnProductMaxMacs = int64_t{1} << 22;
+// On MKL (one core against one core) our kernel loses to it from much smaller sizes: an LSTMCell(51, 51)
+// at batch 97 in float64, whose input projection is 2^20, 126 -> 107 us forward when it moved to MKL.
+constexpr int64_t kOwnProductMaxMacsOnMkl = int64_t{1} << 14;
 
 template <typename T>
 void product(bool trans_a, bool trans_b, int64_t M, int64_t N, int64_t K, const T* A, int64_t lda, const T* B,

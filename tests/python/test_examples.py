@@ -33,8 +33,11 @@ def test_vanishing_gradients(tmp_path):
     r = run_example("vanishing_gradients", tmp_path)
     longest = str(r["lags"][-1])
     acc = r["accuracy"]
-    assert acc["LSTM"][longest] > acc["vanilla RNN"][longest] + 0.3, acc
-    assert acc["GRU"][longest] > acc["vanilla RNN"][longest] + 0.3, acc
+    # The gated models learn the longest lag (chance is 1/8). The vanilla RNN's accuracy there is not
+    # asserted: in the quick run's 150 steps it learns the lag too for some seeds and rounding (seeds 0-2
+    # on torch 2.15: 0.61-1.0 at lag 50, 0.48-0.88 at lag 100), so a gap between them would test the
+    # draw, not the library. What does not vary is the gradient at initialisation, below.
+    assert acc["LSTM"][longest] > 0.5 and acc["GRU"][longest] > 0.5, acc
     # Every model solves the shortest lag (chance is far below; Mamba reached 0.88 in the quick run on torch 2.15,
     # whose initialisation draws differ from 1.13's).
     assert all(a[str(r["lags"][0])] > 0.85 for a in acc.values()), acc

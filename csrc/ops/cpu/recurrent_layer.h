@@ -149,14 +149,16 @@ inline Tensor matmul(const Tensor& A, bool trans_a, const Tensor& B, bool trans_
 // RNN layer whose input is as wide as its hidden state, as in every layer after the first), written over
 // dgi (which the caller no longer needs) a block of rows at a time through a buffer of one block, so that
 // the backward holds about 1.25 (N, GH) buffers instead of two. Blocks are a quarter of the rows, but
-// where the whole product would go to BLAS (gemm.h) each block stays large enough to go there too (our
+// where the whole product would go to BLAS (gemm.h) each block stays large enough to go there too, at any
+// thread count on MKL (so the blocks do not depend on it), at 1 thread on OpenBLAS (our
 // 1-thread kernel against OpenBLAS's 2 threads measured 10% slower on an RNN (100, 32, 256, 256) backward).
 inline Tensor input_grad(const Tensor& dgi, const Tensor& weight_ih) {
   const int64_t N = dgi.size(0), GH = dgi.size(1), I = weight_ih.size(1);
   if (I != GH || N < 8) return matmul(dgi, false, weight_ih, false);
   int64_t rows = (N + 3) / 4;
-  if (kernels::large_products_on_blas() && N * GH * I > kernels::kOwnProductMaxMacs)
-    rows = std::max(rows, kernels::kOwnProductMaxMacs / (GH * I) + 1);
+  const int64_t own_max = kernels::own_product_max_macs();
+  if ((kernels::large_products_on_blas() || kernels::products_on_mkl()) && N * GH * I > own_max)
+    rows = std::max(rows, own_max / (GH * I) + 1);
   if (rows >= N) return matmul(dgi, false, weight_ih, false);
   const Tensor w = contiguous_serial(weight_ih);
   const Tensor block = at::empty({rows, I}, dgi.options());
