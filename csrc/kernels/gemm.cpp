@@ -133,9 +133,11 @@ int64_t packed_b_size(int64_t K, int64_t N) {
 
 namespace {
 
-// The blocks of blas_in_blocks: at most kMaxBlocks, each of at least kOwnProductMaxMacs multiply-adds, an
-// even count when more than one (so two threads share them evenly), rows or columns a multiple of 16.
+// The blocks of blas_in_blocks: at most kMaxBlocks, each of at least kBlockMacs multiply-adds (about 6 us
+// of one core's MKL sgemm here, several times a call's overhead), an even count when more than one (so two
+// threads share them evenly), rows or columns a multiple of 16.
 constexpr int64_t kMaxBlocks = 8;
+constexpr int64_t kBlockMacs = int64_t{1} << 20;
 
 // C = op(A) op(B) on BLAS as fixed blocks of C's rows (or of its columns, when op(B) is the larger
 // operand: each block reads all of the other one) over torch's threads, one single-threaded BLAS call
@@ -146,7 +148,7 @@ void blas_in_blocks(bool trans_a, bool trans_b, int64_t M, int64_t N, int64_t K,
                     const T* B, int64_t ldb, T* C, int64_t ldc, bool accumulate) {
   const bool by_rows = M >= N;
   const int64_t extent = by_rows ? M : N;
-  int64_t blocks = std::min<int64_t>(kMaxBlocks, M * N * K / kOwnProductMaxMacs);
+  int64_t blocks = std::min<int64_t>(kMaxBlocks, M * N * K / kBlockMacs);
   if (blocks > 1) blocks &= ~int64_t{1};
   blocks = std::max<int64_t>(blocks, 1);
   const int64_t size = ((extent + blocks - 1) / blocks + 15) / 16 * 16;
@@ -179,14 +181,20 @@ void blas_in_blocks(bool trans_a, bool trans_b, int64_t M, int64_t N, int64_t K,
 }  // namespace
 
 template <typename T>
+void blas_product(bool trans_a, bool trans_b, int64_t M, int64_t N, int64_t K, const T* A, int64_t lda,
+                  const T* B, int64_t ldb, T* C, int64_t ldc, bool accumulate) {
+  if (products_on_mkl() && at::get_num_threads() > 1) {
+    blas_in_blocks<T>(trans_a, trans_b, M, N, K, A, lda, B, ldb, C, ldc, accumulate);
+  } else {
+    gemm<T>(trans_a, trans_b, M, N, K, T(1), A, lda, B, ldb, accumulate ? T(1) : T(0), C, ldc);
+  }
+}
+
+template <typename T>
 void product(bool trans_a, bool trans_b, int64_t M, int64_t N, int64_t K, const T* A, int64_t lda, const T* B,
              int64_t ldb, T* C, int64_t ldc, bool accumulate) {
-  if (M * N * K <= own_product_max_macs()) {
-    TRE_CALL_BEST(packed_product<T>(trans_a, trans_b, M, N, K, A, lda, B, ldb, C, ldc, accumulate));
-  } else if (large_products_on_blas()) {
-    gemm<T>(trans_a, trans_b, M, N, K, T(1), A, lda, B, ldb, accumulate ? T(1) : T(0), C, ldc);
-  } else if (products_on_mkl()) {
-    blas_in_blocks<T>(trans_a, trans_b, M, N, K, A, lda, B, ldb, C, ldc, accumulate);
+  if (M * N * K > own_product_max_macs() && (large_products_on_blas() || products_on_mkl())) {
+    blas_product<T>(trans_a, trans_b, M, N, K, A, lda, B, ldb, C, ldc, accumulate);
   } else {
     TRE_CALL_BEST(packed_product<T>(trans_a, trans_b, M, N, K, A, lda, B, ldb, C, ldc, accumulate));
   }
@@ -220,6 +228,10 @@ template int64_t packed_b_size<float>(int64_t, int64_t);
 template int64_t packed_b_size<double>(int64_t, int64_t);
 template void product<float>(bool, bool, int64_t, int64_t, int64_t, const float*, int64_t, const float*,
                              int64_t, float*, int64_t, bool);
+template void blas_product<float>(bool, bool, int64_t, int64_t, int64_t, const float*, int64_t, const float*,
+                                  int64_t, float*, int64_t, bool);
+template void blas_product<double>(bool, bool, int64_t, int64_t, int64_t, const double*, int64_t,
+                                   const double*, int64_t, double*, int64_t, bool);
 template void product<double>(bool, bool, int64_t, int64_t, int64_t, const double*, int64_t, const double*,
                               int64_t, double*, int64_t, bool);
 

@@ -23,16 +23,16 @@ void gemm(bool trans_a, bool trans_b, int64_t M, int64_t N, int64_t K, T alpha, 
 // 1024^3 sgemm at 2 torch threads: 18-19 ms right after a 256K-element add_, 10.6-11.5 ms with
 // OMP_WAIT_POLICY=PASSIVE). Results are therefore bitwise identical across all thread counts from 2 up,
 // and at 1 thread can differ from those in the last bits where a product is larger than our sizes
-// (on MKL: where one is larger than 2^23, as below, or a time step has more than 16 rows).
+// (on MKL: where one is 2^21 or larger, as below, or a step of a multi-step layer has more than 16 rows).
 bool large_products_on_blas();
 
 // Whether the BLAS is MKL (torch 2.x's wheels link it into libtorch_cpu, whose sgemm_ is then the one
 // gemm calls). Then every product above kOwnProductMaxMacsOnMkl goes to it at any thread count: whole at
-// 1 thread, and from 2 threads up as fixed blocks of rows or columns (one per 2^22 multiply-adds, at most
+// 1 thread, and from 2 threads up as fixed blocks of rows or columns (one per 2^20 multiply-adds, at most
 // 8, an even count) over torch's threads, one single-threaded MKL call each (MKL runs one thread inside
 // a parallel region, and is told so per call), which makes it no matter what OpenMP's workers do. The
 // blocks depend on the shape alone, so the products are bitwise identical at every thread count from 2
-// up, and also at 1 thread up to 2^23 (one block, the same call).
+// up, and also at 1 thread below 2^21 (one block, the same call).
 bool products_on_mkl();
 
 // The largest product (multiply-adds) this library's kernels make: kOwnProductMaxMacsOnMkl when
@@ -54,6 +54,13 @@ constexpr int64_t kOwnProductMaxMacsOnMkl = int64_t{1} << 14;
 template <typename T>
 void product(bool trans_a, bool trans_b, int64_t M, int64_t N, int64_t K, const T* A, int64_t lda, const T* B,
              int64_t ldb, T* C, int64_t ldc, bool accumulate);
+
+// The same product on BLAS at any size: whole at 1 thread or on OpenBLAS, and from 2 threads up on MKL in
+// the fixed blocks of products_on_mkl(). What product() does above our sizes, and the steps of more rows
+// than packed weights serve (recurrence_impl.h).
+template <typename T>
+void blas_product(bool trans_a, bool trans_b, int64_t M, int64_t N, int64_t K, const T* A, int64_t lda,
+                  const T* B, int64_t ldb, T* C, int64_t ldc, bool accumulate);
 
 // True when the products go straight to BLAS (reported by the benchmark).
 bool gemm_uses_blas();

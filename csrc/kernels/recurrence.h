@@ -33,16 +33,25 @@ struct SeqLayout {
 constexpr int64_t kPackedStepMaxRows = 16;
 
 // The most rows a step multiplies by packed weights: kPackedStepMaxRows, or all when
-// !large_products_on_blas(). Read once per layer call, so one call never mixes the two.
-int64_t packed_step_max_rows();
+// !large_products_on_blas() and L is not single_step_on_mkl. Read once per layer call, so one call never
+// mixes the two.
+int64_t packed_step_max_rows(const SeqLayout& L);
+
+// Whether L is one time step (a cell, a streaming step) on MKL from 2 torch threads up. Then its rows are
+// not shared out over the threads (split_batch_rows): a share's product by a packed copy of W_hh made for
+// the one step cost more than the step (LSTMCell(256, 256) at batch 64: 555 us at 2 threads against 458
+// at 1), and a step of more than kPackedStepMaxRows rows goes to blas_product (gemm.h), fixed blocks over
+// the threads, as bitwise the same at every thread count from 2 up as the shares were.
+bool single_step_on_mkl(const SeqLayout& L);
 
 // Whether some step of L has 2..max_rows rows (then pass the packed buffers, of packed_b_size elements:
 // packing.h).
 bool uses_packed_weights(const SeqLayout& L, int64_t max_rows);
 
 // Whether the time loop shares the batch rows out over torch's threads, each share running every step on
-// its own (recurrence_impl.h: for_row_shares): from 2 torch threads up. Read once per layer call.
-bool split_batch_rows();
+// its own (recurrence_impl.h: for_row_shares): from 2 torch threads up, unless single_step_on_mkl(L).
+// Read once per layer call.
+bool split_batch_rows(const SeqLayout& L);
 
 // Sizes: H hidden units, G = kGates, P the size of h (P == H, or the projection size when w_hr is given;
 // only LSTM has a projection: h = (o * tanh(c)) W_hr^T).

@@ -648,6 +648,36 @@ def test_identical_across_thread_counts_above_one_where_products_are_large(kind,
         torch.testing.assert_close(tensors_of(ref(x.detach())), [t.detach() for t in got], rtol=1e-5, atol=1e-5)
 
 
+@pytest.mark.parametrize("cell", ["LSTMCell", "GRUCell", "RNNCell"])
+def test_cell_steps_identical_across_thread_counts(cell, threads):
+    """A cell's one step of 64 rows. On MKL (torch 2.x) it is not shared out over the threads but multiplied
+    in fixed blocks (kernels::single_step_on_mkl): the same bits at 2, 3 and 4 threads, and at 1 thread too
+    while each product is one block (under 2^21 multiply-adds: 64 x 256 x 64 for the LSTM). Elsewhere
+    (OpenBLAS) its rows are shared out like a layer's: the same bits from 2 threads up. Within float
+    tolerance of nn either way."""
+    torch.manual_seed(8)
+    ours, ref = getattr(torch_rnn_ext, cell)(64, 64), getattr(nn, cell)(64, 64)
+    ref.load_state_dict(ours.state_dict())
+    x = torch.randn(64, 64, requires_grad=True)
+    state = [torch.randn(64, 64, requires_grad=True) for _ in range(2 if cell == "LSTMCell" else 1)]
+    hx = tuple(state) if cell == "LSTMCell" else state[0]
+    counts = (1, 2, 3, 4) if torch.backends.mkl.is_available() else (2, 3, 4)
+    results = []
+    for n in counts:
+        torch.set_num_threads(n)
+        out = ours(x, hx)
+        outs = list(out) if isinstance(out, tuple) else [out]
+        grads = torch.autograd.grad(sum((o * o).sum() for o in outs), [x] + state + list(ours.parameters()))
+        results.append(outs + list(grads))
+    for n, other in zip(counts[1:], results[1:]):
+        for a, b in zip(results[0], other):
+            assert torch.equal(a, b), (cell, counts[0], n)
+    out = ref(x, hx)
+    outs = list(out) if isinstance(out, tuple) else [out]
+    grads = torch.autograd.grad(sum((o * o).sum() for o in outs), [x] + state + list(ref.parameters()))
+    torch.testing.assert_close(results[0], outs + list(grads), rtol=1e-4, atol=1e-4)
+
+
 # --- inference: no graph to record ----------------------------------------------------------------
 
 @pytest.mark.parametrize("input_kind", INPUTS)
