@@ -75,13 +75,14 @@ void Stepper::step_impl(const at::Tensor& x) {
   kernels::product<T>(false, !w_ih_transposed_, B, GH, I, x.data_ptr<T>(), I, w_ih_.data_ptr<T>(),
                       w_ih_transposed_ ? GH : I, gi, GH, b_ih_.defined());
   const kernels::SeqLayout L{nullptr, nullptr, /*T=*/1, /*reverse=*/false, B};
-  const int64_t max_rows = kernels::packed_step_max_rows(L);
+  const int64_t step_macs = B * GH * hidden_;
+  const int64_t max_rows = kernels::packed_step_max_rows(L, step_macs);
   auto ptr = [](const at::Tensor& t) { return t.defined() ? t.data_ptr<T>() : nullptr; };
   // The packed copy only where the step uses it (the kernel packs into the buffer it is given).
   T* w_hh_packed = kernels::uses_packed_weights(L, max_rows) ? ptr(w_hh_packed_) : nullptr;
   kernels::forward<K, T>(L, {hidden_, hidden_, gi, ptr(w_hh_), ptr(b_hh_), nullptr, ptr(h_), ptr(c_), ptr(out_),
                              nullptr, ptr(gh_), nullptr, w_hh_packed, nullptr, max_rows,
-                             kernels::split_batch_rows(L)});
+                             kernels::split_batch_rows(L, step_macs)});
 }
 
 void Stepper::set_state(const at::Tensor& h, const optional<at::Tensor>& c) {

@@ -41,16 +41,18 @@ void step_products(const SeqLayout& L, int64_t N, int64_t K, const T* A, const T
   TRE_CALL_BEST(step_products_kernel<T>(L, N, K, A, W, trans_b, C));
 }
 
-bool single_step_on_mkl(const SeqLayout& L) {
-  return L.T == 1 && products_on_mkl() && at::get_num_threads() > 1;
+bool unshared_steps_on_mkl(const SeqLayout& L, int64_t step_macs) {
+  return products_on_mkl() && at::get_num_threads() > 1 && (L.T == 1 || step_macs >= kUnsharedStepMinMacs);
 }
 
-int64_t packed_step_max_rows(const SeqLayout& L) {
-  return large_products_on_blas() || single_step_on_mkl(L) ? kPackedStepMaxRows
-                                                            : std::numeric_limits<int64_t>::max();
+int64_t packed_step_max_rows(const SeqLayout& L, int64_t step_macs) {
+  return large_products_on_blas() || unshared_steps_on_mkl(L, step_macs) ? kPackedStepMaxRows
+                                                                          : std::numeric_limits<int64_t>::max();
 }
 
-bool split_batch_rows(const SeqLayout& L) { return at::get_num_threads() > 1 && !single_step_on_mkl(L); }
+bool split_batch_rows(const SeqLayout& L, int64_t step_macs) {
+  return at::get_num_threads() > 1 && !unshared_steps_on_mkl(L, step_macs);
+}
 
 bool uses_packed_weights(const SeqLayout& L, int64_t max_rows) {
   if (!L.batch_sizes) return L.T > 0 && L.batch >= 2 && L.batch <= max_rows;

@@ -33,25 +33,34 @@ struct SeqLayout {
 constexpr int64_t kPackedStepMaxRows = 16;
 
 // The most rows a step multiplies by packed weights: kPackedStepMaxRows, or all when
-// !large_products_on_blas() and L is not single_step_on_mkl. Read once per layer call, so one call never
-// mixes the two.
-int64_t packed_step_max_rows(const SeqLayout& L);
+// !large_products_on_blas() and not unshared_steps_on_mkl. Read once per layer call, so one call never
+// mixes the two. step_macs: the multiply-adds of the first step's recurrent product (rows x G*H x P).
+int64_t packed_step_max_rows(const SeqLayout& L, int64_t step_macs);
 
-// Whether L is one time step (a cell, a streaming step) on MKL from 2 torch threads up. Then its rows are
-// not shared out over the threads (split_batch_rows): a share's product by a packed copy of W_hh made for
-// the one step cost more than the step (LSTMCell(256, 256) at batch 64: 555 us at 2 threads against 458
-// at 1), and a step of more than kPackedStepMaxRows rows goes to blas_product (gemm.h), fixed blocks over
-// the threads, as bitwise the same at every thread count from 2 up as the shares were.
-bool single_step_on_mkl(const SeqLayout& L);
+// Whether, on MKL from 2 torch threads up, L's steps run with their rows not shared out over the threads
+// (split_batch_rows), each step of more than kPackedStepMaxRows rows multiplying through blas_product
+// (gemm.h: fixed blocks over the threads, as bitwise the same at every thread count from 2 up as the shares
+// were): when L is one time step (a cell, a streaming step), whose shares each multiplied by a packed copy
+// of W_hh made for that one step (LSTMCell(256, 256) at batch 64: 555 us at 2 threads against 458 at 1),
+// or when its steps' products are of kUnsharedStepMinMacs or more, where MKL's blocks beat our packed_gemm
+// on shares by more than a parallel region per step costs.
+bool unshared_steps_on_mkl(const SeqLayout& L, int64_t step_macs);
+
+// 2 threads, in one process, ms (unshared / shares / nn): LSTM (50, 64, 512, 512), a step of 2^26,
+// forward 43.2 / 53.8 / 37.1, forward+backward 129.1 / 152.0 / 136.4, in float64 106 / 137 / 116; RNN
+// (50, 64, 512, 512), 2^24: 11.6 / 12.6 / 12.3 and 32.8 / 37.0 / 37.9. Below, even or worse: LSTM (100, 32,
+// 256, 256), 2^23: forward 14.1 / 13.5, forward+backward 40.8 / 45.5; RNN (100, 32, 256, 256), 2^21: 3.8 /
+// 3.7 and 11.1 / 10.5.
+constexpr int64_t kUnsharedStepMinMacs = int64_t{1} << 24;
 
 // Whether some step of L has 2..max_rows rows (then pass the packed buffers, of packed_b_size elements:
 // packing.h).
 bool uses_packed_weights(const SeqLayout& L, int64_t max_rows);
 
 // Whether the time loop shares the batch rows out over torch's threads, each share running every step on
-// its own (recurrence_impl.h: for_row_shares): from 2 torch threads up, unless single_step_on_mkl(L).
+// its own (recurrence_impl.h: for_row_shares): from 2 torch threads up, unless unshared_steps_on_mkl.
 // Read once per layer call.
-bool split_batch_rows(const SeqLayout& L);
+bool split_batch_rows(const SeqLayout& L, int64_t step_macs);
 
 // Sizes: H hidden units, G = kGates, P the size of h (P == H, or the projection size when w_hr is given;
 // only LSTM has a projection: h = (o * tanh(c)) W_hr^T).

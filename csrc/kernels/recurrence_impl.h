@@ -34,7 +34,7 @@ inline namespace TRE_CPU_CAPABILITY {
 // a row's result is the same however the rows are shared out: one row goes to the single-row kernels of
 // small_gemm.h; up to max_rows rows (packed_step_max_rows) to packed_gemm on a packed copy of op(B) (when
 // the layer made one), whose outputs do not depend on the other rows; more to BLAS (blas_product: only
-// reached at 1 thread, or for a single step on MKL, which is not shared out).
+// reached at 1 thread, or on MKL for steps not shared out: unshared_steps_on_mkl).
 template <typename T>
 inline void step_product(bool trans_b, int64_t rows, int64_t M, int64_t N, int64_t K, const T* A, const T* B,
                          const T* B_packed, int64_t max_rows, T* C, bool accumulate) {
@@ -221,10 +221,11 @@ void recurrence_backward(const SeqLayout& L, const BackwardArgs<T>& a) {
 template <typename T>
 void recurrence_step_products(const SeqLayout& L, int64_t N, int64_t K, const T* A, const T* W, bool trans_b,
                               T* C) {
-  const int64_t max_rows = packed_step_max_rows(L);
+  const int64_t step_macs = (L.T > 0 ? L.rows(0) : 0) * N * K;
+  const int64_t max_rows = packed_step_max_rows(L, step_macs);
   const Scratch<T> packed(uses_packed_weights(L, max_rows) ? packed_b_size<T>(K, N) : 0);
   if (packed.get()) pack_b<T>(K, N, W, trans_b ? 1 : N, trans_b ? K : 1, packed.get());
-  for_row_shares(L, split_batch_rows(L), [&](int64_t r0, int64_t r1) {
+  for_row_shares(L, split_batch_rows(L, step_macs), [&](int64_t r0, int64_t r1) {
     for (int64_t s = 0; s < L.T; ++s) {
       const int64_t t = L.time(s), bs = L.rows(t), n = share_rows(L, s, r0, r1), row = L.offset(t) + r0;
       if (n > 0) step_product<T>(trans_b, bs, n, N, K, A + row * K, W, packed.get(), max_rows, C + row * N, true);

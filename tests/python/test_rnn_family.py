@@ -606,6 +606,9 @@ def test_identical_at_one_and_two_threads(kind, threads):
     # (240 x 256 x 64, 256 x 64 x 240, ...)
     (lambda: torch_rnn_ext.LSTM(64, 64), (60, 4, 64), (1, 2)),
     (lambda: torch_rnn_ext.GRU(64, 64), (60, 4, 64), (1, 2)),
+    # steps of 64 x 1536 x 512 (2^25 multiply-adds): on MKL (torch 2.x) not shared out over the threads
+    # but multiplied through fixed blocks (kernels::unshared_steps_on_mkl), elsewhere shared out
+    (lambda: torch_rnn_ext.GRU(64, 512), (5, 64, 64), (2, 3, 4)),
 ])
 def test_identical_across_thread_counts_where_products_split(module, shape, counts, threads):
     torch.manual_seed(5)
@@ -651,7 +654,7 @@ def test_identical_across_thread_counts_above_one_where_products_are_large(kind,
 @pytest.mark.parametrize("cell", ["LSTMCell", "GRUCell", "RNNCell"])
 def test_cell_steps_identical_across_thread_counts(cell, threads):
     """A cell's one step of 64 rows. On MKL (torch 2.x) it is not shared out over the threads but multiplied
-    in fixed blocks (kernels::single_step_on_mkl): the same bits at 2, 3 and 4 threads, and at 1 thread too
+    in fixed blocks (kernels::unshared_steps_on_mkl): the same bits at 2, 3 and 4 threads, and at 1 thread too
     while each product is one block (under 2^21 multiply-adds: 64 x 256 x 64 for the LSTM). Elsewhere
     (OpenBLAS) its rows are shared out like a layer's: the same bits from 2 threads up. Within float
     tolerance of nn either way."""

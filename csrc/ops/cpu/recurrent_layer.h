@@ -179,7 +179,7 @@ inline Tensor initial_state(const optional<Tensor>& state, const Tensor& input, 
 }
 
 // A buffer for the time loop's packed copy of a (K, N) step operand, or undefined when no step of L uses
-// one (kernels::uses_packed_weights with max_rows = kernels::packed_step_max_rows(L) of this call).
+// one (kernels::uses_packed_weights with max_rows = kernels::packed_step_max_rows of this call).
 template <typename T>
 Tensor packed_buffer(const kernels::SeqLayout& L, int64_t max_rows, int64_t K, int64_t N,
                      const at::TensorOptions& opts) {
@@ -225,15 +225,16 @@ std::tuple<Tensor, Tensor, Tensor, Tensor> layer_forward(const char* op, const T
   Tensor gh = Cell::kSameGateGrads ? Tensor() : at::empty({g.B, GH}, opts);  // GRU's recurrent product
   Tensor m = w_hr.defined() ? at::empty({g.B, g.H}, opts) : Tensor();
   const auto L = g.layout(reverse);
+  const int64_t step_macs = g.B * GH * g.P;  // the first step's recurrent product (it has the most rows)
   AT_DISPATCH_FLOATING_TYPES(input.scalar_type(), "recurrent_layer", [&] {
-    const int64_t max_rows = kernels::packed_step_max_rows(L);
+    const int64_t max_rows = kernels::packed_step_max_rows(L, step_macs);
     const Tensor w_hh_packed = packed_buffer<scalar_t>(L, max_rows, g.P, GH, opts);
     const Tensor w_hr_packed = w_hr.defined() ? packed_buffer<scalar_t>(L, max_rows, g.H, g.P, opts) : Tensor();
     kernels::forward<K, scalar_t>(
         L, {g.H, g.P, ptr<scalar_t>(gi), ptr<scalar_t>(w_hh), ptr<scalar_t>(b_hh), ptr<scalar_t>(w_hr),
             ptr<scalar_t>(h), ptr<scalar_t>(c), ptr<scalar_t>(out), ptr<scalar_t>(saved), ptr<scalar_t>(gh),
             ptr<scalar_t>(m), ptr<scalar_t>(w_hh_packed), ptr<scalar_t>(w_hr_packed), max_rows,
-            kernels::split_batch_rows(L)});
+            kernels::split_batch_rows(L, step_macs)});
   });
   return {out, h, c, saved};
 }
@@ -288,8 +289,9 @@ std::vector<Tensor> layer_backward(const char* op, const Tensor& grad_output, co
   Tensor m_all = proj ? at::empty({g.N, g.H}, opts) : Tensor();
   Tensor dm = proj ? at::empty({g.B, g.H}, opts) : Tensor();
   const auto L = g.layout(reverse);
+  const int64_t step_macs = g.B * GH * g.P;  // the first step's recurrent product (it has the most rows)
   AT_DISPATCH_FLOATING_TYPES(input.scalar_type(), "recurrent_layer", [&] {
-    const int64_t max_rows = kernels::packed_step_max_rows(L);
+    const int64_t max_rows = kernels::packed_step_max_rows(L, step_macs);
     const Tensor w_hh_packed = packed_buffer<scalar_t>(L, max_rows, GH, g.P, opts);
     const Tensor w_hr_packed = proj ? packed_buffer<scalar_t>(L, max_rows, g.P, g.H, opts) : Tensor();
     kernels::backward<K, scalar_t>(
@@ -299,7 +301,7 @@ std::vector<Tensor> layer_backward(const char* op, const Tensor& grad_output, co
             go_col, ptr<scalar_t>(dh), ptr<scalar_t>(dc), ptr<scalar_t>(dgi), ptr<scalar_t>(dgh_step),
             ptr<scalar_t>(dgh_own), ptr<scalar_t>(h_prev), ptr<scalar_t>(dh_all), ptr<scalar_t>(m_all),
             ptr<scalar_t>(dm), ptr<scalar_t>(w_hh_packed), ptr<scalar_t>(w_hr_packed), max_rows,
-            kernels::split_batch_rows(L)});
+            kernels::split_batch_rows(L, step_macs)});
   });
 
   std::vector<Tensor> grads(8);
