@@ -651,6 +651,33 @@ def test_identical_across_thread_counts_above_one_where_products_are_large(kind,
         torch.testing.assert_close(tensors_of(ref(x.detach())), [t.detach() for t in got], rtol=1e-5, atol=1e-5)
 
 
+@pytest.mark.parametrize("kind", ["GRU", "LSTM"])
+def test_identical_across_threads_for_large_packed_steps(kind, threads):
+    """Steps of 2^25-2^26 multiply-adds (64 rows, hidden 512): on MKL not shared out over the threads, each
+    step's product in fixed blocks and the backward's rows over the threads; with a PackedSequence (unsorted
+    lengths, bidirectional) the steps' row counts vary. The same bits at 2, 3 and 4 threads; nn's values."""
+    torch.manual_seed(3)
+    ours, ref = getattr(torch_rnn_ext, kind)(64, 512, bidirectional=True), getattr(nn, kind)(64, 512, bidirectional=True)
+    ref.load_state_dict(ours.state_dict())
+    x = torch.randn(7, 64, 64, requires_grad=True)
+    lengths = torch.randint(1, 8, (64,), generator=torch.Generator().manual_seed(4))
+    lengths[0] = 7
+
+    def run(module):
+        out, h = module(pack_padded_sequence(x, lengths, enforce_sorted=False))
+        h = h[0] if isinstance(h, tuple) else h
+        grads = torch.autograd.grad((out.data * out.data).sum() + h.sum(), [x] + list(module.parameters()))
+        return [out.data, h] + list(grads)
+    results = []
+    for n in (2, 3, 4):
+        torch.set_num_threads(n)
+        results.append(run(ours))
+    for n, other in zip((3, 4), results[1:]):
+        for a, b in zip(results[0], other):
+            assert torch.equal(a, b), (kind, n)
+    torch.testing.assert_close(results[0], run(ref), rtol=1e-4, atol=1e-4)
+
+
 @pytest.mark.parametrize("cell", ["LSTMCell", "GRUCell", "RNNCell"])
 def test_cell_steps_identical_across_thread_counts(cell, threads):
     """A cell's one step of 64 rows. On MKL (torch 2.x) it is not shared out over the threads but multiplied
