@@ -193,7 +193,7 @@ void blas_product(bool trans_a, bool trans_b, int64_t M, int64_t N, int64_t K, c
 template <typename T>
 void product(bool trans_a, bool trans_b, int64_t M, int64_t N, int64_t K, const T* A, int64_t lda, const T* B,
              int64_t ldb, T* C, int64_t ldc, bool accumulate) {
-  if (M * N * K > own_product_max_macs() && (large_products_on_blas() || products_on_mkl())) {
+  if (M * N * K > own_product_max_macs() && blas_takes_large_products()) {
     blas_product<T>(trans_a, trans_b, M, N, K, A, lda, B, ldb, C, ldc, accumulate);
   } else {
     TRE_CALL_BEST(packed_product<T>(trans_a, trans_b, M, N, K, A, lda, B, ldb, C, ldc, accumulate));
@@ -211,6 +211,8 @@ bool products_on_mkl() {
 }
 
 int64_t own_product_max_macs() { return products_on_mkl() ? kOwnProductMaxMacsOnMkl : kOwnProductMaxMacs; }
+
+bool blas_takes_large_products() { return large_products_on_blas() || products_on_mkl(); }
 
 bool gemm_uses_blas() {
 #ifdef TRE_HAVE_BLAS

@@ -39,6 +39,10 @@ bool products_on_mkl();
 // products_on_mkl(), else kOwnProductMaxMacs.
 int64_t own_product_max_macs();
 
+// Whether products above own_product_max_macs() go to BLAS at this thread count (product() below): at
+// 1 thread, or on MKL at any count.
+bool blas_takes_large_products();
+
 // C(M,N) = op(A) op(B) (+ C when accumulate), in the layout of gemm: the products of a layer that span
 // all timesteps. Up to own_product_max_macs() multiply-adds, or at any size on OpenBLAS from 2 threads up,
 // they run on this library's packed_gemm (packed_gemm.h) over torch's threads; larger ones on BLAS.

@@ -157,7 +157,7 @@ inline Tensor input_grad(const Tensor& dgi, const Tensor& weight_ih) {
   if (I != GH || N < 8) return matmul(dgi, false, weight_ih, false);
   int64_t rows = (N + 3) / 4;
   const int64_t own_max = kernels::own_product_max_macs();
-  if ((kernels::large_products_on_blas() || kernels::products_on_mkl()) && N * GH * I > own_max)
+  if (kernels::blas_takes_large_products() && N * GH * I > own_max)
     rows = std::max(rows, own_max / (GH * I) + 1);
   if (rows >= N) return matmul(dgi, false, weight_ih, false);
   const Tensor w = contiguous_serial(weight_ih);
